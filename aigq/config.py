@@ -1,0 +1,223 @@
+"""One typed configuration tree for every AIGQ command.
+
+A run's configuration is a YAML file under ``configs/`` plus dotted command-line overrides::
+
+    aigq simulate --config configs/tiny_cpu.yaml world.users=5000 samples.history_len=30
+
+Unknown keys and wrong types are errors that name the key. Every value the paper leaves open ([GAP] in
+``paper-digest.md``) is a field here with a comment saying it is our choice. Later issues add their own sections.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Section):
+    name: str = "tiny"
+    seed: int = 0
+    # Where a run's world, samples and later checkpoints go (relative paths are relative to the working directory).
+    output_dir: str = "outputs/tiny"
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    # None → $MLFLOW_TRACKING_URI if set, else a project-local SQLite store (sqlite:///<root>/mlflow.db).
+    uri: str | None = None
+    # Project-local folder holding the SQLite store and the artifacts (MLflow otherwise drops ./mlruns anywhere).
+    root: str = ".aigq/mlflow"
+    experiment: str = "aigq"
+
+
+class WorldConfig(_Section):
+    """The simulated e-commerce world (``aigq simulate``). The hidden user model's knobs live here too."""
+
+    users: int = Field(1000, ge=1)
+    days: int = Field(32, ge=2)  # paper: days 1–30 train, 31–32 test
+    start_date: str = "2025-10-01"
+    # "builtin:wands" (shipped WANDS queries, MIT), any `query<TAB>category` file, or "templates" (no real text).
+    vocabulary: str = "builtin:wands"
+    templates_per_category: int = Field(6, ge=0)  # template queries added to each leaf category ([GAP], ours)
+    items_per_category: int = Field(12, ge=1)
+    # Zipf exponents for popularity: of categories, of queries inside a category, of items inside a category.
+    category_zipf: float = 0.8
+    query_zipf: float = 1.1
+    item_zipf: float = 0.9
+    # Hidden user model: each user has a mixture over `interests_max` categories at most (mean `interests_mean`).
+    interests_mean: float = Field(2.5, gt=0)
+    interests_max: int = Field(5, ge=1)
+    drift_per_day: float = Field(0.04, ge=0, le=1)  # chance per interest per day to move to another category
+    serendipity: float = Field(0.12, ge=0, le=1)  # chance a session explores a related (sibling) category
+    sessions_per_day: float = Field(0.45, gt=0)  # mean sessions per active user-day (gamma-distributed per user)
+    cold_start_share: float = Field(0.15, ge=0, le=1)  # users who appear only in the last days with few behaviours
+    cold_start_days: int = Field(3, ge=1)
+    searches_per_session: float = 0.8  # 1 + Poisson(mean)
+    clicks_per_search: float = 1.3  # Poisson(mean)
+    cart_rate: float = Field(0.12, ge=0, le=1)
+    buy_rate: float = Field(0.35, ge=0, le=1)  # of carts
+    # HintQ: a session starts from the homepage with a HintQ exposure with this chance.
+    hint_exposure_rate: float = Field(0.6, ge=0, le=1)
+    ranker_top_k: int = Field(10, ge=3)  # the legacy production ranker's top-K kept per exposure ([GAP], ours)
+    position_bias: list[float] = [1.0, 0.75, 0.55]  # examination probability of the 3 shown slots
+    # Click model (logit): base + interest·w_interest + related·w_related + popularity·w_pop.
+    click_base: float = -2.6
+    click_interest: float = 4.0
+    click_related: float = 1.2
+    click_popularity: float = 0.6
+    # Malformed rows injected on purpose (exercise validation/quarantine); 0 for a clean world.
+    malformed_rate: float = Field(0.0, ge=0, le=0.5)
+    chunk_users: int = Field(50_000, ge=1)  # users simulated per chunk (one parquet part per chunk)
+
+    @field_validator("position_bias")
+    @classmethod
+    def _three_slots(cls, v: list[float]) -> list[float]:
+        if len(v) != 3 or not all(0 < x <= 1 for x in v):
+            raise ValueError("position_bias needs 3 values in (0, 1] (HintQ shows 3 queries)")
+        return v
+
+
+class SamplesConfig(_Section):
+    """IL-SFT / AIGQ-Think sample construction (paper §3.2–§3.3)."""
+
+    history_len: int = Field(20, ge=1)  # L, behaviours per prompt ([GAP], ours)
+    history_days: int = Field(30, ge=1)  # behaviours older than this are not shown ([GAP], ours)
+    behaviour_types: list[Literal["search", "click", "cart", "buy"]] = ["search", "click"]  # paper: search + click
+    label_cap: int = Field(10, ge=1)  # max label list length; the prompt asks for this many ([GAP], paper asks 10)
+    rank_top_k: int = Field(10, ge=0)  # how many of the ranker's top-K enter a label ([GAP], ours)
+    rerank: bool = True  # interest-guided label re-ranking (off = the paper's plain-SFT ablation row)
+    compress: bool = True  # prompt compression with special tokens (off = plain `i | time | type | content`)
+    # Think labels: drop low-reliability candidates (rank top-K, generated) that share no leaf or parent category
+    # with the user's history (our stand-in for the paper's LLM filter, [GAP]).
+    think_filter: Literal["overlap", "none"] = "overlap"
+    trigger_max: int = Field(3, ge=1)  # behaviour indices kept per trigger set ([GAP], ours)
+    test_days: int = Field(2, ge=1)  # the last N days are the test split (paper: days 31–32)
+    cold_start_max_behaviours: int = Field(5, ge=0)  # test user-days with ≤ this many prior behaviours
+    instruction: str = "Please Recommend the next {n} queries."  # the paper's minimal instruction
+    # Used when compress=false (no instruction pruning): the longer instruction of an un-tuned prompt.
+    instruction_plain: str = (
+        "You are a shopping assistant. Based on the user's profile and behaviour sequence below, recommend the "
+        "next {n} search queries the user is most likely to want, most likely first, separated by ' ; '."
+    )
+
+
+class ImportConfig(_Section):
+    """Column names of a plain search log (``aigq import-log``)."""
+
+    user: str = "user_id"
+    query_time: str = "query_time"
+    query: str = "query"
+    clicked_item: str = "clicked_item"
+    category: str = "category"
+    click_time: str = "click_time"
+    delimiter: str | None = None  # None = sniff from the header (comma, tab, semicolon, pipe)
+    time_format: str | None = None  # strptime format; None = ISO-8601 or epoch seconds
+
+
+class AIGQConfig(_Section):
+    run: RunConfig = RunConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    world: WorldConfig = WorldConfig()
+    samples: SamplesConfig = SamplesConfig()
+    importer: ImportConfig = ImportConfig()
+
+    def world_dir(self) -> Path:
+        return Path(self.run.output_dir) / "world"
+
+    def samples_dir(self) -> Path:
+        return Path(self.run.output_dir) / "samples"
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """``["world.users=5000", "samples.rerank=false"]`` → nested dict; values parse as YAML scalars/lists."""
+    tree: dict[str, Any] = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not p for p in key.split(".")):
+            raise ConfigError(f"override '{item}': expected dotted.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{key}: cannot parse value '{raw}': {exc}") from exc
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _format_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{key}: {msg} (got {err.get('input')!r})" if err["type"] != "extra_forbidden" else f"{key}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def build_config(data: dict[str, Any] | None = None, overrides: list[str] | None = None) -> AIGQConfig:
+    merged = _merge(data or {}, parse_overrides(overrides))
+    try:
+        return AIGQConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> AIGQConfig:
+    """Load ``path`` (YAML) and apply dotted ``overrides``; no path = the built-in defaults."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections")
+    return build_config(data, overrides)
+
+
+def flatten(cfg: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted-key view of a config (for MLflow params)."""
+    d = cfg.model_dump() if isinstance(cfg, BaseModel) else cfg
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def dump_yaml(cfg: AIGQConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True)
