@@ -72,7 +72,7 @@ class WorldConfig(_Section):
     ranker_top_k: int = Field(10, ge=3)  # the legacy production ranker's top-K kept per exposure ([GAP], ours)
     position_bias: list[float] = [1.0, 0.75, 0.55]  # examination probability of the 3 shown slots
     # Click model (logit): base + interest·w_interest + related·w_related + popularity·w_pop.
-    click_base: float = -2.6
+    click_base: float = -3.0
     click_interest: float = 4.0
     click_related: float = 1.2
     click_popularity: float = 0.6

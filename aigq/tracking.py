@@ -1,0 +1,91 @@
+"""MLflow tracking for every AIGQ command.
+
+By default runs go to a project-local SQLite store (``<tracking.root>/mlflow.db``) with artifacts beside it
+(``<tracking.root>/artifacts``), so nothing lands in a stray ``./mlruns``. ``$MLFLOW_TRACKING_URI`` (or
+``tracking.uri``) points the same code at a tracking server. Params are the flattened, resolved config; the config
+itself is logged as ``config.yaml``; pipeline stages are nested runs under one parent run.
+
+    tracker = Tracker(cfg.tracking)
+    with tracker.run("build-samples", cfg):
+        tracker.metrics({"samples.direct": 1234})
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from aigq.config import AIGQConfig, TrackingConfig, dump_yaml, flatten
+
+# Runs are offline: keep MLflow from trying to phone home.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def tracking_uri(cfg: TrackingConfig) -> str:
+    if cfg.uri:
+        return cfg.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = Path(cfg.root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+class Tracker:
+    """Thin wrapper over the MLflow fluent API; ``tracking.enabled=false`` turns every call into a no-op."""
+
+    def __init__(self, cfg: TrackingConfig):
+        self.cfg = cfg
+        self.enabled = cfg.enabled
+        self._mlflow = None
+        if self.enabled:
+            import mlflow
+
+            self._mlflow = mlflow
+            self.uri = tracking_uri(cfg)
+            mlflow.set_tracking_uri(self.uri)
+            if mlflow.get_experiment_by_name(cfg.experiment) is None:
+                artifacts = None
+                if self.uri.startswith("sqlite:"):
+                    artifacts = (Path(cfg.root).resolve() / "artifacts").as_uri()
+                mlflow.create_experiment(cfg.experiment, artifact_location=artifacts)
+            mlflow.set_experiment(cfg.experiment)
+
+    @contextmanager
+    def run(self, name: str, cfg: AIGQConfig | None = None, tags: dict[str, str] | None = None) -> Iterator[Any]:
+        """Start a run (nested when another is active) and log the resolved config as params + config.yaml."""
+        if not self.enabled:
+            yield None
+            return
+        mlflow = self._mlflow
+        nested = mlflow.active_run() is not None
+        with mlflow.start_run(run_name=name, nested=nested, tags={"aigq.stage": name, **(tags or {})}) as run:
+            if cfg is not None:
+                self.params(flatten(cfg))
+                mlflow.log_text(dump_yaml(cfg), "config.yaml")
+            yield run
+
+    def params(self, params: dict[str, Any]) -> None:
+        if self.enabled:
+            self._mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+
+    def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self.enabled:
+            clean = {k.replace(":", "_"): float(v) for k, v in metrics.items() if v is not None}
+            self._mlflow.log_metrics(clean, step=step)
+
+    def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self._mlflow.log_artifact(str(path), artifact_path)
+
+    def text(self, text: str, name: str) -> None:
+        if self.enabled:
+            self._mlflow.log_text(text, name)
+
+    def dict(self, data: dict[str, Any], name: str) -> None:
+        if self.enabled:
+            self._mlflow.log_dict(data, name)

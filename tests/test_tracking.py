@@ -1,0 +1,46 @@
+import mlflow
+import pytest
+
+from aigq.config import load_config
+from aigq.tracking import Tracker, tracking_uri
+
+
+@pytest.fixture
+def cfg(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return load_config(None, [f"tracking.root={tmp_path / 'ml'}", "tracking.experiment=t", "world.users=42"])
+
+
+def test_default_store_is_project_local_sqlite_with_explicit_artifacts(cfg, tmp_path, monkeypatch):
+    assert tracking_uri(cfg.tracking) == f"sqlite:///{tmp_path / 'ml' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example.invalid:5000")
+    assert tracking_uri(cfg.tracking) == "http://example.invalid:5000"  # the environment wins
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    Tracker(cfg.tracking)
+    exp = mlflow.get_experiment_by_name("t")
+    assert exp.artifact_location == (tmp_path / "ml" / "artifacts").as_uri()
+
+
+def test_nested_stage_runs_log_flat_params_config_and_metrics(cfg, tmp_path):
+    tr = Tracker(cfg.tracking)
+    with tr.run("demo", cfg) as parent:
+        with tr.run("simulate", cfg) as child:
+            tr.metrics({"world.events": 123, "validate.events.rejected.unknown event type": 2})
+    runs = mlflow.search_runs(experiment_names=["t"], output_format="list")
+    by_name = {r.info.run_name: r for r in runs}
+    sim = by_name["simulate"]
+    assert sim.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert sim.data.params["world.users"] == "42"
+    assert sim.data.metrics["world.events"] == 123
+    assert sim.data.metrics["validate.events.rejected.unknown event type"] == 2
+    art = mlflow.artifacts.download_artifacts(run_id=child.info.run_id, artifact_path="config.yaml",
+                                              dst_path=str(tmp_path / "dl"))
+    assert "users: 42" in open(art).read()
+
+
+def test_disabled_tracker_is_a_noop(cfg, tmp_path):
+    cfg.tracking.enabled = False
+    tr = Tracker(cfg.tracking)
+    with tr.run("x", cfg) as run:
+        tr.metrics({"a": 1})
+    assert run is None and not (tmp_path / "ml").exists()
