@@ -69,8 +69,12 @@ class HiddenModel:
         active = self.interests.join(req.select("_row", "user_id", "day"), on="user_id").filter(
             (pl.col("from_day") <= pl.col("day")) & (pl.col("day") <= pl.col("to_day"))
         )
-        active = active.join(self.parents.rename({"category": "icat", "parent": "iparent"}), left_on="category",
-                             right_on="icat", how="left")
+        active = active.join(
+            self.parents.rename({"category": "icat", "parent": "iparent"}),
+            left_on="category",
+            right_on="icat",
+            how="left",
+        )
         feats = (
             req.select("_row", "category", "parent")
             .join(active.select("_row", pl.col("category").alias("ic"), "iparent", "weight"), on="_row", how="left")

@@ -33,8 +33,7 @@ from aigq.data.validate import QUARANTINE, NotALogError, apply_rules
 
 FIELDS = ("user", "query_time", "query", "clicked_item", "category", "click_time")
 REQUIRED = ("user", "query_time", "query")
-REASONS = ("wrong field count", "missing user_id", "missing ts", "bad timestamp", "missing query",
-           "click before query")
+REASONS = ("wrong field count", "missing user_id", "missing ts", "bad timestamp", "missing query", "click before query")
 DELIMITERS = (",", "\t", ";", "|")
 SESSION_GAP = timedelta(minutes=30)
 CHUNK = 250_000  # CSV rows buffered in Python lists before they become a polars frame
@@ -72,11 +71,15 @@ def parse_timestamps(values: pl.Series, time_format: str | None = None) -> pl.Se
     s = pl.select(pl.when(s != "").then(s)).to_series()
     if time_format is None:
         c = pl.col("s")
-        iso = (c.str.strip_suffix("Z").str.replace(" ", "T", literal=True)
-               .str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", time_unit="us", strict=False))
+        iso = (
+            c.str.strip_suffix("Z")
+            .str.replace(" ", "T", literal=True)
+            .str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", time_unit="us", strict=False)
+        )
         num = c.cast(pl.Float64, strict=False)
-        epoch = (pl.when(c.str.contains(_EPOCH) & (num >= 0) & (num <= _MAX_EPOCH))
-                 .then((num * 1e6).round().cast(pl.Int64).cast(schema.TS)))
+        epoch = pl.when(c.str.contains(_EPOCH) & (num >= 0) & (num <= _MAX_EPOCH)).then(
+            (num * 1e6).round().cast(pl.Int64).cast(schema.TS)
+        )
         fast = pl.DataFrame({"s": s}).select(pl.coalesce(iso, epoch)).to_series()
         todo = s.filter(fast.is_null() & s.is_not_null() & ~s.str.contains(_EPOCH))
     else:
@@ -103,8 +106,10 @@ def _column_index(header: list[str], cfg: ImportConfig, path: Path) -> dict[str,
             idx[f] = lower.index(want.lower())
     missing = [f"{getattr(cfg, f)!r} ({f})" for f in REQUIRED if f not in idx]
     if missing:
-        raise NotALogError(f"{path}: not a search log: missing required column(s) {', '.join(missing)}; "
-                           f"columns found: {names}. Set the names with importer.<field>=... (ImportConfig).")
+        raise NotALogError(
+            f"{path}: not a search log: missing required column(s) {', '.join(missing)}; "
+            f"columns found: {names}. Set the names with importer.<field>=... (ImportConfig)."
+        )
     return idx
 
 
@@ -170,8 +175,10 @@ def _read_parquet(path: Path, cfg: ImportConfig) -> pl.DataFrame:
     except Exception as exc:  # any reader failure means "not a parquet log"
         raise NotALogError(f"{path}: unreadable parquet file ({type(exc).__name__}: {exc})") from None
     idx = _column_index(df.columns, cfg, path)
-    cols = {k: _as_string(df.to_series(idx[k])) if k in idx else pl.Series([None] * df.height, dtype=pl.String)
-            for k in FIELDS}
+    cols = {
+        k: _as_string(df.to_series(idx[k])) if k in idx else pl.Series([None] * df.height, dtype=pl.String)
+        for k in FIELDS
+    }
     return pl.DataFrame({"line": pl.int_range(1, df.height + 1, eager=True), **cols})
 
 
@@ -194,22 +201,30 @@ def _sniff_binary(path: Path) -> bool:
 
 def _check_rows(raw: pl.DataFrame, time_format: str | None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Normalise fields (``u``, ``q``, ``item``, ``cat``, ``qts``, ``cts``) and split into (ok, rejected)."""
+
     def clean(c: str) -> pl.Expr:
         v = pl.col(c).str.strip_chars()
         return pl.when(v != "").then(v)
 
-    df = raw.with_columns(u=clean("user"), item=clean("clicked_item"), cat=clean("category"),
-                          q=clean("query").str.replace_all(r"\s+", " ").str.to_lowercase(),
-                          qts=parse_timestamps(raw["query_time"], time_format),
-                          cts=parse_timestamps(raw["click_time"], time_format))
+    df = raw.with_columns(
+        u=clean("user"),
+        item=clean("clicked_item"),
+        cat=clean("category"),
+        q=clean("query").str.replace_all(r"\s+", " ").str.to_lowercase(),
+        qts=parse_timestamps(raw["query_time"], time_format),
+        cts=parse_timestamps(raw["click_time"], time_format),
+    )
     clicked, cts_given = pl.col("item").is_not_null(), clean("click_time").is_not_null()
-    return apply_rules(df, [
-        ("missing user_id", pl.col("u").is_null()),
-        ("missing ts", clean("query_time").is_null()),
-        ("bad timestamp", pl.col("qts").is_null() | (clicked & cts_given & pl.col("cts").is_null())),
-        ("missing query", pl.col("q").is_null()),
-        ("click before query", clicked & (pl.col("cts") < pl.col("qts"))),
-    ])
+    return apply_rules(
+        df,
+        [
+            ("missing user_id", pl.col("u").is_null()),
+            ("missing ts", clean("query_time").is_null()),
+            ("bad timestamp", pl.col("qts").is_null() | (clicked & cts_given & pl.col("cts").is_null())),
+            ("missing query", pl.col("q").is_null()),
+            ("click before query", clicked & (pl.col("cts") < pl.col("qts"))),
+        ],
+    )
 
 
 def _int_ids(strings: pl.Series, name: str) -> pl.DataFrame:
@@ -223,9 +238,15 @@ def _int_ids(strings: pl.Series, name: str) -> pl.DataFrame:
 
 def _mode(df: pl.DataFrame, key: str, value: str) -> pl.DataFrame:
     """Most frequent non-null ``value`` per ``key`` (ties: alphabetically first)."""
-    return (df.filter(pl.col(value).is_not_null()).group_by(key, value).len()
-            .sort([key, "len", value], descending=[False, True, False])
-            .group_by(key, maintain_order=True).first().drop("len"))
+    return (
+        df.filter(pl.col(value).is_not_null())
+        .group_by(key, value)
+        .len()
+        .sort([key, "len", value], descending=[False, True, False])
+        .group_by(key, maintain_order=True)
+        .first()
+        .drop("len")
+    )
 
 
 def _write_ids(world: Path, name: str, ids: pl.DataFrame, key: str) -> None:
@@ -241,32 +262,69 @@ def _build_tables(good: pl.DataFrame) -> tuple[dict[str, pl.DataFrame], pl.DataF
     uids = _int_ids(good["u"], "user_id")
     iids = _int_ids(good["item"].drop_nulls(), "item_id")
     rows = good.join(uids, left_on="u", right_on="original", how="left")
-    searches = rows.select("user_id", ts="qts", type=pl.lit("search"), query="q",
-                           item_id=pl.lit(None, dtype=pl.Int64), category="cat", order=pl.lit(0), line="line")
-    clicks = (rows.filter(pl.col("item").is_not_null())
-              .join(iids, left_on="item", right_on="original", how="left")
-              .select("user_id", ts=pl.coalesce("cts", pl.col("qts") + timedelta(seconds=1)), type=pl.lit("click"),
-                      query=pl.lit(None, dtype=pl.String), item_id="item_id", category="cat", order=pl.lit(1),
-                      line="line"))
+    searches = rows.select(
+        "user_id",
+        ts="qts",
+        type=pl.lit("search"),
+        query="q",
+        item_id=pl.lit(None, dtype=pl.Int64),
+        category="cat",
+        order=pl.lit(0),
+        line="line",
+    )
+    clicks = (
+        rows.filter(pl.col("item").is_not_null())
+        .join(iids, left_on="item", right_on="original", how="left")
+        .select(
+            "user_id",
+            ts=pl.coalesce("cts", pl.col("qts") + timedelta(seconds=1)),
+            type=pl.lit("click"),
+            query=pl.lit(None, dtype=pl.String),
+            item_id="item_id",
+            category="cat",
+            order=pl.lit(1),
+            line="line",
+        )
+    )
     ev = pl.concat([searches, clicks]).sort("user_id", "ts", "order", "line")
     first = pl.col("user_id") != pl.col("user_id").shift()
     new = (first | ((pl.col("ts") - pl.col("ts").shift()) > SESSION_GAP)).fill_null(True)
     events = ev.with_columns(session_id=new.cast(pl.Int64).cum_sum().over("user_id")).drop("order", "line")
 
-    users = (events.group_by("user_id").agg(first_seen=pl.col("ts").min()).sort("user_id")
-             .with_columns(gender=pl.lit("unknown"), age=pl.lit(None, dtype=pl.Int32), city=pl.lit("unknown"),
-                           occupation=pl.lit("unknown")))
+    users = (
+        events.group_by("user_id")
+        .agg(first_seen=pl.col("ts").min())
+        .sort("user_id")
+        .with_columns(
+            gender=pl.lit("unknown"),
+            age=pl.lit(None, dtype=pl.Int32),
+            city=pl.lit("unknown"),
+            occupation=pl.lit("unknown"),
+        )
+    )
     item_cat = _mode(good.filter(pl.col("item").is_not_null()), "item", "cat")
-    items = (iids.join(item_cat, left_on="original", right_on="item", how="left")
-             .with_columns(pl.col("cat").fill_null("unknown")).sort("item_id")
-             .select("item_id", title="original", category="cat", category_path="cat", brand=pl.lit("unknown"),
-                     price=pl.lit(None, dtype=pl.Float64),
-                     description=pl.format("{} item {}", pl.col("cat"), pl.col("original"))))
+    items = (
+        iids.join(item_cat, left_on="original", right_on="item", how="left")
+        .with_columns(pl.col("cat").fill_null("unknown"))
+        .sort("item_id")
+        .select(
+            "item_id",
+            title="original",
+            category="cat",
+            category_path="cat",
+            brand=pl.lit("unknown"),
+            price=pl.lit(None, dtype=pl.Float64),
+            description=pl.format("{} item {}", pl.col("cat"), pl.col("original")),
+        )
+    )
     queries = _mode(good, "q", "cat").rename({"q": "query", "cat": "category"}).sort("query")
     cats = pl.concat([good["cat"].drop_nulls(), items["category"]]).unique().sort()
     categories = pl.DataFrame({"category": cats, "parent": cats})
-    return ({"users": users, "items": items, "queries": queries, "categories": categories, "events": events},
-            uids, iids)
+    return (
+        {"users": users, "items": items, "queries": queries, "categories": categories, "events": events},
+        uids,
+        iids,
+    )
 
 
 def import_log(path: str | Path, world: str | Path, cfg: ImportConfig) -> ImportReport:
@@ -275,8 +333,10 @@ def import_log(path: str | Path, world: str | Path, cfg: ImportConfig) -> Import
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such log file")
     if _sniff_binary(path):
-        raw, wrong = _read_parquet(path, cfg), pl.DataFrame(schema={"line": pl.Int64, "raw": pl.String,
-                                                                    "reason": pl.String})
+        raw, wrong = (
+            _read_parquet(path, cfg),
+            pl.DataFrame(schema={"line": pl.Int64, "raw": pl.String, "reason": pl.String}),
+        )
     else:
         raw, wrong = _read_csv(path, cfg)
     rows_in = raw.height + wrong.height
@@ -310,8 +370,25 @@ def import_log(path: str | Path, world: str | Path, cfg: ImportConfig) -> Import
     ts = tables["events"]["ts"]
     first_day, last_day = ts.min().date(), ts.max().date()  # type: ignore[union-attr]
     n = {name: df.height for name, df in tables.items()}
-    schema.write_meta(world, {"source": "importer", "input": str(path), "start_date": first_day.isoformat(),
-                              "days": (last_day - first_day).days + 1, "rows_in": rows_in,
-                              "rows_ok": good.height, "rejected": rejected.height, **n})
-    return ImportReport(rows_in=rows_in, rows_ok=good.height, rejected=rejected.height, by_reason=by_reason,
-                        world=world, quarantine=qpath, counts=n)
+    schema.write_meta(
+        world,
+        {
+            "source": "importer",
+            "input": str(path),
+            "start_date": first_day.isoformat(),
+            "days": (last_day - first_day).days + 1,
+            "rows_in": rows_in,
+            "rows_ok": good.height,
+            "rejected": rejected.height,
+            **n,
+        },
+    )
+    return ImportReport(
+        rows_in=rows_in,
+        rows_ok=good.height,
+        rejected=rejected.height,
+        by_reason=by_reason,
+        world=world,
+        quarantine=qpath,
+        counts=n,
+    )

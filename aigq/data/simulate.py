@@ -35,10 +35,38 @@ from aigq.data.vocabulary import BRANDS, MODIFIERS, Vocabulary, load_vocabulary
 
 DAY_S = 86_400
 GENDERS = ["Female", "Male"]
-CITIES = ["Beijing", "Shanghai", "Hangzhou", "Shenzhen", "Guangzhou", "Chengdu", "Wuhan", "Nanjing", "Xi'an",
-          "Chongqing", "Seattle", "Boston", "Austin", "Denver", "London", "Berlin"]
-OCCUPATIONS = ["Student", "Engineer", "Teacher", "Medical Staff", "Designer", "Sales", "Civil Servant", "Freelancer",
-               "Retired", "Homemaker", "Manager", "Worker"]
+CITIES = [
+    "Beijing",
+    "Shanghai",
+    "Hangzhou",
+    "Shenzhen",
+    "Guangzhou",
+    "Chengdu",
+    "Wuhan",
+    "Nanjing",
+    "Xi'an",
+    "Chongqing",
+    "Seattle",
+    "Boston",
+    "Austin",
+    "Denver",
+    "London",
+    "Berlin",
+]
+OCCUPATIONS = [
+    "Student",
+    "Engineer",
+    "Teacher",
+    "Medical Staff",
+    "Designer",
+    "Sales",
+    "Civil Servant",
+    "Freelancer",
+    "Retired",
+    "Homemaker",
+    "Manager",
+    "Worker",
+]
 TYPE_NAMES = np.array(schema.EVENT_TYPES)
 N_CAND = 16  # legacy ranker candidates per exposure before de-duplication
 
@@ -86,15 +114,23 @@ def _build_static(wc: WorldConfig, seed: int) -> _Static:
     sibs = []
     for c in range(C):
         s = [o for o in np.nonzero(parent_id == parent_id[c])[0] if o != c]
-        sibs.append(s or [int(o) for o in rng.choice([o for o in range(C) if o != c] or [c], size=min(3, max(C - 1, 1)))])
+        sibs.append(
+            s or [int(o) for o in rng.choice([o for o in range(C) if o != c] or [c], size=min(3, max(C - 1, 1)))]
+        )
     cat_cum = np.cumsum(cat_p)
     cat_cum[-1] = 1.0
     item_cum = np.cumsum(_zipf(wc.items_per_category, wc.item_zipf))
     item_cum[-1] = 1.0
     return _Static(
-        vocab=v, cat_cum=cat_cum, q_key=q_key, q_pop=q_pop, q_popnorm=popnorm, item_cum=item_cum,
+        vocab=v,
+        cat_cum=cat_cum,
+        q_key=q_key,
+        q_pop=q_pop,
+        q_popnorm=popnorm,
+        item_cum=item_cum,
         sib_flat=np.concatenate([np.asarray(s, dtype=np.int64) for s in sibs]),
-        sib_off=np.cumsum([0] + [len(s) for s in sibs[:-1]]), sib_cnt=np.array([len(s) for s in sibs]),
+        sib_off=np.cumsum([0] + [len(s) for s in sibs[:-1]]),
+        sib_cnt=np.array([len(s) for s in sibs]),
         parent_id=parent_id,
     )
 
@@ -119,22 +155,26 @@ def _static_tables(st: _Static, wc: WorldConfig, seed: int) -> dict[str, pl.Data
     noun = np.array([n[:-1] if n.endswith("s") and not n.endswith("ss") else n for n in v.nouns()])[cat]
     cats, parents = np.array(v.categories), np.array(v.parents)
     base_price = np.exp(rng.normal(3.5, 0.8, v.n_categories))
-    items = pl.DataFrame({
-        "item_id": np.arange(1, len(cat) + 1),
-        "title": np.char.title(np.char.add(np.char.add(brand, " "), np.char.add(np.char.add(mod, " "), noun))),
-        "category": cats[cat],
-        "category_path": np.char.add(np.char.add(parents[cat], " > "), cats[cat]),
-        "brand": brand,
-        "price": np.round(base_price[cat] * np.exp(rng.normal(0, 0.4, len(cat))), 2),
-        "description": np.char.add(np.char.add(mod, " "), np.char.add(noun, np.char.add(" by ", brand))),
-    })
+    items = pl.DataFrame(
+        {
+            "item_id": np.arange(1, len(cat) + 1),
+            "title": np.char.title(np.char.add(np.char.add(brand, " "), np.char.add(np.char.add(mod, " "), noun))),
+            "category": cats[cat],
+            "category_path": np.char.add(np.char.add(parents[cat], " > "), cats[cat]),
+            "brand": brand,
+            "price": np.round(base_price[cat] * np.exp(rng.normal(0, 0.4, len(cat))), 2),
+            "description": np.char.add(np.char.add(mod, " "), np.char.add(noun, np.char.add(" by ", brand))),
+        }
+    )
     queries = pl.DataFrame({"query": v.queries, "category": cats[v.q_cat]})
     categories = pl.DataFrame({"category": v.categories, "parent": v.parents})
     popularity = queries.with_columns(parent=parents[v.q_cat], pop=st.q_popnorm)
     return {"items": items, "queries": queries, "categories": categories, "query_popularity": popularity}
 
 
-def _chunk(st: _Static, wc: WorldConfig, seed: int, ci: int, uid0: int, n: int, start_us: int) -> dict[str, pl.DataFrame]:
+def _chunk(
+    st: _Static, wc: WorldConfig, seed: int, ci: int, uid0: int, n: int, start_us: int
+) -> dict[str, pl.DataFrame]:
     rng = np.random.default_rng([seed, 1000 + ci])
     D, K, S, V = wc.days, wc.interests_max, 3, st.vocab
     uid = np.arange(uid0, uid0 + n, dtype=np.int64)
@@ -191,7 +231,9 @@ def _chunk(st: _Static, wc: WorldConfig, seed: int, ci: int, uid0: int, n: int, 
     we, sh_cat = w[eu], V.q_cat[shown]
     same = cur[:, None, :] == sh_cat[:, :, None]
     interest = (same * we[:, None, :]).sum(2)
-    related = ((st.parent_id[cur][:, None, :] == st.parent_id[sh_cat][:, :, None]) & ~same & (we[:, None, :] > 0)).any(2)
+    related = ((st.parent_id[cur][:, None, :] == st.parent_id[sh_cat][:, :, None]) & ~same & (we[:, None, :] > 0)).any(
+        2
+    )
     params = click_params(wc)
     p_click = click_probability(interest, related.astype(float), st.q_popnorm[shown], np.arange(3)[None, :], params)
     clicked = rng.random(p_click.shape) < p_click
@@ -209,8 +251,9 @@ def _chunk(st: _Static, wc: WorldConfig, seed: int, ci: int, uid0: int, n: int, 
     buy = cart & (rng.random(len(ck_s)) < wc.buy_rate)
     ev_s = np.concatenate([e[he], sr_s, ck_s, ck_s[cart], ck_s[buy]])
     ev_key = np.concatenate([hpos, 10 + 100 * sr_j, ck_key, ck_key[cart] + 1, ck_key[buy] + 2])
-    ev_type = np.concatenate([np.zeros(len(he) + len(sr_s), np.int64), np.full(len(ck_s), 1), np.full(cart.sum(), 2),
-                              np.full(buy.sum(), 3)])
+    ev_type = np.concatenate(
+        [np.zeros(len(he) + len(sr_s), np.int64), np.full(len(ck_s), 1), np.full(cart.sum(), 2), np.full(buy.sum(), 3)]
+    )
     ev_q = np.concatenate([shown[he, hpos], sr_q, np.full(len(ck_s) + cart.sum() + buy.sum(), -1)])
     ev_item = np.concatenate([np.full(len(he) + len(sr_s), -1), ck_item, ck_item[cart], ck_item[buy]])
     o = np.lexsort((ev_key, ev_s))
@@ -222,50 +265,63 @@ def _chunk(st: _Static, wc: WorldConfig, seed: int, ci: int, uid0: int, n: int, 
     ev_sec = (s_day[ev_s] - 1) * DAY_S + s_sec[ev_s] + 5.0 + offset
     ev_cat = np.where(ev_q >= 0, V.q_cat[np.maximum(ev_q, 0)], (ev_item - 1) // wc.items_per_category)
     qs, cats = pl.Series(V.queries), pl.Series(V.categories)
-    events = pl.DataFrame({
-        "user_id": uid[s_u[ev_s]],
-        "ts": pl.Series(start_us + (ev_sec * 1e6).astype(np.int64)).cast(schema.TS),
-        "type": TYPE_NAMES[ev_type],
-        "query": qs.gather(pl.Series(ev_q).replace(-1, None)),
-        "item_id": pl.Series(ev_item).replace(-1, None),
-        "category": cats.gather(ev_cat),
-        "session_id": s_id[ev_s],
-    })
+    events = pl.DataFrame(
+        {
+            "user_id": uid[s_u[ev_s]],
+            "ts": pl.Series(start_us + (ev_sec * 1e6).astype(np.int64)).cast(schema.TS),
+            "type": TYPE_NAMES[ev_type],
+            "query": qs.gather(pl.Series(ev_q).replace(-1, None)),
+            "item_id": pl.Series(ev_item).replace(-1, None),
+            "category": cats.gather(ev_cat),
+            "session_id": s_id[ev_s],
+        }
+    )
     K_r = topk.shape[1]
-    exposures = pl.DataFrame({
-        "exposure_id": s_id[e],
-        "user_id": uid[eu],
-        "ts": pl.Series(start_us + (((ed - 1) * DAY_S + s_sec[e]) * 1e6).astype(np.int64)).cast(schema.TS),
-        "session_id": s_id[e],
-        "shown": qs.gather(pl.Series(shown.ravel())).reshape((len(e), 3)).cast(pl.List(pl.String)),
-        "clicked": pl.Series(clicked.ravel()).reshape((len(e), 3)).cast(pl.List(pl.Boolean)),
-        "ranker_topk": qs.gather(pl.Series(topk.ravel()).replace(-1, None)).reshape((len(e), K_r))
-        .cast(pl.List(pl.String)).list.drop_nulls(),
-    })
-    users = pl.DataFrame({
-        "user_id": uid,
-        "gender": np.array(GENDERS)[rng.integers(0, 2, n)],
-        "age": np.clip(rng.normal(34, 11, n), 16, 75).astype(np.int32),
-        "city": np.array(CITIES)[rng.integers(0, len(CITIES), n)],
-        "occupation": np.array(OCCUPATIONS)[rng.integers(0, len(OCCUPATIONS), n)],
-        "first_seen": pl.Series(start_us + (first - 1) * DAY_S * 1_000_000).cast(schema.TS),
-    })
+    exposures = pl.DataFrame(
+        {
+            "exposure_id": s_id[e],
+            "user_id": uid[eu],
+            "ts": pl.Series(start_us + (((ed - 1) * DAY_S + s_sec[e]) * 1e6).astype(np.int64)).cast(schema.TS),
+            "session_id": s_id[e],
+            "shown": qs.gather(pl.Series(shown.ravel())).reshape((len(e), 3)).cast(pl.List(pl.String)),
+            "clicked": pl.Series(clicked.ravel()).reshape((len(e), 3)).cast(pl.List(pl.Boolean)),
+            "ranker_topk": qs.gather(pl.Series(topk.ravel()).replace(-1, None))
+            .reshape((len(e), K_r))
+            .cast(pl.List(pl.String))
+            .list.drop_nulls(),
+        }
+    )
+    users = pl.DataFrame(
+        {
+            "user_id": uid,
+            "gender": np.array(GENDERS)[rng.integers(0, 2, n)],
+            "age": np.clip(rng.normal(34, 11, n), 16, 75).astype(np.int32),
+            "city": np.array(CITIES)[rng.integers(0, len(CITIES), n)],
+            "occupation": np.array(OCCUPATIONS)[rng.integers(0, len(OCCUPATIONS), n)],
+            "first_seen": pl.Series(start_us + (first - 1) * DAY_S * 1_000_000).cast(schema.TS),
+        }
+    )
     # hidden interests: one row per (user, interest, segment) with the days it is active
     fr = np.concatenate([first[:, None, None].repeat(K, 1), chg], axis=2)
     to = np.minimum(np.concatenate([chg - 1, np.full((n, K, 1), D)], axis=2), D)
     keep = (w[..., None] > 0) & (fr <= D) & (fr <= to)
     ii = np.nonzero(keep)
-    interests = pl.DataFrame({
-        "user_id": uid[ii[0]], "slot": ii[1].astype(np.int32), "weight": w[ii[0], ii[1]],
-        "category": cats.gather(segs[ii]), "from_day": fr[ii].astype(np.int32), "to_day": to[ii].astype(np.int32),
-        "cold_start": cold[ii[0]],
-    })
+    interests = pl.DataFrame(
+        {
+            "user_id": uid[ii[0]],
+            "slot": ii[1].astype(np.int32),
+            "weight": w[ii[0], ii[1]],
+            "category": cats.gather(segs[ii]),
+            "from_day": fr[ii].astype(np.int32),
+            "to_day": to[ii].astype(np.int32),
+            "cold_start": cold[ii[0]],
+        }
+    )
     return {"users": users, "events": events, "exposures": exposures, "interests": interests}
 
 
 def click_params(wc: WorldConfig) -> ClickParams:
-    return ClickParams(wc.click_base, wc.click_interest, wc.click_related, wc.click_popularity,
-                       tuple(wc.position_bias))
+    return ClickParams(wc.click_base, wc.click_interest, wc.click_related, wc.click_popularity, tuple(wc.position_bias))
 
 
 def _inject_malformed(events: pl.DataFrame, exposures: pl.DataFrame, rate: float, rng: np.random.Generator):
@@ -276,8 +332,13 @@ def _inject_malformed(events: pl.DataFrame, exposures: pl.DataFrame, rate: float
     k = pl.Series(kind)
     events = events.with_columns(
         user_id=pl.when(k == 0).then(None).when(k == 5).then(10**12).otherwise(pl.col("user_id")),
-        type=pl.when(k == 1).then(pl.lit("view_item")).when(k == 2).then(pl.lit("click"))
-        .when(k == 4).then(pl.lit("search")).otherwise(pl.col("type")),
+        type=pl.when(k == 1)
+        .then(pl.lit("view_item"))
+        .when(k == 2)
+        .then(pl.lit("click"))
+        .when(k == 4)
+        .then(pl.lit("search"))
+        .otherwise(pl.col("type")),
         item_id=pl.when(k == 2).then(10**12).otherwise(pl.col("item_id")),
         query=pl.when(k == 4).then(None).otherwise(pl.col("query")),
         ts=pl.when(k == 3).then(pl.datetime(1999, 1, 1)).otherwise(pl.col("ts")),
@@ -287,7 +348,9 @@ def _inject_malformed(events: pl.DataFrame, exposures: pl.DataFrame, rate: float
     return events, exposures, {"events": len(bad), "exposures": int(bad_e.sum())}
 
 
-def simulate_world(wc: WorldConfig, seed: int, out: str | Path, progress: Callable[[int, int], None] | None = None) -> dict:
+def simulate_world(
+    wc: WorldConfig, seed: int, out: str | Path, progress: Callable[[int, int], None] | None = None
+) -> dict:
     """Simulate the world described by ``wc`` into folder ``out``; returns the counts also written to meta.json."""
     out = Path(out)
     st = _build_static(wc, seed)
@@ -309,7 +372,8 @@ def simulate_world(wc: WorldConfig, seed: int, out: str | Path, progress: Callab
         if wc.malformed_rate > 0:
             rng = np.random.default_rng([seed, 5000 + ci])
             tables["events"], tables["exposures"], inj = _inject_malformed(
-                tables["events"], tables["exposures"], wc.malformed_rate, rng)
+                tables["events"], tables["exposures"], wc.malformed_rate, rng
+            )
             injected = {t: injected[t] + inj[t] for t in injected}
         for name in ("users", "events", "exposures"):
             schema.write_part(out, name, tables[name], ci)
@@ -319,9 +383,16 @@ def simulate_world(wc: WorldConfig, seed: int, out: str | Path, progress: Callab
         if progress:
             progress(ci + 1, n_chunks)
     meta = {
-        "source": "simulator", "seed": seed, "start_date": wc.start_date, "days": wc.days,
-        "vocabulary": wc.vocabulary, "categories": st.vocab.n_categories, "queries": len(st.vocab.queries),
-        "items": st.vocab.n_categories * wc.items_per_category, "injected_malformed": injected, **counts,
+        "source": "simulator",
+        "seed": seed,
+        "start_date": wc.start_date,
+        "days": wc.days,
+        "vocabulary": wc.vocabulary,
+        "categories": st.vocab.n_categories,
+        "queries": len(st.vocab.queries),
+        "items": st.vocab.n_categories * wc.items_per_category,
+        "injected_malformed": injected,
+        **counts,
     }
     schema.write_meta(out, meta)
     return meta

@@ -37,10 +37,24 @@ REASONS: dict[str, tuple[str, ...]] = {
     "items": ("missing item_id", "missing category", "duplicate item_id"),
     "queries": ("missing query", "missing category", "duplicate query"),
     "categories": ("missing category", "duplicate category"),
-    "events": ("missing user_id", "missing ts", "bad timestamp", "unknown event type", "missing query",
-               "missing item_id", "dangling user_id", "dangling item_id"),
-    "exposures": ("missing exposure_id", "missing user_id", "missing ts", "bad timestamp", "bad shown list",
-                  "dangling user_id"),
+    "events": (
+        "missing user_id",
+        "missing ts",
+        "bad timestamp",
+        "unknown event type",
+        "missing query",
+        "missing item_id",
+        "dangling user_id",
+        "dangling item_id",
+    ),
+    "exposures": (
+        "missing exposure_id",
+        "missing user_id",
+        "missing ts",
+        "bad timestamp",
+        "bad shown list",
+        "dangling user_id",
+    ),
 }
 # A world whose users or events table has no rows at all is not a log.
 NONEMPTY_TABLES = ("users", "events")
@@ -114,56 +128,75 @@ def _dangling(col: str, known: pl.DataFrame, key: str) -> pl.Expr:
 
 
 def validate_users(users: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    return apply_rules(users, [("missing user_id", pl.col("user_id").is_null()),
-                               ("duplicate user_id", _dup("user_id"))])
+    return apply_rules(
+        users, [("missing user_id", pl.col("user_id").is_null()), ("duplicate user_id", _dup("user_id"))]
+    )
 
 
 def validate_items(items: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    return apply_rules(items, [("missing item_id", pl.col("item_id").is_null()),
-                               ("missing category", _blank("category")),
-                               ("duplicate item_id", _dup("item_id"))])
+    return apply_rules(
+        items,
+        [
+            ("missing item_id", pl.col("item_id").is_null()),
+            ("missing category", _blank("category")),
+            ("duplicate item_id", _dup("item_id")),
+        ],
+    )
 
 
 def validate_queries(queries: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    return apply_rules(queries, [("missing query", _blank("query")), ("missing category", _blank("category")),
-                                 ("duplicate query", _dup("query"))])
+    return apply_rules(
+        queries,
+        [
+            ("missing query", _blank("query")),
+            ("missing category", _blank("category")),
+            ("duplicate query", _dup("query")),
+        ],
+    )
 
 
 def validate_categories(categories: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    return apply_rules(categories, [("missing category", _blank("category")),
-                                    ("duplicate category", _dup("category"))])
+    return apply_rules(categories, [("missing category", _blank("category")), ("duplicate category", _dup("category"))])
 
 
-def validate_events(events: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame, start_date: str,
-                    days: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+def validate_events(
+    events: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame, start_date: str, days: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Events against the clean ``users``/``items`` and the world's time window."""
     typ = pl.col("type")
-    return apply_rules(events, [
-        ("missing user_id", pl.col("user_id").is_null()),
-        ("missing ts", pl.col("ts").is_null()),
-        ("bad timestamp", _bad_ts(start_date, days)),
-        ("unknown event type", typ.is_null() | ~typ.is_in(list(schema.EVENT_TYPES))),
-        ("missing query", (typ == "search") & _blank("query")),
-        ("missing item_id", typ.is_in(list(schema.ITEM_EVENT_TYPES)) & pl.col("item_id").is_null()),
-        ("dangling user_id", _dangling("user_id", users, "user_id")),
-        ("dangling item_id", _dangling("item_id", items, "item_id")),
-    ])
+    return apply_rules(
+        events,
+        [
+            ("missing user_id", pl.col("user_id").is_null()),
+            ("missing ts", pl.col("ts").is_null()),
+            ("bad timestamp", _bad_ts(start_date, days)),
+            ("unknown event type", typ.is_null() | ~typ.is_in(list(schema.EVENT_TYPES))),
+            ("missing query", (typ == "search") & _blank("query")),
+            ("missing item_id", typ.is_in(list(schema.ITEM_EVENT_TYPES)) & pl.col("item_id").is_null()),
+            ("dangling user_id", _dangling("user_id", users, "user_id")),
+            ("dangling item_id", _dangling("item_id", items, "item_id")),
+        ],
+    )
 
 
-def validate_exposures(exposures: pl.DataFrame, users: pl.DataFrame, start_date: str,
-                       days: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+def validate_exposures(
+    exposures: pl.DataFrame, users: pl.DataFrame, start_date: str, days: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """HintQ exposures: exactly 3 non-empty shown queries, a ``clicked`` flag per shown query, a known user."""
     shown, clicked = pl.col("shown"), pl.col("clicked")
     non_empty = shown.list.eval(pl.element().str.strip_chars().str.len_chars() > 0).list.sum()
     good_list = (shown.list.len() == 3) & (non_empty == 3) & (clicked.list.len() == shown.list.len())
-    return apply_rules(exposures, [
-        ("missing exposure_id", pl.col("exposure_id").is_null()),
-        ("missing user_id", pl.col("user_id").is_null()),
-        ("missing ts", pl.col("ts").is_null()),
-        ("bad timestamp", _bad_ts(start_date, days)),
-        ("bad shown list", ~good_list.fill_null(False)),
-        ("dangling user_id", _dangling("user_id", users, "user_id")),
-    ])
+    return apply_rules(
+        exposures,
+        [
+            ("missing exposure_id", pl.col("exposure_id").is_null()),
+            ("missing user_id", pl.col("user_id").is_null()),
+            ("missing ts", pl.col("ts").is_null()),
+            ("bad timestamp", _bad_ts(start_date, days)),
+            ("bad shown list", ~good_list.fill_null(False)),
+            ("dangling user_id", _dangling("user_id", users, "user_id")),
+        ],
+    )
 
 
 def _cast(df: pl.DataFrame, name: str, source: Path) -> pl.DataFrame:
@@ -173,8 +206,9 @@ def _cast(df: pl.DataFrame, name: str, source: Path) -> pl.DataFrame:
         try:
             df = df.with_columns(pl.col(col).cast(dtype, strict=True))
         except pl.exceptions.PolarsError as exc:
-            raise NotALogError(f"{name}.{col} in {source}: cannot cast {df.schema[col]} to {dtype} "
-                               f"({type(exc).__name__})") from None
+            raise NotALogError(
+                f"{name}.{col} in {source}: cannot cast {df.schema[col]} to {dtype} ({type(exc).__name__})"
+            ) from None
     return df
 
 
@@ -198,8 +232,10 @@ def read_table(world: str | Path, name: str) -> pl.DataFrame:
             raise NotALogError(f"{f}: not a readable parquet file ({type(exc).__name__}: {exc})") from None
         missing = [c for c in cols if c not in found]
         if missing:
-            raise NotALogError(f"table '{name}' ({f}): missing required column(s) {', '.join(missing)}; "
-                               f"columns found: {', '.join(found) or '(none)'}")
+            raise NotALogError(
+                f"table '{name}' ({f}): missing required column(s) {', '.join(missing)}; "
+                f"columns found: {', '.join(found) or '(none)'}"
+            )
         frames.append(_cast(df.select(cols), name, f))
     return pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
 
@@ -207,8 +243,9 @@ def read_table(world: str | Path, name: str) -> pl.DataFrame:
 def _report(rows_in: int, rejected: pl.DataFrame, name: str) -> TableReport:
     counts = dict(rejected.group_by("reason").len().iter_rows()) if rejected.height else {}
     by_reason = {r: counts[r] for r in REASONS[name] if r in counts}
-    return TableReport(rows_in=rows_in, rows_ok=rows_in - rejected.height, rejected=rejected.height,
-                       by_reason=by_reason)
+    return TableReport(
+        rows_in=rows_in, rows_ok=rows_in - rejected.height, rejected=rejected.height, by_reason=by_reason
+    )
 
 
 def save_quarantine(world: str | Path, name: str, rejected: pl.DataFrame) -> Path | None:
@@ -228,8 +265,10 @@ def _window(world: Path, meta: dict[str, Any]) -> tuple[str, int]:
         datetime.fromisoformat(str(start))
         days = int(days)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise NotALogError(f"{world}/meta.json: needs start_date (YYYY-MM-DD) and days; got start_date={start!r}, "
-                           f"days={meta.get('days')!r}") from None
+        raise NotALogError(
+            f"{world}/meta.json: needs start_date (YYYY-MM-DD) and days; got start_date={start!r}, "
+            f"days={meta.get('days')!r}"
+        ) from None
     return str(start), days
 
 

@@ -1,0 +1,151 @@
+"""The one prompt and label-list format of AIGQ (paper §3.2, Eq. 1), shared by samples, training and serving.
+
+A prompt is the paper's verbatim example shape::
+
+    Please Recommend the next 10 queries.
+    User Profile: { Gender: Female, Age: 44, Occupation: Medical Staff, City: Beijing }.
+    User Behavior Sequence: { <1><Today><click> Hand-woven sachet;; <2><1_day_ago><search> flower cake }
+
+Behaviour lines (paper schema ``index | time | behavior type | behavior content``):
+
+* **index** is a unique per-behaviour position, **1 = the most recent** behaviour before the sample's anchor, 2 the
+  one before, … (the paper's example repeats ``<1>``; AIGQ-Think triggers are "a sequence of behavior indices", so
+  indices must identify single behaviours, and counting back from the present keeps the small indices, i.e. the most
+  frequent special tokens, on the behaviours that matter most). Lines are listed in index order, most recent first.
+* **time** is the number of days between the behaviour's day and the sample's day: ``Today``, ``1 day ago``,
+  ``N days ago``. Behaviours more than ``history_days`` days ago are not shown; at most ``history_len`` (L), the L
+  most recent, are.
+* compressed (``compress=True``, Eq. 1): ``<{i}><{time}><{type}> {content}`` with the time as one special token
+  (``<Today>``, ``<1_day_ago>``, ``<N_days_ago>``); plain: ``{i} | {time} | {type} | {content}``. Either form joins
+  behaviours with ``BEHAVIOUR_SEP`` (";; ", our reading of the example).
+* the instruction is ``cfg.instruction`` when compressed (instruction pruning) else ``cfg.instruction_plain``, with
+  ``{n}`` = ``cfg.label_cap``. Missing profile fields render as ``unknown``.
+
+Each helper has a plain-Python form (serving, tests) and, where the sample builder needs it, a polars expression
+form producing byte-identical text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import polars as pl
+
+from aigq.config import SamplesConfig
+from aigq.data.schema import EVENT_TYPES
+
+QUERY_SEP = " ; "  # separator of the output query list (training targets, generation parsing)
+BEHAVIOUR_SEP = ";; "  # separator of behaviour lines in the prompt
+PROFILE_FIELDS = (("Gender", "gender"), ("Age", "age"), ("Occupation", "occupation"), ("City", "city"))
+UNKNOWN = "unknown"
+
+
+# ---------------------------------------------------------------- output list
+
+
+def format_target(queries: Sequence[str]) -> str:
+    """The label list as text: queries joined by ``QUERY_SEP``. A ``;`` inside a query becomes ``,`` and
+    surrounding whitespace is stripped, so ``parse_target(format_target(q)) == q`` for clean queries."""
+    return QUERY_SEP.join(q.replace(";", ",").strip() for q in queries)
+
+
+def parse_target(text: str) -> list[str]:
+    """Inverse of ``format_target``; lenient: splits on ``;`` (any spacing) and drops empty pieces."""
+    return [p.strip() for p in text.split(QUERY_SEP.strip()) if p.strip()]
+
+
+# ---------------------------------------------------------------- special tokens
+
+
+def time_text(days_ago: int, compress: bool) -> str:
+    """``<Today>`` / ``<1_day_ago>`` / ``<N_days_ago>`` (compressed) or ``Today`` / ``1 day ago`` / ``N days ago``."""
+    if compress:
+        return "<Today>" if days_ago == 0 else "<1_day_ago>" if days_ago == 1 else f"<{days_ago}_days_ago>"
+    return "Today" if days_ago == 0 else "1 day ago" if days_ago == 1 else f"{days_ago} days ago"
+
+
+def special_tokens(cfg: SamplesConfig) -> list[str]:
+    """Tokens added to the vocabulary for the compressed prompt (Eq. 1): ``<1>``…``<L>``, the time tokens up to
+    ``<{history_days}_days_ago>``, and one token per behaviour type."""
+    idx = [f"<{i}>" for i in range(1, cfg.history_len + 1)]
+    times = [time_text(d, True) for d in range(cfg.history_days + 1)]
+    return idx + times + [f"<{t}>" for t in EVENT_TYPES]
+
+
+# ---------------------------------------------------------------- plain-Python rendering
+
+
+def behaviour_head(index: int, days_ago: int, compress: bool) -> str:
+    """The sample-dependent part of a behaviour line: ``<i><time>`` or ``i | time | ``."""
+    t = time_text(days_ago, compress)
+    return f"<{index}>{t}" if compress else f"{index} | {t} | "
+
+
+def behaviour_tail(btype: str, content: str, compress: bool) -> str:
+    """The behaviour's own part of its line: ``<type> content`` or ``type | content``."""
+    return f"<{btype}> {content}" if compress else f"{btype} | {content}"
+
+
+def format_behaviour(index: int, days_ago: int, btype: str, content: str, compress: bool) -> str:
+    return behaviour_head(index, days_ago, compress) + behaviour_tail(btype, content, compress)
+
+
+def format_profile(profile: Mapping[str, Any]) -> str:
+    def val(key: str) -> str:
+        v = profile.get(key)
+        return UNKNOWN if v is None else str(v)
+
+    return "User Profile: { " + ", ".join(f"{label}: {val(k)}" for label, k in PROFILE_FIELDS) + " }."
+
+
+def instruction(cfg: SamplesConfig) -> str:
+    return (cfg.instruction if cfg.compress else cfg.instruction_plain).format(n=cfg.label_cap)
+
+
+def _sequence_line(seq: str) -> str:
+    return "User Behavior Sequence: { " + seq + " }" if seq else "User Behavior Sequence: { }"
+
+
+def format_prompt(profile: Mapping[str, Any], behaviours: Sequence[tuple[int, str, str]], cfg: SamplesConfig) -> str:
+    """The prompt for one user. ``behaviours``: ``(days_ago, type, content)`` of the behaviours strictly before the
+    anchor, **most recent first**; those more than ``history_days`` ago are dropped and at most L are shown."""
+    shown = [b for b in behaviours if b[0] <= cfg.history_days][: cfg.history_len]
+    seq = BEHAVIOUR_SEP.join(format_behaviour(i, d, t, c, cfg.compress) for i, (d, t, c) in enumerate(shown, 1))
+    return "\n".join([instruction(cfg), format_profile(profile), _sequence_line(seq)])
+
+
+# ---------------------------------------------------------------- polars expressions (same text)
+
+
+def behaviour_tail_expr(btype: pl.Expr, content: pl.Expr, compress: bool) -> pl.Expr:
+    """Expression form of ``behaviour_tail`` (computed once per behaviour)."""
+    if compress:
+        return pl.concat_str([pl.lit("<"), btype, pl.lit("> "), content])
+    return pl.concat_str([btype, content], separator=" | ")
+
+
+def behaviour_head_expr(index: pl.Expr, days_ago: pl.Expr, cfg: SamplesConfig) -> pl.Expr:
+    """Expression form of ``behaviour_head`` for 1 ≤ index ≤ L and 0 ≤ days_ago ≤ history_days (out of range is
+    an error): a gather from the table of every possible head, so the text is exactly the Python helper's."""
+    n_days = cfg.history_days + 1
+    heads = [behaviour_head(i, d, cfg.compress) for i in range(cfg.history_len + 1) for d in range(n_days)]
+    return pl.lit(pl.Series(heads, dtype=pl.String)).gather(index.cast(pl.Int64) * n_days + days_ago)
+
+
+def profile_expr() -> pl.Expr:
+    """Expression form of ``format_profile`` over the USERS columns gender, age, occupation, city."""
+    parts: list[pl.Expr] = []
+    for n, (label, key) in enumerate(PROFILE_FIELDS):
+        parts += [pl.lit(("" if n == 0 else ", ") + f"{label}: "), pl.col(key).cast(pl.String).fill_null(UNKNOWN)]
+    return pl.concat_str([pl.lit("User Profile: { "), *parts, pl.lit(" }.")])
+
+
+def prompt_expr(profile: pl.Expr, sequence: pl.Expr, cfg: SamplesConfig) -> pl.Expr:
+    """Expression form of ``format_prompt``: ``sequence`` is the already joined behaviour text ("" when none)."""
+    seq = (
+        pl.when(sequence.fill_null("") == "")
+        .then(pl.lit("User Behavior Sequence: { }"))
+        .otherwise(pl.concat_str([pl.lit("User Behavior Sequence: { "), sequence, pl.lit(" }")]))
+    )
+    return pl.concat_str([pl.lit(instruction(cfg)), profile, seq], separator="\n")

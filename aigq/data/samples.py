@@ -1,0 +1,399 @@
+"""IL-SFT / AIGQ-Think samples from the clean log tables (paper §3.2–§3.3, Eqs. 2–5), vectorised in polars.
+
+Every sample is ``x = [P, S]`` (Eq. 5): the user's profile and the last L behaviours **strictly before** the sample's
+anchor (an exposure's ts for Direct, the session's t_first for Think, 00:00 of the day for test), so no label
+behaviour leaks into its own prompt. Prompt text is ``aigq.data.prompt``'s format (index 1 = most recent).
+
+* **Direct (Eq. 3)** one sample per train-day HintQ exposure with ≥ 1 clicked shown query. Label (rerank on):
+  clicked shown queries in shown order, then ``ranker_topk[:rank_top_k]``; rerank off: the ranker's top-K only, in
+  production order. De-duplicated (first occurrence kept), capped at ``label_cap``.
+* **Think (Eqs. 2, 4)** one sample per user and train day. The day-level session (Eq. 2) runs from t_first, the
+  user's first search-entry interaction of the day (a HintQ exposure or a search event), to the day's last event, so
+  every exposure and search of the day is in it while earlier same-day clicks are context. Label (rerank on):
+  clicked hint queries (time, then shown order) → searches (time order) → the exposures' ranker top-K (time, then
+  ranker order) → ``llm_gen`` candidates; rerank off: the same candidates in chronological order of appearance (at
+  one exposure the ranker's list precedes its clicks; generated ones last). Then de-duplicate (first position kept,
+  the strongest source kept: click > search > rank > gen), filter, cap, and drop empty labels. Filter
+  ``overlap`` (stand-in for the paper's LLM filter): click/search queries stay; rank/gen queries stay only if their
+  category (``queries`` table; unknown → dropped) equals, or shares its parent (``categories``) with, the category
+  of at least one context behaviour.
+* **Trigger sets** (Direct and Think; Think's T_k, §3.4): for a label query with category c, the indices of the
+  context behaviours whose category is c; if none, of those whose category's parent is c's parent (null parents never
+  match); the ``trigger_max`` most recent (smallest indices, ascending); otherwise (or unknown c) empty.
+* **Test** one row per user and test day (the last ``test_days``) with ≥ 1 search or clicked hint query: target =
+  the day's searched and clicked hint queries in time order (same instant: searches first, clicks in shown order),
+  de-duplicated, not capped; triggers empty; context = behaviours before 00:00 of that day.
+
+``metadata.cold_start`` (all tables) = the number of behaviours before the anchor within ``history_days``
+(``n_history``, not capped at L) ≤ ``cold_start_max_behaviours``. Ties in time are broken deterministically
+(behaviours: by content id; exposures: by exposure_id). Memory: behaviours are held as integer ids (their text is
+looked up in a per-item / per-query table), and contexts and candidate labels are built chunk by chunk of
+``chunk_size`` anchors; the output does not depend on the chunk size.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from aigq.config import SamplesConfig
+from aigq.data import prompt as P
+from aigq.data.schema import ITEM_EVENT_TYPES, TABLES, TS, day_expr, empty_frame
+
+SOURCES = {0: "click", 1: "search", 2: "rank", 3: "gen"}  # label source priority (Eq. 4 order)
+METADATA = pl.Struct({
+    "n_behaviours": pl.Int32,  # behaviours shown in the prompt (≤ L)
+    "n_history": pl.Int32,  # behaviours before the anchor within history_days (not capped)
+    "cold_start": pl.Boolean,
+    "label_sources": pl.List(pl.String),  # aligned with target
+    "rerank": pl.Boolean,
+    "compress": pl.Boolean,
+    "anchor_ts": TS,
+})
+OUTPUT_SCHEMA: dict[str, pl.DataType] = {
+    "sample_id": pl.String, "user_id": pl.Int64, "day": pl.Int32, "variant": pl.String, "prompt": pl.String,
+    "target": pl.List(pl.String), "triggers": pl.List(pl.List(pl.Int32)), "metadata": METADATA,
+}
+# llm_gen(frame of sample_id, user_id, day, prompt) → frame of sample_id, queries (list[str], in generation order).
+LLMGen = Callable[[pl.DataFrame], pl.DataFrame]
+_CLICK_AFTER_RANK = 1_000_000  # rerank off: at one exposure the ranker's list precedes the clicks on it
+_CAND = {"key": pl.Int64, "query": pl.String, "prio": pl.Int8, "t": TS, "src": pl.Int64, "sub": pl.Int32,
+         "ord": pl.Int32}
+
+
+@dataclass
+class SampleSet:
+    direct: pl.DataFrame  # AIGQ-Direct train samples (Eq. 3)
+    think: pl.DataFrame  # AIGQ-Think train samples (Eqs. 2, 4)
+    test: pl.DataFrame  # per user-day test targets
+    special_tokens: list[str]
+
+    def stats(self) -> dict[str, float]:
+        """``{split}.samples``, ``.users``, ``.mean_target_len``, ``.mean_behaviours``, ``.cold_start_share``,
+        ``.trigger_coverage`` (share of label queries with a trigger) and ``.source_share.{source}``."""
+        out: dict[str, float] = {}
+        for name, df in (("direct", self.direct), ("think", self.think), ("test", self.test)):
+            out[f"{name}.samples"] = float(df.height)
+            if df.height == 0:
+                continue
+            m = df["metadata"].struct
+            out[f"{name}.users"] = float(df["user_id"].n_unique())
+            out[f"{name}.mean_target_len"] = float(df["target"].list.len().mean())
+            out[f"{name}.mean_behaviours"] = float(m.field("n_behaviours").mean())
+            out[f"{name}.cold_start_share"] = float(m.field("cold_start").mean())
+            trig = df["triggers"].explode().drop_nulls()
+            out[f"{name}.trigger_coverage"] = float((trig.list.len() > 0).mean()) if trig.len() else 0.0
+            src = m.field("label_sources").explode().drop_nulls()
+            for s in SOURCES.values():
+                out[f"{name}.source_share.{s}"] = float((src == s).mean()) if src.len() else 0.0
+        return out
+
+
+# ---------------------------------------------------------------- behaviours as integer ids
+
+
+@dataclass
+class _World:
+    """What every variant shares: behaviours (ids), their line tails, query → category ids, the config."""
+
+    beh: pl.DataFrame  # sorted by (user_id, ts); row = bidx; tid, bday, category, parent
+    tails: pl.Series  # tid → "<type> content" (or "type | content")
+    qinfo: pl.DataFrame  # query → qcat, qpar (category ids)
+    profile: pl.DataFrame  # user_id → profile text
+    ncat: int  # number of category ids (composite (key, category) ids)
+    cfg: SamplesConfig
+    start_date: str
+    chunk_size: int
+
+
+def _table(tables: dict[str, pl.DataFrame], name: str) -> pl.DataFrame:
+    df = tables.get(name)
+    df = empty_frame(name) if df is None else df
+    return df.select([pl.col(c).cast(t) for c, t in TABLES[name].items()])
+
+
+def _first_per(df: pl.DataFrame, key: str) -> pl.DataFrame:
+    """One row per key, independent of the input row order (the smallest row wins)."""
+    return df.sort(pl.all(), nulls_last=True).unique(key, keep="first", maintain_order=True)
+
+
+def _cid(e: pl.Expr, names: pl.Series) -> pl.Expr:
+    """Category name → integer id (its position in the sorted ``names``)."""
+    return e.replace_strict(names, pl.Series(range(names.len()), dtype=pl.Int32), default=None, return_dtype=pl.Int32)
+
+
+def _day_start(day: pl.Expr, start_date: str) -> pl.Expr:
+    return pl.lit(start_date).str.to_date().cast(TS) + pl.duration(days=day - 1)
+
+
+def _nonblank(col: str) -> pl.Expr:
+    return pl.col(col).str.strip_chars().str.len_chars() > 0
+
+
+def _world(t: dict[str, pl.DataFrame], cfg: SamplesConfig, start_date: str, chunk_size: int) -> _World:
+    """Behaviours = events of ``behaviour_types`` with content (search: the query; click/cart/buy: the item's
+    description, else title), sorted by (user_id, ts, content id); category from the event, else item / query."""
+    cats = [t["categories"]["category"], t["categories"]["parent"], t["queries"]["category"], t["items"]["category"]]
+    names = pl.concat([*cats, t["events"]["category"]]).drop_nulls().unique().sort()
+    parents = _first_per(t["categories"].drop_nulls("category"), "category").select(
+        category=_cid(pl.col("category"), names), parent=_cid(pl.col("parent"), names))
+    qinfo = (_first_per(t["queries"].drop_nulls("query"), "query")
+             .select("query", category=_cid(pl.col("category"), names))
+             .join(parents, on="category", how="left").select("query", qcat="category", qpar="parent"))
+    items = (_first_per(t["items"], "item_id")
+             .select("item_id", desc=pl.coalesce("description", "title"), icat=_cid(pl.col("category"), names))
+             .filter(_nonblank("desc")).sort("item_id").with_row_index("irow"))
+    searched = t["events"].lazy().filter(pl.col("type") == "search").select("query")
+    qdict = (pl.concat([t["queries"].lazy().select("query"), searched]).drop_nulls().filter(_nonblank("query"))
+             .unique().sort("query").with_row_index("qrow").join(qinfo.lazy(), on="query", how="left").collect())
+    itypes = [x for x in ITEM_EVENT_TYPES if x in cfg.behaviour_types]
+    n_i, base = items.height, len(itypes) * items.height
+    tails = [items.select(P.behaviour_tail_expr(pl.lit(x), pl.col("desc"), cfg.compress)) for x in itypes]
+    tails.append(qdict.select(P.behaviour_tail_expr(pl.lit("search"), pl.col("query"), cfg.compress)))
+    ev = t["events"].lazy().filter(pl.col("type").is_in(list(cfg.behaviour_types))).select(
+        "user_id", "ts", "type", "query", "item_id", ecat=_cid(pl.col("category"), names))
+    slot = pl.col("type").replace_strict(itypes, list(range(len(itypes))), default=0, return_dtype=pl.Int64)
+    b_items = ev.filter(pl.col("type") != "search").join(items.lazy().select("item_id", "irow", "icat"), on="item_id")
+    b_items = b_items.select("user_id", "ts", tid=slot * n_i + pl.col("irow"), category=pl.coalesce("ecat", "icat"))
+    b_srch = ev.filter(pl.col("type") == "search").join(qdict.lazy().select("query", "qrow", "qcat"), on="query")
+    b_srch = b_srch.select(
+        "user_id", "ts", tid=base + pl.col("qrow").cast(pl.Int64), category=pl.coalesce("ecat", "qcat"))
+    beh = (pl.concat([b_items, b_srch]).join(parents.lazy(), on="category", how="left")
+           .sort("user_id", "ts", "tid", "category", nulls_last=True)
+           .select("user_id", "ts", pl.col("tid").cast(pl.Int32), "category", "parent",
+                   bday=day_expr(pl.col("ts"), start_date)).collect())
+    profile = _first_per(t["users"], "user_id").select("user_id", profile=P.profile_expr())
+    return _World(beh, pl.concat(tails).to_series(), qinfo, profile, names.len() + 1, cfg, start_date, chunk_size)
+
+
+def _locate(anchors: list[pl.DataFrame], w: _World) -> list[pl.DataFrame]:
+    """Per anchor (all variants in one pass): ``hi`` = bidx of the last behaviour strictly before it (asof, exact
+    matches excluded), ``n_history`` behaviours within history_days, ``n_beh`` = min(n_history, L) shown (bidx hi,
+    hi-1, …)."""
+    right = w.beh.select("user_id", "ts").with_row_index("bidx")
+    asof = {"by": "user_id", "check_sortedness": False}  # both sides are sorted by ts within each user
+    al = pl.concat([a.select("key", "user_id", "ts", "day", v=pl.lit(i, pl.Int8)) for i, a in enumerate(anchors)])
+    hi = al.sort("user_id", "ts").join_asof(right, on="ts", strategy="backward", allow_exact_matches=False, **asof)
+    ws = al.select("v", "key", "user_id", ws=_day_start(pl.col("day") - w.cfg.history_days, w.start_date))
+    lo = ws.sort("user_id", "ws").join_asof(right, left_on="ws", right_on="ts", strategy="forward", **asof)
+    loc = hi.select("v", "key", hi=pl.col("bidx").cast(pl.Int64))
+    loc = loc.join(lo.select("v", "key", lo="bidx"), on=["v", "key"])
+    n = pl.when(pl.col("hi") >= pl.col("lo")).then(pl.col("hi") - pl.col("lo") + 1).otherwise(0).fill_null(0)
+    loc = loc.select("v", "key", "hi", n_history=n.cast(pl.Int32)).with_columns(
+        n_beh=pl.min_horizontal("n_history", pl.lit(w.cfg.history_len, pl.Int32)))
+    return [a.join(loc.filter(pl.col("v") == i).drop("v"), on="key", how="left").sort("key")
+            for i, a in enumerate(anchors)]
+
+
+def _context(chunk: pl.DataFrame, w: _World) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(key → joined behaviour text ``seq``, long context frame key/idx/category/parent for filter and triggers)."""
+    ex = (chunk.filter(pl.col("n_beh") > 0)
+          .select("key", "day", "hi", bidx=pl.int_ranges(pl.col("hi"), pl.col("hi") - pl.col("n_beh"), -1))
+          .explode("bidx"))
+    rows = w.beh.select("tid", "bday", "category", "parent").gather(ex["bidx"])
+    ex = pl.concat([ex, rows], how="horizontal").with_columns(idx=(pl.col("hi") - pl.col("bidx") + 1).cast(pl.Int32))
+    head = P.behaviour_head_expr(pl.col("idx"), pl.col("day") - pl.col("bday"), w.cfg)
+    lines = ex.select("key", line=pl.concat_str([head, w.tails.gather(ex["tid"])]))
+    seq = lines.group_by("key", maintain_order=True).agg("line")
+    seq = seq.select("key", seq=pl.col("line").list.join(P.BEHAVIOUR_SEP))
+    return seq, ex.select("key", "idx", "category", "parent")
+
+
+# ---------------------------------------------------------------- labels
+
+
+def _cands(df: pl.DataFrame, prio: int, ord_offset: int = 0) -> pl.DataFrame:
+    """Candidate rows (key, query, prio, t, src, sub, ord) from a frame with key, query, t, src, sub."""
+    out = df.select("key", "query", "t", "src", "sub", prio=pl.lit(prio, pl.Int8), ord=pl.col("sub") + ord_offset)
+    return out.select([pl.col(c).cast(d) for c, d in _CAND.items()]).drop_nulls("query")
+
+
+def _exposure_cands(e: pl.DataFrame, k: int) -> list[pl.DataFrame]:
+    """Clicked shown queries (shown position) and the ranker's top-k (rank position) of keyed exposures."""
+    ids = [pl.col("key"), pl.col("ts").alias("t"), pl.col("exposure_id").alias("src")]  # explode only what is needed
+    pos = pl.int_ranges(pl.col("query").list.len(), dtype=pl.Int32).alias("sub")
+    clicks = e.filter(pl.col("clicked").list.any()).select(*ids, "clicked", query="shown").with_columns(pos)
+    clicks = clicks.explode(["query", "clicked", "sub"]).filter(pl.col("clicked"))
+    rank = e.select(*ids, query="ranker_topk").with_columns(pos).explode(["query", "sub"]).filter(pl.col("sub") < k)
+    return [_cands(clicks, 0, _CLICK_AFTER_RANK), _cands(rank, 2)]
+
+
+def _rank(c: pl.DataFrame, chronological: bool) -> pl.DataFrame:
+    """Order candidates (interest priority, or chronological), de-duplicate keeping the first position and the
+    strongest source."""
+    if chronological:  # at one instant: searches, then by exposure (its ranker list, then its clicks)
+        order = [pl.col("key"), pl.col("t"), pl.col("prio") != 1, pl.col("src"), pl.col("ord")]
+    else:  # priority order: the first occurrence already has the strongest source
+        order = [pl.col("key"), pl.col("prio"), pl.col("t"), pl.col("src"), pl.col("sub")]
+    c = c.sort(order, nulls_last=True, maintain_order=True)
+    if chronological:
+        c = c.with_columns(prio=pl.col("prio").min().over("key", "query"))
+    return c.filter(pl.col("query").is_first_distinct().over("key"))
+
+
+def _pos_in_key() -> pl.Expr:
+    """0-based position of a row inside its run of equal ``key`` (rows grouped by key), without a group-by."""
+    row = pl.int_range(pl.len())
+    first = (pl.col("key") != pl.col("key").shift(1)).fill_null(True)
+    return row - pl.when(first).then(row).forward_fill()
+
+
+def _with_triggers(c: pl.DataFrame, ctx: pl.DataFrame, w: _World) -> pl.DataFrame:
+    """Add ``tl`` / ``tp``: the ≤ trigger_max smallest context indices whose category / parent equals the query's
+    (null when none), via a composite (key, category) id so only the pairs the labels ask for are grouped. ``ctx``
+    rows are in (key, idx) order and a group-by keeps the row order inside each group, so ``head`` = smallest."""
+    c = c.join(w.qinfo, on="query", how="left", maintain_order="left")
+    for out, col, qcol in (("tl", "category", "qcat"), ("tp", "parent", "qpar")):
+        c = c.with_columns(ck=pl.col("key") * w.ncat + pl.col(qcol))
+        wanted = ctx.select("idx", ck=pl.col("key") * w.ncat + pl.col(col))
+        wanted = wanted.filter(pl.col("ck").is_in(c["ck"].implode()))
+        hits = wanted.group_by("ck").agg(pl.col("idx").head(w.cfg.trigger_max).alias(out))
+        c = c.join(hits, on="ck", how="left", maintain_order="left")
+    return c.drop("ck")
+
+
+def _labels(c: pl.DataFrame, ctx: pl.DataFrame | None, w: _World, overlap: bool) -> pl.DataFrame:
+    """Ranked, de-duplicated candidates → (optional overlap filter) → cap → target / label_sources / triggers
+    lists. ``ctx`` None (test split): no cap, empty triggers."""
+    empty = pl.lit([], dtype=pl.List(pl.Int32))
+    if ctx is None:
+        c = c.with_columns(trig=empty)
+    else:
+        c = _with_triggers(c, ctx, w)
+        if overlap:  # a leaf (tl) or parent (tp) match exists exactly when the query overlaps the context
+            c = c.filter((pl.col("prio") <= 1) | pl.col("tl").is_not_null() | pl.col("tp").is_not_null())
+        c = c.filter(_pos_in_key() < w.cfg.label_cap).with_columns(trig=pl.coalesce("tl", "tp", empty))
+    src = pl.col("prio").replace_strict(SOURCES, return_dtype=pl.String)
+    return c.group_by("key", maintain_order=True).agg(target="query", triggers="trig", label_sources=src)
+
+
+# ---------------------------------------------------------------- assembly
+
+
+def _assemble(a: pl.DataFrame, seq: pl.DataFrame, lab: pl.DataFrame, variant: str, w: _World) -> pl.DataFrame:
+    cfg = w.cfg
+    df = a.join(seq, on="key", how="left").join(lab, on="key", how="inner").join(w.profile, on="user_id", how="left")
+    meta = pl.struct(
+        n_behaviours="n_beh", n_history="n_history", cold_start=pl.col("n_history") <= cfg.cold_start_max_behaviours,
+        label_sources="label_sources", rerank=pl.lit(cfg.rerank), compress=pl.lit(cfg.compress), anchor_ts="ts")
+    profile = pl.col("profile").fill_null(P.format_profile({}))
+    out = df.sort("key").select(
+        "sample_id", "user_id", "day", pl.lit(variant).alias("variant"),
+        prompt=P.prompt_expr(profile, pl.col("seq"), cfg), target="target", triggers="triggers", metadata=meta)
+    return out.select([pl.col(c).cast(d) for c, d in OUTPUT_SCHEMA.items()])
+
+
+def _chunks(anchors: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
+    for lo in range(0, anchors.height, size):
+        yield anchors.slice(lo, size)
+
+
+def _users_of(df: pl.DataFrame, a: pl.DataFrame) -> pl.DataFrame:
+    """Rows of ``df`` whose user_id lies in the (contiguous, anchors are sorted by user) range of chunk ``a``."""
+    return df.filter(pl.col("user_id").is_between(a["user_id"].min(), a["user_id"].max()))
+
+
+def _run(anchors: pl.DataFrame, cands: Callable[[pl.DataFrame], pl.DataFrame], variant: str, w: _World,
+         llm_gen: LLMGen | None = None) -> pl.DataFrame:
+    """Context, candidates, ranking, filtering and assembly for one located variant, chunk by chunk."""
+    parts = [pl.DataFrame(schema=OUTPUT_SCHEMA)]
+    for a in _chunks(anchors, w.chunk_size):
+        seq, ctx = _context(a, w)
+        c = cands(a)
+        if llm_gen is not None:
+            gen_in = a.join(seq, on="key", how="left").join(w.profile, on="user_id", how="left").select(
+                "sample_id", "user_id", "day",
+                prompt=P.prompt_expr(pl.col("profile").fill_null(P.format_profile({})), pl.col("seq"), w.cfg))
+            gen = llm_gen(gen_in).select("sample_id", query=pl.col("queries").cast(pl.List(pl.String)))
+            gen = gen.join(a.select("sample_id", "key"), on="sample_id").with_columns(
+                sub=pl.int_ranges(pl.col("query").list.len(), dtype=pl.Int32), t=pl.lit(None, TS), src=pl.lit(0)
+            ).explode(["query", "sub"])
+            c = pl.concat([c, _cands(gen, 3)])
+        if variant == "test":
+            lab = _labels(_rank(c, chronological=True), None, w, overlap=False)
+        else:
+            overlap = variant == "think" and w.cfg.think_filter == "overlap"
+            lab = _labels(_rank(c, chronological=not w.cfg.rerank), ctx, w, overlap)
+        parts.append(_assemble(a, seq, lab, variant, w))
+    return pl.concat(parts, rechunk=False)
+
+
+def _keyed(anchors: pl.DataFrame) -> pl.DataFrame:
+    """Anchors in (user_id, ts, sample_id) order with key 0..n-1 (chunks then cover contiguous user ranges)."""
+    return anchors.sort("user_id", "ts", "sample_id").with_row_index("key").with_columns(pl.col("key").cast(pl.Int64))
+
+
+def build_samples(tables: dict[str, pl.DataFrame], start_date: str, days: int, cfg: SamplesConfig,
+                  llm_gen: LLMGen | None = None, chunk_size: int = 50_000) -> SampleSet:
+    """Direct, Think and test samples (see the module docstring for every rule). ``llm_gen``: optional batch
+    generator of Think's LLM-Gen candidates, called once per chunk (see ``LLMGen``); None = none."""
+    t = {name: _table(tables, name) for name in TABLES}
+    w = _world(t, cfg, start_date, chunk_size)
+    last_train = days - cfg.test_days
+    in_train, in_test = pl.col("day").is_between(1, last_train), pl.col("day").is_between(last_train + 1, days)
+    exp = t["exposures"].with_columns(day=day_expr(pl.col("ts"), start_date))
+    searches = (t["events"].filter((pl.col("type") == "search") & pl.col("query").is_not_null())
+                .select("user_id", "ts", "query", day=day_expr(pl.col("ts"), start_date))
+                .sort("user_id", "ts", "query").with_row_index("src")
+                .with_columns(pl.col("src").cast(pl.Int64), sub=pl.lit(0, pl.Int32), t="ts"))
+
+    # Direct (Eq. 3): train exposures with ≥ 1 clicked shown query.
+    d_exp = exp.filter(in_train & pl.col("clicked").list.any())
+    d_anchors = _keyed(d_exp.select("user_id", "ts", "day", "exposure_id",
+                                    sample_id=pl.format("d-{}", pl.col("exposure_id"))))
+
+    def d_cands(a: pl.DataFrame) -> pl.DataFrame:
+        e = _users_of(d_exp, a).join(a.select("key", "exposure_id"), on="exposure_id")
+        clicks, rank = _exposure_cands(e, cfg.rank_top_k)
+        return pl.concat([clicks, rank]) if cfg.rerank else rank
+
+    # Think (Eqs. 2, 4): day-level session from the first search-entry interaction (t_first) of a train day.
+    entry = pl.concat([exp.select("user_id", "day", "ts"), searches.select("user_id", "day", "ts")])
+    sess = entry.filter(in_train).group_by("user_id", "day").agg(pl.col("ts").min())
+    k_anchors = _keyed(sess.with_columns(sample_id=pl.format("t-{}-{}", pl.col("user_id"), pl.col("day"))))
+
+    def k_cands(a: pl.DataFrame) -> pl.DataFrame:
+        keys = a.select("key", "user_id", "day", t_first="ts")
+        in_session = pl.col("ts") >= pl.col("t_first")
+        e = _users_of(exp, a).join(keys, on=["user_id", "day"]).filter(in_session)
+        s = _users_of(searches, a).join(keys, on=["user_id", "day"]).filter(in_session)
+        return pl.concat([*_exposure_cands(e, cfg.rank_top_k), _cands(s, 1)])
+
+    # Test: per user-day targets of the last test_days days; context before 00:00 of the day.
+    x_exp, x_srch = exp.filter(in_test), searches.filter(in_test)
+    x_days = pl.concat([x_exp.filter(pl.col("clicked").list.any()).select("user_id", "day"),
+                        x_srch.select("user_id", "day")]).unique()
+    x_anchors = _keyed(x_days.with_columns(ts=_day_start(pl.col("day"), start_date),
+                                           sample_id=pl.format("x-{}-{}", pl.col("user_id"), pl.col("day"))))
+
+    def x_cands(a: pl.DataFrame) -> pl.DataFrame:
+        keys = a.select("key", "user_id", "day")
+        clicks, _ = _exposure_cands(_users_of(x_exp, a).join(keys, on=["user_id", "day"]), 0)
+        return pl.concat([clicks, _cands(_users_of(x_srch, a).join(keys, on=["user_id", "day"]), 1)])
+
+    located = _locate([d_anchors, k_anchors, x_anchors], w)
+    w.beh = w.beh.drop("user_id", "ts")  # only needed by _locate
+    return SampleSet(
+        direct=_run(located[0], d_cands, "direct", w),
+        think=_run(located[1], k_cands, "think", w, llm_gen),
+        test=_run(located[2], x_cands, "test", w),
+        special_tokens=P.special_tokens(cfg),
+    )
+
+
+def write_samples(s: SampleSet, out_dir: Path, cfg: SamplesConfig) -> None:
+    """``direct/think/test.parquet`` (key-value metadata: special tokens, config) and ``meta.json``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kv = {"aigq.special_tokens": json.dumps(s.special_tokens), "aigq.samples_config": cfg.model_dump_json()}
+    rows = {}
+    for name, df in (("direct", s.direct), ("think", s.think), ("test", s.test)):
+        df.write_parquet(out_dir / f"{name}.parquet", metadata=kv)
+        rows[name] = df.height
+    meta = {"special_tokens": s.special_tokens, "samples_config": cfg.model_dump(), "rows": rows, "stats": s.stats(),
+            "query_sep": P.QUERY_SEP, "behaviour_sep": P.BEHAVIOUR_SEP}
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))

@@ -1,0 +1,92 @@
+"""Data-stage scale benchmark: simulate a world and build IL-SFT / Think / test samples at ~1M and ~10M events.
+
+Each stage runs in its own subprocess so its peak RSS is its own. Prints wall time, peak RSS and the 10×/1× time
+ratio. The same per-user activity is used at both sizes (10× the users), so the ratio measures scaling in data
+volume. Usage::
+
+    .venv/bin/python benchmarks/pipeline_scale.py                 # ~1M and ~10M events
+    .venv/bin/python benchmarks/pipeline_scale.py --events 1e6    # one size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+STAGE = r"""
+import json, resource, sys, time
+from aigq.config import load_config
+from aigq.data.simulate import simulate_world
+from aigq.data.validate import validate_world
+from aigq.data.samples import build_samples, write_samples
+stage, world, samples, overrides = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+cfg = load_config(None, overrides)
+t0 = time.perf_counter()
+out = {}
+if stage == "simulate":
+    meta = simulate_world(cfg.world, cfg.run.seed, world)
+    out = {k: meta[k] for k in ("users", "events", "exposures")}
+else:
+    v = validate_world(world)
+    t_val = time.perf_counter() - t0
+    s = build_samples(v.tables, v.meta["start_date"], int(v.meta["days"]), cfg.samples)
+    write_samples(s, __import__("pathlib").Path(samples), cfg.samples)
+    out = {"validate_s": round(t_val, 2), "direct": len(s.direct), "think": len(s.think), "test": len(s.test)}
+out["seconds"] = round(time.perf_counter() - t0, 2)
+out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+print(json.dumps(out))
+"""
+
+
+def run_stage(stage: str, world: Path, samples: Path, overrides: list[str]) -> dict:
+    res = subprocess.run([sys.executable, "-c", STAGE, stage, str(world), str(samples), *overrides],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"{stage} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=float, nargs="+", default=[1e6, 1e7], help="target event counts")
+    ap.add_argument("--sessions-per-day", type=float, default=0.08, help="per-user activity (same at every size)")
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="aigq-bench-"))
+    base = [f"world.sessions_per_day={args.sessions_per_day}", "world.chunk_users=100000"]
+    pilot = run_stage("simulate", work / "pilot", work / "pilot_s", [*base, "world.users=20000"])
+    per_user = pilot["events"] / pilot["users"]
+    print(f"pilot: {per_user:.2f} events per user at sessions_per_day={args.sessions_per_day}")
+    rows = []
+    for target in args.events:
+        users = int(round(target / per_user / 1000) * 1000)
+        w, s = work / f"w{int(target)}", work / f"s{int(target)}"
+        sim = run_stage("simulate", w, s, [*base, f"world.users={users}"])
+        build = run_stage("build", w, s, base)
+        rows.append({"target": target, "users": sim["users"], "events": sim["events"], "exposures": sim["exposures"],
+                     "sim_s": sim["seconds"], "sim_rss": sim["peak_rss_gib"], "build_s": build["seconds"],
+                     "validate_s": build["validate_s"], "build_rss": build["peak_rss_gib"],
+                     "samples": build["direct"] + build["think"] + build["test"]})
+        shutil.rmtree(w, ignore_errors=True)
+        shutil.rmtree(s, ignore_errors=True)
+    hdr = ("events", "users", "exposures", "simulate s", "sim RSS GiB", "build s (validate s)", "build RSS GiB", "samples")
+    print("| " + " | ".join(hdr) + " |")
+    print("|" + "---|" * len(hdr))
+    for r in rows:
+        print(f"| {r['events']:,} | {r['users']:,} | {r['exposures']:,} | {r['sim_s']} | {r['sim_rss']} | "
+              f"{r['build_s']} ({r['validate_s']}) | {r['build_rss']} | {r['samples']:,} |")
+    if len(rows) >= 2:
+        a, b = rows[0], rows[-1]
+        print(f"time ratio {b['events'] / a['events']:.1f}× events: simulate {b['sim_s'] / a['sim_s']:.2f}×, "
+              f"build {b['build_s'] / a['build_s']:.2f}×, total "
+              f"{(b['sim_s'] + b['build_s']) / (a['sim_s'] + a['build_s']):.2f}×")
+    shutil.rmtree(work / "pilot", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
