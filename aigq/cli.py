@@ -96,7 +96,11 @@ def validate(config: ConfigOpt = None, world: Annotated[Path | None, typer.Optio
         v = pipeline.validate(world or cfg.world_dir(), _tracker(cfg))
     except (NotALogError, FileNotFoundError) as exc:
         _fail(exc)
-    t = Table(title="validation", header_style="bold")
+    _print_validation("validation", v)
+
+
+def _print_validation(title: str, v) -> None:
+    t = Table(title=title, header_style="bold")
     for col in ("table", "rows in", "ok", "quarantined", "reasons"):
         t.add_column(col)
     for name, r in v.reports.items():
@@ -116,11 +120,11 @@ def build_samples(config: ConfigOpt = None,
     cfg = _config(config, overrides)
     try:
         with console.status("validating and building samples"):
-            validated, sset = pipeline.build_samples(cfg, _tracker(cfg), world, out)
+            validated, stats = pipeline.build_samples(cfg, _tracker(cfg), world, out)
     except (NotALogError, FileNotFoundError) as exc:
         _fail(exc)
     rejected = {f"quarantined {k}": r.rejected for k, r in validated.reports.items() if r.rejected}
-    console.print(_table(f"samples → {out or cfg.samples_dir()}", {**sset.stats(), **rejected}))
+    console.print(_table(f"samples → {out or cfg.samples_dir()}", {**stats, **rejected}))
 
 
 @app.command()
@@ -152,22 +156,16 @@ def demo(config: ConfigOpt = Path("configs/tiny_cpu.yaml"), overrides: Overrides
         console.print(_table(f"1/3 world → {meta['world']}", {k: meta[k] for k in
                                                                ("users", "events", "exposures", "clicked_exposures")}))
         with console.status("2/3 validate + 3/3 build samples"):
-            validated, sset = pipeline.build_samples(cfg, tracker)
-        t = Table(title="2/3 validation (bad rows → world/quarantine/)", header_style="bold")
-        for col in ("table", "rows in", "ok", "quarantined", "reasons"):
-            t.add_column(col)
-        for name, r in validated.reports.items():
-            t.add_row(name, f"{r.rows_in:,}", f"{r.rows_ok:,}", f"{r.rejected:,}",
-                      ", ".join(f"{k}: {n}" for k, n in r.by_reason.items()))
-        console.print(t)
-        console.print(_table(f"3/3 samples → {cfg.samples_dir()}", sset.stats()))
-        if len(sset.direct):
-            row = sset.direct.row(0, named=True)
+            validated, stats = pipeline.build_samples(cfg, tracker)
+        _print_validation("2/3 validation (bad rows → world/quarantine/)", validated)
+        console.print(_table(f"3/3 samples → {cfg.samples_dir()}", stats))
+        direct = pl.read_parquet(cfg.samples_dir() / "direct.parquet", n_rows=1)
+        if len(direct):
             console.print("[bold]one AIGQ-Direct sample[/bold]")
-            console.print(row["prompt"], markup=False)
-            console.print(f"target: {row['target']}", markup=False)
-        console.print(f"test user-days: {len(sset.test):,}, cold-start share "
-                      f"{sset.test['metadata'].struct.field('cold_start').cast(pl.Float64).mean() or 0:.3f}")
+            console.print(direct["prompt"][0], markup=False)
+            console.print(f"target: {direct['target'][0].to_list()}", markup=False)
+        console.print(f"test user-days: {stats.get('test.samples', 0):,.0f}, cold-start share "
+                      f"{stats.get('test.cold_start_share', 0):.3f}")
     if tracker.enabled:
         console.print(f"MLflow: mlflow ui --backend-store-uri {tracker.uri}")
 

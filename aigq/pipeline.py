@@ -61,10 +61,11 @@ def validate(world: Path, tracker: Tracker):
     return validated
 
 
-def build_samples(cfg: AIGQConfig, tracker: Tracker, world: Path | None = None, out: Path | None = None):
-    """Validate the world (quarantining bad rows), build Direct / Think / test samples, write parquet."""
-    from aigq.data.samples import build_samples as _build
-    from aigq.data.samples import write_samples
+def build_samples(cfg: AIGQConfig, tracker: Tracker, world: Path | None = None,
+                  out: Path | None = None) -> tuple[Any, dict[str, float]]:
+    """Validate the world (quarantining bad rows), then build Direct / Think / test samples chunk by chunk straight
+    into parquet (memory: the validated tables plus one chunk). Returns (validated world, sample statistics)."""
+    from aigq.data.samples import build_samples_to
 
     world = world or cfg.world_dir()
     out = _fresh(out or cfg.samples_dir())
@@ -72,14 +73,13 @@ def build_samples(cfg: AIGQConfig, tracker: Tracker, world: Path | None = None, 
         t0 = time.perf_counter()
         validated = validate(world, tracker)
         t1 = time.perf_counter()
-        sset = _build(validated.tables, validated.meta["start_date"], int(validated.meta["days"]), cfg.samples)
-        write_samples(sset, out, cfg.samples)
+        stats = build_samples_to(validated.tables, validated.meta["start_date"], int(validated.meta["days"]),
+                                 cfg.samples, out)
         t2 = time.perf_counter()
-        stats = sset.stats()
         tracker.metrics({f"samples.{k}": v for k, v in stats.items()})
         tracker.metrics({"seconds.validate": t1 - t0, "seconds.build": t2 - t1})
         tracker.artifact(out / "meta.json", "samples")
-    return validated, sset
+    return validated, stats
 
 
 def world_stats(world: Path) -> dict[str, Any]:

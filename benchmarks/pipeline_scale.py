@@ -23,7 +23,7 @@ import json, resource, sys, time
 from aigq.config import load_config
 from aigq.data.simulate import simulate_world
 from aigq.data.validate import validate_world
-from aigq.data.samples import build_samples, write_samples
+from aigq.data.samples import build_samples_to
 stage, world, samples, overrides = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 cfg = load_config(None, overrides)
 t0 = time.perf_counter()
@@ -34,9 +34,8 @@ if stage == "simulate":
 else:
     v = validate_world(world)
     t_val = time.perf_counter() - t0
-    s = build_samples(v.tables, v.meta["start_date"], int(v.meta["days"]), cfg.samples)
-    write_samples(s, __import__("pathlib").Path(samples), cfg.samples)
-    out = {"validate_s": round(t_val, 2), "direct": len(s.direct), "think": len(s.think), "test": len(s.test)}
+    st = build_samples_to(v.tables, v.meta["start_date"], int(v.meta["days"]), cfg.samples, samples)
+    out = {"validate_s": round(t_val, 2), **{k: int(st[f"{k}.samples"]) for k in ("direct", "think", "test")}}
 out["seconds"] = round(time.perf_counter() - t0, 2)
 out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 print(json.dumps(out))

@@ -6,11 +6,12 @@ import json
 from datetime import datetime
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from aigq.config import SamplesConfig
 from aigq.data import prompt as P
-from aigq.data.samples import OUTPUT_SCHEMA, build_samples, write_samples
+from aigq.data.samples import OUTPUT_SCHEMA, build_samples, build_samples_to, write_samples
 from aigq.data.schema import TABLES
 
 START, DAYS = "2025-10-01", 5
@@ -307,3 +308,23 @@ def test_write_samples(tables, tmp_path):
     st = s.stats()
     assert st["think.samples"] == 4.0 and st["test.cold_start_share"] == 0.5
     assert st["direct.source_share.click"] == 2 / 7 and st["direct.trigger_coverage"] == 4 / 7
+
+
+def test_streamed_build_writes_the_same_files_chunk_by_chunk(tables, tmp_path):
+    """build_samples_to (one chunk in memory at a time) writes exactly what the in-memory build holds, for any chunk
+    size, with statistics equal to SampleSet.stats() and an empty but typed file for an empty split."""
+    cfg = SamplesConfig()
+    s = build(tables)
+    for chunk in (1, 3):
+        out = tmp_path / f"streamed{chunk}"
+        stats = build_samples_to(tables, START, DAYS, cfg, out, chunk_size=chunk)
+        for split in ("direct", "think", "test"):
+            assert pl.read_parquet(out / f"{split}.parquet").equals(getattr(s, split)), (chunk, split)
+        assert stats == s.stats()
+        assert json.loads((out / "meta.json").read_text())["rows"] == {"direct": 1, "think": 4, "test": 2}
+        assert pq.ParquetFile(out / "think.parquet").num_row_groups == -(-4 // chunk)  # one row group per chunk
+    t = dict(tables)
+    del t["exposures"]
+    build_samples_to(t, START, DAYS, cfg, tmp_path / "noexp")
+    empty = pl.read_parquet(tmp_path / "noexp" / "direct.parquet")
+    assert empty.height == 0 and dict(empty.schema) == OUTPUT_SCHEMA

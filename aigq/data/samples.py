@@ -33,7 +33,6 @@ looked up in a per-item / per-query table), and contexts and candidate labels ar
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ import polars as pl
 
 from aigq.config import SamplesConfig
 from aigq.data import prompt as P
+from aigq.data.sample_io import SPLITS, SampleWriter, frame_stats
 from aigq.data.schema import ITEM_EVENT_TYPES, TABLES, TS, day_expr, empty_frame
 
 SOURCES = {0: "click", 1: "search", 2: "rank", 3: "gen"}  # label source priority (Eq. 4 order)
@@ -73,24 +73,8 @@ class SampleSet:
     special_tokens: list[str]
 
     def stats(self) -> dict[str, float]:
-        """``{split}.samples``, ``.users``, ``.mean_target_len``, ``.mean_behaviours``, ``.cold_start_share``,
-        ``.trigger_coverage`` (share of label queries with a trigger) and ``.source_share.{source}``."""
-        out: dict[str, float] = {}
-        for name, df in (("direct", self.direct), ("think", self.think), ("test", self.test)):
-            out[f"{name}.samples"] = float(df.height)
-            if df.height == 0:
-                continue
-            m = df["metadata"].struct
-            out[f"{name}.users"] = float(df["user_id"].n_unique())
-            out[f"{name}.mean_target_len"] = float(df["target"].list.len().mean())
-            out[f"{name}.mean_behaviours"] = float(m.field("n_behaviours").mean())
-            out[f"{name}.cold_start_share"] = float(m.field("cold_start").mean())
-            trig = df["triggers"].explode().drop_nulls()
-            out[f"{name}.trigger_coverage"] = float((trig.list.len() > 0).mean()) if trig.len() else 0.0
-            src = m.field("label_sources").explode().drop_nulls()
-            for s in SOURCES.values():
-                out[f"{name}.source_share.{s}"] = float((src == s).mean()) if src.len() else 0.0
-        return out
+        """See ``aigq.data.sample_io.split_stats``."""
+        return frame_stats({"direct": self.direct, "think": self.think, "test": self.test})
 
 
 # ---------------------------------------------------------------- behaviours as integer ids
@@ -298,9 +282,8 @@ def _users_of(df: pl.DataFrame, a: pl.DataFrame) -> pl.DataFrame:
 
 
 def _run(anchors: pl.DataFrame, cands: Callable[[pl.DataFrame], pl.DataFrame], variant: str, w: _World,
-         llm_gen: LLMGen | None = None) -> pl.DataFrame:
-    """Context, candidates, ranking, filtering and assembly for one located variant, chunk by chunk."""
-    parts = [pl.DataFrame(schema=OUTPUT_SCHEMA)]
+         llm_gen: LLMGen | None = None) -> Iterator[pl.DataFrame]:
+    """Context, candidates, ranking, filtering and assembly for one located variant, one chunk at a time."""
     for a in _chunks(anchors, w.chunk_size):
         seq, ctx = _context(a, w)
         c = cands(a)
@@ -318,8 +301,7 @@ def _run(anchors: pl.DataFrame, cands: Callable[[pl.DataFrame], pl.DataFrame], v
         else:
             overlap = variant == "think" and w.cfg.think_filter == "overlap"
             lab = _labels(_rank(c, chronological=not w.cfg.rerank), ctx, w, overlap)
-        parts.append(_assemble(a, seq, lab, variant, w))
-    return pl.concat(parts, rechunk=False)
+        yield _assemble(a, seq, lab, variant, w)
 
 
 def _keyed(anchors: pl.DataFrame) -> pl.DataFrame:
@@ -327,10 +309,11 @@ def _keyed(anchors: pl.DataFrame) -> pl.DataFrame:
     return anchors.sort("user_id", "ts", "sample_id").with_row_index("key").with_columns(pl.col("key").cast(pl.Int64))
 
 
-def build_samples(tables: dict[str, pl.DataFrame], start_date: str, days: int, cfg: SamplesConfig,
-                  llm_gen: LLMGen | None = None, chunk_size: int = 50_000) -> SampleSet:
-    """Direct, Think and test samples (see the module docstring for every rule). ``llm_gen``: optional batch
-    generator of Think's LLM-Gen candidates, called once per chunk (see ``LLMGen``); None = none."""
+def iter_samples(tables: dict[str, pl.DataFrame], start_date: str, days: int, cfg: SamplesConfig,
+                 llm_gen: LLMGen | None = None, chunk_size: int = 50_000) -> Iterator[tuple[str, pl.DataFrame]]:
+    """(split, chunk of samples) for Direct, Think and test (see the module docstring for every rule), one chunk of
+    ``chunk_size`` anchors at a time. ``llm_gen``: optional batch generator of Think's LLM-Gen candidates, called
+    once per chunk (see ``LLMGen``); None = none."""
     t = {name: _table(tables, name) for name in TABLES}
     w = _world(t, cfg, start_date, chunk_size)
     last_train = days - cfg.test_days
@@ -377,23 +360,35 @@ def build_samples(tables: dict[str, pl.DataFrame], start_date: str, days: int, c
 
     located = _locate([d_anchors, k_anchors, x_anchors], w)
     w.beh = w.beh.drop("user_id", "ts")  # only needed by _locate
-    return SampleSet(
-        direct=_run(located[0], d_cands, "direct", w),
-        think=_run(located[1], k_cands, "think", w, llm_gen),
-        test=_run(located[2], x_cands, "test", w),
-        special_tokens=P.special_tokens(cfg),
-    )
+    for split, anchors, cands, gen in (("direct", located[0], d_cands, None), ("think", located[1], k_cands, llm_gen),
+                                       ("test", located[2], x_cands, None)):
+        for part in _run(anchors, cands, split, w, gen):
+            yield split, part
+
+
+def build_samples(tables: dict[str, pl.DataFrame], start_date: str, days: int, cfg: SamplesConfig,
+                  llm_gen: LLMGen | None = None, chunk_size: int = 50_000) -> SampleSet:
+    """All samples in memory (tests, small worlds); ``build_samples_to`` streams big ones to disk."""
+    parts: dict[str, list[pl.DataFrame]] = {name: [pl.DataFrame(schema=OUTPUT_SCHEMA)] for name in SPLITS}
+    for split, part in iter_samples(tables, start_date, days, cfg, llm_gen, chunk_size):
+        parts[split].append(part)
+    frames = {name: pl.concat(p, rechunk=False) for name, p in parts.items()}
+    return SampleSet(**frames, special_tokens=P.special_tokens(cfg))
+
+
+def build_samples_to(tables: dict[str, pl.DataFrame], start_date: str, days: int, cfg: SamplesConfig,
+                     out_dir: Path, llm_gen: LLMGen | None = None, chunk_size: int = 50_000) -> dict[str, float]:
+    """Build and write chunk by chunk (``sample_io.SampleWriter``): peak memory is the inputs plus one chunk.
+    Returns the statistics also written to ``meta.json``. The files equal ``write_samples(build_samples(...))``."""
+    with SampleWriter(out_dir, cfg, P.special_tokens(cfg), OUTPUT_SCHEMA) as writer:
+        for split, part in iter_samples(tables, start_date, days, cfg, llm_gen, chunk_size):
+            writer.write(split, part)
+        return writer.close()
 
 
 def write_samples(s: SampleSet, out_dir: Path, cfg: SamplesConfig) -> None:
     """``direct/think/test.parquet`` (key-value metadata: special tokens, config) and ``meta.json``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    kv = {"aigq.special_tokens": json.dumps(s.special_tokens), "aigq.samples_config": cfg.model_dump_json()}
-    rows = {}
-    for name, df in (("direct", s.direct), ("think", s.think), ("test", s.test)):
-        df.write_parquet(out_dir / f"{name}.parquet", metadata=kv)
-        rows[name] = df.height
-    meta = {"special_tokens": s.special_tokens, "samples_config": cfg.model_dump(), "rows": rows, "stats": s.stats(),
-            "query_sep": P.QUERY_SEP, "behaviour_sep": P.BEHAVIOUR_SEP}
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    with SampleWriter(out_dir, cfg, s.special_tokens, OUTPUT_SCHEMA) as writer:
+        for name in SPLITS:
+            writer.write(name, getattr(s, name))
+        writer.close()
