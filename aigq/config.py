@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -125,12 +125,84 @@ class ImportConfig(_Section):
     time_format: str | None = None  # strptime format; None = ISO-8601 or epoch seconds
 
 
+class CTRConfig(_Section):
+    """The CTR reward model p(click | user context, query text) (paper Eqs. 14–15; ``aigq train-ctr``)."""
+
+    # Query and behaviour text → hashed character n-grams (+ word unigrams): any text is scorable, no query ids.
+    hash_buckets: int = Field(1 << 17, ge=1024)  # n-gram hash space ([GAP], ours)
+    ngram_min: int = Field(2, ge=1)  # char n-gram sizes ([GAP], ours)
+    ngram_max: int = Field(4, ge=1)
+    max_text_chars: int = Field(128, ge=8)  # longer text is cut before featurising (10 kB garbage stays cheap)
+    dim: int = Field(32, ge=4)  # embedding width ([GAP], ours)
+    hidden: int = Field(64, ge=4)  # MLP width of attention and head ([GAP], ours)
+    history_len: int = Field(20, ge=1)  # behaviours attended (DIN) per user ([GAP], ours; = samples.history_len)
+    history_days: int = Field(30, ge=1)  # behaviours older than this are ignored ([GAP], ours)
+    behaviour_types: list[Literal["search", "click", "cart", "buy"]] = ["search", "click", "cart", "buy"]
+    # Training (Adam); cold = no previous day's model, warm = Eq. 15 continuation from day T-1's model.
+    lr: float = Field(3e-3, gt=0)  # ([GAP], ours)
+    weight_decay: float = Field(1e-6, ge=0)  # ([GAP], ours)
+    batch_size: int = Field(256, ge=1)
+    epochs_cold: int = Field(6, ge=1)  # ([GAP], ours)
+    epochs_warm: int = Field(3, ge=1)  # ([GAP], ours)
+    cold_window_days: int = Field(30, ge=1)  # cold start trains on days [T-w+1, T] ([GAP], ours)
+    warm_window_days: int = Field(1, ge=1)  # warm start trains on D_T only (Eq. 15) ([GAP], ours)
+    eval_days: int = Field(2, ge=1)  # held-out days T+1..T+n for AUC / log-loss
+    seed: int = 0
+    dir: str | None = None  # model folders day-T/ live here; None → <run.output_dir>/ctr
+    log_model: bool = True  # also log the model folder (safetensors + JSON) to MLflow as artifacts
+
+    @model_validator(mode="after")
+    def _ngram_order(self) -> CTRConfig:
+        if self.ngram_max < self.ngram_min:
+            raise ValueError("ngram_max must be ≥ ngram_min")
+        return self
+
+
+class RewardsConfig(_Section):
+    """IL-GRPO reward composition (paper Eq. 10, 14, 16) and the RewardActor pool."""
+
+    # Eq. 14: r_CTR = clip(γ·p̂, 0, β). Our CTR model's p̂ = p(click | examined) is ~0.2–0.6 on the simulated world.
+    ctr_gamma: float = Field(2.0, ge=0)  # γ ([GAP], ours: puts r_CTR on ROUGE-L's [0, 1] scale)
+    ctr_beta: float = Field(1.0, gt=0)  # β upper bound ([GAP], ours)
+    # Eq. 10: R_query = Σ_m w_m r_m.
+    w_ctr: float = 1.0  # ([GAP], ours)
+    w_rouge: float = 1.0  # ROUGE-L F vs the reference at the same slot ([GAP], ours)
+    w_length: float = 0.2  # ([GAP], ours)
+    w_trigger: float = 0.0  # Think only: ROUGE-L over trigger index sequences (Eq. 16) ([GAP], ours; off for Direct)
+    w_rep_query: float = 0.5  # per-query near-duplicate penalty (Figure 2b lists it among query rewards) ([GAP], ours)
+    # R_seq = w_fmt·R_fmt + w_rep·R_rep (+ w_div·diversity); the paper sums R_fmt + R_rep (weights 1).
+    w_format: float = 1.0
+    w_rep: float = 1.0
+    w_diversity: float = 0.0  # 1 − mean pairwise similarity, reported always, weighted only if set ([GAP], ours)
+    reward_clip: float = Field(10.0, gt=0)  # paper: rewards clipped to ±10
+    # Length reward: 1 inside [min, max] units (a word = 1 unit, a CJK character = cjk_char_units), linear decay to 0
+    # over `length_slack` units outside; items longer than max_query_chars are garbage (all query rewards 0).
+    length_min: float = Field(1.0, ge=0)  # ([GAP], ours)
+    length_max: float = Field(8.0, ge=0)  # ([GAP], ours; 99% of WANDS queries have ≤ 8 words)
+    length_slack: float = Field(4.0, gt=0)  # ([GAP], ours)
+    cjk_char_units: float = Field(0.5, gt=0)  # ([GAP], ours: 2 Chinese characters ≈ 1 English word)
+    max_query_chars: int = Field(64, ge=1)  # ([GAP], ours)
+    expected_count: int | None = None  # format: expected list length; None → samples.label_cap
+    # Repetition: a query near-duplicates an earlier one when similarity ≥ threshold.
+    similarity: Literal["ngram", "encoder", "auto"] = "auto"  # auto = encoder when installed, else char n-grams
+    ngram_threshold: float = Field(0.75, gt=0, le=1)  # char-trigram cosine ([GAP], ours)
+    encoder_threshold: float = Field(0.9, gt=0, le=1)  # USE embedding cosine ([GAP], ours)
+    # RewardActor pool
+    num_actors: int = Field(2, ge=1)
+    batch_groups: int = Field(8, ge=1)  # groups per actor call
+    max_restarts: int = Field(3, ge=0)  # Ray restarts of a dead actor
+    max_batch_retries: int = Field(3, ge=0)  # a batch whose actor died is resubmitted at most this often
+    num_cpus_per_actor: float = Field(1.0, gt=0)
+
+
 class AIGQConfig(_Section):
     run: RunConfig = RunConfig()
     tracking: TrackingConfig = TrackingConfig()
     world: WorldConfig = WorldConfig()
     samples: SamplesConfig = SamplesConfig()
     importer: ImportConfig = ImportConfig()
+    ctr: CTRConfig = CTRConfig()
+    rewards: RewardsConfig = RewardsConfig()
 
     def world_dir(self) -> Path:
         return Path(self.run.output_dir) / "world"
