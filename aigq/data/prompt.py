@@ -27,6 +27,7 @@ form producing byte-identical text.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -149,3 +150,105 @@ def prompt_expr(profile: pl.Expr, sequence: pl.Expr, cfg: SamplesConfig) -> pl.E
         .otherwise(pl.concat_str([pl.lit("User Behavior Sequence: { "), sequence, pl.lit(" }")]))
     )
     return pl.concat_str([pl.lit(instruction(cfg)), profile, seq], separator="\n")
+
+
+# ---------------------------------------------------------------- model input and AIGQ-Think output (issue 3)
+#
+# Training, rollout and serving all feed the model ``model_input(prompt)`` and read its text back with
+# ``parse_output``. A Direct output is ``format_target(queries)``. A Think output (§3.4, Eqs. 8-9) is the reasoning
+# trace followed by the structured prediction, one interest point (T_k → Q_k) per line ([GAP]: serialisation ours):
+#
+#     <think> #1 search pool floats: same interest. </think>
+#     1 => pool floats ; outdoor lawn games
+#     - => round kids wall décor
+#
+# ``T_k`` is the trigger behaviour indices (``-`` when none), ``Q_k`` a ``format_target`` list.
+
+OUTPUT_PREFIX = "\nOutput: "  # the paper's "Output:" marker; the model writes its list after it
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"  # the reasoning span ("Reason Token", Fig. 2b); added as tokens
+TRIGGER_ARROW = " => "  # between T_k and Q_k on one line
+NO_TRIGGER = "-"  # T_k of an interest point without trigger behaviours
+Group = tuple[tuple[int, ...], list[str]]
+
+
+def model_input(prompt: str) -> str:
+    """What the policy is conditioned on: the prompt plus the output marker."""
+    return prompt + OUTPUT_PREFIX
+
+
+def output_special_tokens() -> list[str]:
+    """Tokens of the output format added to the vocabulary next to ``special_tokens`` (Think's reasoning span)."""
+    return [THINK_OPEN, THINK_CLOSE]
+
+
+def interest_groups(queries: Sequence[str], triggers: Sequence[Sequence[int]]) -> list[Group]:
+    """Think's interest points (T_k, Q_k): maximal runs of consecutive label queries with the same trigger set, so
+    concatenating the Q_k gives back the ordered label list (IL-GRPO's position-wise matching still holds)."""
+    groups: list[Group] = []
+    for q, t in zip(queries, triggers, strict=True):
+        key = tuple(int(i) for i in t)
+        if groups and groups[-1][0] == key:
+            groups[-1][1].append(q)
+        else:
+            groups.append((key, [q]))
+    return groups
+
+
+def format_think_target(groups: Sequence[Group], rationales: Sequence[str] | None = None) -> str:
+    """The Think output: ``<think> r_1 … r_K </think>`` (omitted when ``rationales`` is None: Think without reasoning
+    augmentation), then one ``T_k => Q_k`` line per interest point."""
+    lines = [(",".join(map(str, t)) or NO_TRIGGER) + TRIGGER_ARROW + format_target(q) for t, q in groups]
+    if rationales is not None:
+        reasoning = " ".join(r.replace(THINK_CLOSE, "").replace("\n", " ").strip() for r in rationales)
+        lines.insert(0, f"{THINK_OPEN} {reasoning} {THINK_CLOSE}")
+    return "\n".join(lines)
+
+
+def parse_think_target(text: str) -> tuple[str, list[Group]]:
+    """Inverse of ``format_think_target``, lenient: (reasoning, groups). An unclosed reasoning span has no groups;
+    a line without ``=>`` is a group with no triggers; non-numeric trigger pieces are dropped."""
+    reasoning, body = "", text
+    if THINK_OPEN in text:
+        head, _, rest = text.partition(THINK_OPEN)
+        reasoning, closed, body = rest.partition(THINK_CLOSE)
+        if not closed:
+            return reasoning.strip(), []
+        body = head + body
+    groups: list[Group] = []
+    for line in body.split("\n"):
+        if not line.strip():
+            continue
+        trig, arrow, rest = line.partition(TRIGGER_ARROW.strip())
+        if not arrow:
+            trig, rest = "", line
+        idx = tuple(int(p) for p in trig.split(",") if p.strip().isdigit())
+        queries = parse_target(rest)
+        if queries:
+            groups.append((idx, queries))
+    return reasoning.strip(), groups
+
+
+def parse_output(text: str, variant: str = "direct") -> list[str]:
+    """The ordered query list of a model output: Direct → ``parse_target``; Think → the Q_k concatenated."""
+    if variant == "think":
+        return [q for _, qs in parse_think_target(text)[1] for q in qs]
+    return parse_target(text)
+
+
+def parse_behaviours(prompt: str) -> dict[int, tuple[str, str, str]]:
+    """The prompt's behaviour lines as ``index → (time text, type, content)`` (compressed or plain form); the time
+    text is as written (``<1_day_ago>`` or ``1 day ago``). Lines that do not parse are skipped."""
+    _, found, seq = prompt.partition("User Behavior Sequence: { ")
+    if not found:
+        return {}
+    seq = seq.rsplit(" }", 1)[0]
+    out: dict[int, tuple[str, str, str]] = {}
+    for line in seq.split(BEHAVIOUR_SEP) if seq.strip() else []:
+        m = _COMPRESSED_LINE.match(line) or _PLAIN_LINE.match(line)
+        if m:
+            out[int(m.group(1))] = (m.group(2), m.group(3), m.group(4))
+    return out
+
+
+_COMPRESSED_LINE = re.compile(r"^<(\d+)>(<[^>]+>)<(\w+)> (.*)$", re.S)
+_PLAIN_LINE = re.compile(r"^(\d+) \| (.+?) \| (\w+) \| (.*)$", re.S)
