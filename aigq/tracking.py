@@ -89,3 +89,23 @@ class Tracker:
     def dict(self, data: dict[str, Any], name: str) -> None:
         if self.enabled:
             self._mlflow.log_dict(data, name)
+
+    def artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        """Log a whole folder (a checkpoint, a model) as artifacts."""
+        if self.enabled:
+            self._mlflow.log_artifacts(str(folder), artifact_path)
+
+    def register_model(self, artifact_path: str, name: str, tags: dict[str, str] | None = None) -> str | None:
+        """Register the active run's artifact folder ``artifact_path`` (a Hugging Face model folder logged with
+        ``artifacts``) as a new version of registered model ``name``; returns the version."""
+        if not self.enabled:
+            return None
+        client = self._mlflow.MlflowClient()
+        try:
+            client.get_registered_model(name)
+        except self._mlflow.exceptions.MlflowException:
+            client.create_registered_model(name)
+        run = self._mlflow.active_run()
+        mv = client.create_model_version(name, source=self._mlflow.get_artifact_uri(artifact_path),
+                                         run_id=run.info.run_id if run else None, tags=tags)
+        return mv.version
