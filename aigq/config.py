@@ -257,6 +257,7 @@ class SFTConfig(_Section):
     sample_top_k: int = Field(100, ge=0)
     max_new_tokens: int = Field(160, ge=1)
     register_as: str | None = "aigq-policy"  # MLflow registered model name for the final policy (None = skip)
+    log_checkpoint: bool = True  # also log the final checkpoint (weights + optimizer) as an MLflow artifact
 
 
 class LearnerConfig(_Section):
