@@ -17,3 +17,22 @@ def ray_local():
              ignore_reinit_error=True)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_policy():
+    """Factory: ``tiny_policy(folder, tied)`` → (folder, model), a random tiny Qwen2 with a BPE tokenizer trained on
+    a few lines. head_dim 64: vLLM's CPU attention has no kernel for very small heads."""
+    from aigq.config import TinyModelConfig
+    from aigq.models.tiny import build_tiny, train_tokenizer
+
+    def make(folder, tied: bool = False):
+        texts = [f"Please Recommend the next 10 queries. user {i} likes sofa ; lamp ; rug {i % 7}" for i in range(200)]
+        tok = train_tokenizer(iter(texts), 400)
+        cfg = TinyModelConfig(hidden=128, intermediate=256, layers=2, heads=2, kv_heads=1, tie_embeddings=tied)
+        model = build_tiny(cfg, tok, seed=0)
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        return folder, model
+
+    return make

@@ -4,31 +4,17 @@ after a weight sync, for tied and untied embeddings (ENVIRONMENT.md: a tied lm_h
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
-from aigq.config import TinyModelConfig
 from aigq.data import prompt as P
-from aigq.models.tiny import build_tiny, train_tokenizer
 from aigq.rollout import weight_sync
 from aigq.rollout.engine import Sampling, make_engine
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 PROMPTS = ["Please Recommend the next 10 queries.\nuser 3 likes sofa", "lamp ; rug", "user 9 searched"]
 GREEDY = Sampling(n=2, temperature=0.0, max_tokens=12)
-
-
-def _tiny(folder: Path, tied: bool) -> tuple[Path, torch.nn.Module]:
-    texts = [f"Please Recommend the next 10 queries. user {i} likes sofa ; lamp ; rug {i % 7}" for i in range(200)]
-    tok = train_tokenizer(iter(texts), 400)
-    # head_dim 64: vLLM's CPU attention has no kernel for very small heads
-    cfg = TinyModelConfig(hidden=128, intermediate=256, layers=2, heads=2, kv_heads=1, tie_embeddings=tied)
-    model = build_tiny(cfg, tok, seed=0)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder, model
 
 
 def _perturbed_blob(model: torch.nn.Module, seed: int) -> bytes:
@@ -40,8 +26,8 @@ def _perturbed_blob(model: torch.nn.Module, seed: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def untied(tmp_path_factory):
-    return _tiny(tmp_path_factory.mktemp("untied"), tied=False)
+def untied(tmp_path_factory, tiny_policy):
+    return tiny_policy(tmp_path_factory.mktemp("untied"), tied=False)
 
 
 def test_transformers_engine_sampling_contract(untied):
@@ -87,8 +73,8 @@ def test_unknown_engine_and_missing_folder(tmp_path):
 
 @pytest.mark.skipif(not HAS_VLLM, reason="vLLM not installed (pip install -e '.[vllm]')")
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
-def test_vllm_greedy_matches_transformers_before_and_after_sync(tmp_path, tied):
-    folder, model = _tiny(tmp_path / "m", tied)
+def test_vllm_greedy_matches_transformers_before_and_after_sync(tmp_path, tiny_policy, tied):
+    folder, model = tiny_policy(tmp_path / "m", tied)
     hf, vl = make_engine("transformers", folder), make_engine("vllm", folder)
     try:
         ids = lambda eng: [g[0].token_ids for g in eng.generate(PROMPTS, GREEDY)]  # noqa: E731

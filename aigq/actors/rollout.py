@@ -1,0 +1,93 @@
+"""RolloutWorker actors (one generation engine each) and the pool that shares a batch of prompts among them.
+
+    pool = RolloutPool("vllm", model_dir, n_workers=2)
+    pool.sync(weight_sync.serialise(model), version=3)     # learner → every worker, one object-store blob
+    groups = pool.generate(prompts, Sampling(n=8))           # list (per prompt) of G Rollouts, version 3
+
+Fault tolerance: workers run with ``max_restarts``; a worker that dies mid-batch is restarted by Ray (its engine
+reloads from the model folder), the pool re-sends the current weights to it before anything else, and resubmits
+the lost shard (``actors.pool.dispatch``). Every rollout carries the policy version it was sampled with, and
+``generate`` checks they all equal the synced version (on-policy).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from aigq.actors.pool import dispatch
+from aigq.rollout.engine import Rollout, Sampling, make_engine
+
+
+@ray.remote
+class RolloutWorker:
+    def __init__(self, engine: str, model_dir: str, variant: str, engine_kw: dict[str, Any]):
+        self.engine = make_engine(engine, model_dir, variant=variant, **engine_kw)
+
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Rollout]]:
+        return self.engine.generate(prompts, sampling)
+
+    def load_weights(self, blob: bytes, version: int) -> int:
+        self.engine.load_weights(blob, version)
+        return version
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "policy_version": self.engine.policy_version}
+
+
+class RolloutPool:
+    def __init__(self, engine: str, model_dir: str | Path, variant: str = "direct", n_workers: int = 1,
+                 num_cpus: float = 1, engine_kw: dict[str, Any] | None = None, max_restarts: int = 3,
+                 max_retries: int = 2, shard_prompts: int | None = None):
+        self._spec = (engine, str(model_dir), variant, engine_kw or {})
+        self._opts = {"num_cpus": num_cpus, "max_restarts": max_restarts, "max_task_retries": 0}
+        self.max_retries, self.shard_prompts = max_retries, shard_prompts
+        self.version, self._blob = 0, None
+        self.stats = {"shards": 0, "retries": 0, "replaced_workers": 0}
+        self.workers = [RolloutWorker.options(**self._opts).remote(*self._spec) for _ in range(n_workers)]
+
+    def sync(self, blob: bytes, version: int) -> None:
+        """Send new weights to every worker (one object-store copy) and wait until all have them."""
+        self._blob = ray.put(blob)
+        ray.get([w.load_weights.remote(self._blob, version) for w in self.workers])
+        self.version = version
+
+    def _repair(self, a: int) -> None:
+        self.stats["retries"] += 1
+        try:
+            ray.get(self.workers[a].info.remote(), timeout=300)  # restarted by Ray (engine from its folder)
+        except Exception:  # noqa: BLE001 — restarts exhausted or the actor cannot come back: replace it
+            self.workers[a] = RolloutWorker.options(**self._opts).remote(*self._spec)
+            self.stats["replaced_workers"] += 1
+        if self._blob is not None:  # a fresh engine holds version 0: bring it to the current policy first
+            ray.get(self.workers[a].load_weights.remote(self._blob, self.version))
+
+    def generate(self, prompts: list[str], sampling: Sampling, on_dispatch=None) -> list[list[Rollout]]:
+        size = self.shard_prompts or max(1, -(-len(prompts) // len(self.workers)))
+        shards = [prompts[i:i + size] for i in range(0, len(prompts), size)]
+        self.stats["shards"] += len(shards)
+
+        def submit(a: int, b: int):
+            s = sampling if sampling.seed is None else Sampling(**{**sampling.__dict__, "seed": sampling.seed + b})
+            return self.workers[a].generate.remote(shards[b], s)
+
+        out = dispatch(len(shards), len(self.workers), submit, self._repair, self.max_retries, on_dispatch)
+        groups = [g for shard in out for g in shard]
+        for i, g in enumerate(groups):
+            stale = {r.policy_version for r in g} - {self.version}
+            if stale:
+                raise RuntimeError(f"prompt {i} was sampled with policy version(s) {stale}, expected {self.version}")
+            for r in g:
+                r.prompt_index = i
+        return groups
+
+    def info(self) -> list[dict[str, Any]]:
+        return ray.get([w.info.remote() for w in self.workers])
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w, no_restart=True)
+        self.workers = []
