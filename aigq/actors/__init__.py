@@ -1,0 +1,1 @@
+"""Ray actors: rollout workers, reward actors, the DDP learner group, and their supervised pools."""
