@@ -170,5 +170,9 @@ def demo(config: ConfigOpt = Path("configs/tiny_cpu.yaml"), overrides: Overrides
         console.print(f"MLflow: mlflow ui --backend-store-uri {tracker.uri}")
 
 
+from aigq import cli_rewards  # noqa: E402  (train-ctr: the CTR reward model, issue 4)
+
+cli_rewards.register(app, ConfigOpt, Overrides, _config, _table, _tracker)
+
 if __name__ == "__main__":
     app()

@@ -186,7 +186,7 @@ class RewardsConfig(_Section):
     # Repetition: a query near-duplicates an earlier one when similarity ≥ threshold.
     similarity: Literal["ngram", "encoder", "auto"] = "auto"  # auto = encoder when installed, else char n-grams
     ngram_threshold: float = Field(0.75, gt=0, le=1)  # char-trigram cosine ([GAP], ours)
-    encoder_threshold: float = Field(0.9, gt=0, le=1)  # USE embedding cosine ([GAP], ours)
+    encoder_threshold: float = Field(0.8, gt=0, le=1)  # USE embedding cosine ([GAP], ours; "red dress"~"red dresses" 0.89)
     # RewardActor pool
     num_actors: int = Field(2, ge=1)
     batch_groups: int = Field(8, ge=1)  # groups per actor call

@@ -1,0 +1,78 @@
+"""``aigq train-ctr``: the daily CTR reward model (paper Eq. 15), registered on the main ``aigq`` app in cli.py."""
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from aigq.config import AIGQConfig
+from aigq.tracking import Tracker
+
+console = Console()
+
+
+def ctr_root(cfg: AIGQConfig) -> Path:
+    return Path(cfg.ctr.dir) if cfg.ctr.dir else Path(cfg.run.output_dir) / "ctr"
+
+
+def train_ctr_stage(cfg: AIGQConfig, tracker: Tracker, day: int, world: Path | None = None, cold: bool = False,
+                    oracle: bool = True, log: Any = None) -> dict[str, Any]:
+    """Validate the world, train φ_day (warm from day-1's model when present), evaluate, save, log to MLflow; then,
+    on a simulated world and with ``oracle``, run the test-only hidden-model evaluator (separate module)."""
+    from aigq.data.hidden import hidden_dir
+    from aigq.data.validate import validate_world
+    from aigq.rewards.ctr_train import train_day
+
+    world = Path(world or cfg.world_dir())
+    validated = validate_world(world, write_quarantine=False)
+    start, n_days = validated.meta["start_date"], int(validated.meta["days"])
+    with tracker.run("train-ctr", cfg, tags={"aigq.world": str(world), "aigq.ctr.day": str(day)}):
+        res = train_day(validated.tables, start, n_days, day, cfg.ctr, ctr_root(cfg), cold=cold,
+                        log=lambda ep, loss: (tracker.metrics({"train.loss": loss}, step=ep), log and log(ep, loss)))
+        metrics = dict(res.metrics)
+        tracker.params({"ctr.train_days": f"{res.train_days[0]}..{res.train_days[-1]}",
+                        "ctr.eval_days": ",".join(map(str, res.eval_days)) or "none",
+                        "ctr.warm_start_from": str(res.warm_start) if res.warm_start else "none"})
+        if oracle and (hidden_dir(world) / "click_model.json").is_file() and res.eval_days:
+            # TEST-ONLY: the simulator's hidden click model, read by the separate evaluator, after training.
+            from aigq.evaluation.ctr_oracle import oracle_spearman
+            from aigq.rewards.ctr import CTRScorer
+
+            scorer = CTRScorer.load(res.folder)
+            metrics.update(oracle_spearman(world, validated.tables, start, res.eval_days, scorer, scorer.cfg))
+        tracker.metrics({k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)})
+        tracker.artifact(res.folder / "model.json", "ctr")
+        if cfg.ctr.log_model:
+            tracker.artifact(res.folder / "model.safetensors", "ctr")
+    return {"folder": str(res.folder), "train_days": res.train_days, "eval_days": res.eval_days,
+            "warm_start": str(res.warm_start) if res.warm_start else None, **metrics}
+
+
+def register(app: typer.Typer, config_opt: Any, overrides_arg: Any, load: Any, table: Any, tracker: Any) -> None:
+    """Add ``train-ctr`` to the main app (cli.py passes its option types and helpers)."""
+
+    @app.command("train-ctr")
+    def train_ctr(day: Annotated[int, typer.Option("--day", "-d", help="Train φ_T on day T's logs (Eq. 15).")],
+                  config: config_opt = None,
+                  world: Annotated[Path | None, typer.Option(help="World folder.")] = None,
+                  cold: Annotated[bool, typer.Option("--cold", help="Ignore day T-1's model; train from scratch.")] = False,
+                  oracle: Annotated[bool, typer.Option(help="Simulated worlds: also run the test-only hidden-model "
+                                                            "evaluator (Spearman).")] = True,
+                  overrides: overrides_arg = None) -> None:
+        """Train the CTR reward model for day T (warm start from T-1's model), report held-out AUC / log-loss vs a
+        popularity-only scorer, save safetensors + JSON to <output_dir>/ctr/day-T."""
+        cfg = load(config, overrides)
+        try:
+            with console.status(f"training CTR model for day {day}"):
+                out = train_ctr_stage(cfg, tracker(cfg), day, world, cold, oracle)
+        except (ValueError, FileNotFoundError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+        rows = {k: v for k, v in out.items() if not k.startswith(("seconds.", "oracle.", "model."))}
+        rows["seconds"] = round(sum(v for k, v in out.items() if k.startswith("seconds.")), 1)
+        console.print(table(f"CTR model day {day} → {out['folder']}", rows))
+        oracle_rows = {k: v for k, v in out.items() if k.startswith("oracle.")}
+        if oracle_rows:
+            console.print(table("test-only evaluator: vs the simulator's hidden click model", oracle_rows))

@@ -1,0 +1,253 @@
+"""The CTR reward model p̂(click | user context, query text) (paper Eq. 14; trained daily, Eq. 15).
+
+Architecture (all text through one shared hashed-n-gram embedding, so *any* query text is scorable):
+
+* **query** q = Σ_g E[g]/√n over the query's hashed char n-grams and words (``text.ngram_ids``);
+* **behaviours** b_i = text(content_i) + type embedding + recency embedding (days-ago bucket);
+* **DIN attention** (Zhou et al. 2018): a_i = MLP([q, b_i, q⊙b_i, q−b_i, s_i]) over the last L behaviours,
+  softmax-normalised over the valid ones, u = Σ a_i·b_i. s_i is a fixed (not learned) feature: the n-gram cosine
+  between the query and behaviour i — an exact-match prior that a small log cannot learn from scratch;
+* **profile** p = Σ hashed embeddings of gender, age bucket, occupation, city;
+* **head** MLP([q, u, p, q⊙u, q⊙p, max s, mean s, max s over today+yesterday, log(1+n)]) → relevance logit r.
+
+**Position bias** (PAL, Guo et al. 2019): p(click | slot) = σ(r)·e(slot), with e(0) = 1 and e(1), e(2) = σ(θ) learned.
+Training fits the product to the logged clicks; scoring returns σ(r) = p(click | examined), free of slot bias.
+
+Artefacts: ``model.safetensors`` (weights) + ``model.json`` (architecture, featuriser settings, training meta).
+Never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from aigq.config import CTRConfig
+from aigq.rewards.context import UserContext
+from aigq.rewards.text import hash_token, ngram_ids, pair_cosines, to_text
+
+TYPES = ("search", "click", "cart", "buy")
+AGE_BUCKETS = (0, 1, 2, 3, 7, 14, 30)  # days-ago bucket edges for the recency embedding
+N_SLOTS = 3
+N_SIM = 4
+PROFILE_BUCKETS = 4096
+FORMAT_VERSION = 1
+
+
+_AGE_TABLE = [int(np.searchsorted(AGE_BUCKETS, d, side="right")) for d in range(AGE_BUCKETS[-1] + 1)]
+
+
+def _age_bucket(days: int) -> int:
+    return _AGE_TABLE[min(max(days, 0), AGE_BUCKETS[-1])]
+
+
+@lru_cache(maxsize=262_144)
+def _text_ids(text: str, buckets: int, n_min: int, n_max: int, max_chars: int) -> np.ndarray:
+    return ngram_ids(to_text(text, max_chars), buckets, n_min, n_max, max_chars)
+
+
+def _profile_tokens(profile: dict[str, Any]) -> list[str]:
+    out = []
+    for k, v in profile.items():
+        v = to_text(v, 64)
+        if k == "age":
+            try:
+                v = str(int(float(v)) // 5)
+            except ValueError:
+                continue
+        if v:
+            out.append(f"{k}={v.lower()}")
+    return out
+
+
+@dataclass
+class Batch:
+    """Featurised (contexts × queries). Contexts are featurised once; ``ctx`` maps each query row to its context."""
+
+    q_ids: torch.Tensor
+    q_off: torch.Tensor
+    q_w: torch.Tensor
+    h_ids: torch.Tensor  # behaviour texts of all contexts, (C·L) bags
+    h_off: torch.Tensor
+    h_w: torch.Tensor
+    h_type: torch.Tensor  # (C, L)
+    h_age: torch.Tensor  # (C, L)
+    h_mask: torch.Tensor  # (C, L) bool
+    p_ids: torch.Tensor
+    p_off: torch.Tensor
+    ctx: torch.Tensor  # (N,)
+    sim: torch.Tensor  # (N, L) fixed query–behaviour n-gram cosine
+    slot: torch.Tensor  # (N,) shown slot (0 when unknown)
+
+
+class Featurizer:
+    def __init__(self, cfg: CTRConfig):
+        self.cfg = cfg
+
+    def ids(self, text: Any) -> np.ndarray:
+        c = self.cfg
+        if not isinstance(text, str):
+            text = to_text(text, c.max_text_chars)
+        return _text_ids(text, c.hash_buckets, c.ngram_min, c.ngram_max, c.max_text_chars)
+
+    @staticmethod
+    def _bags(sets: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        lens = np.array([len(s) for s in sets], dtype=np.int64)
+        flat = np.concatenate([*sets, np.zeros(0, np.int64)])
+        off = np.concatenate([[0], np.cumsum(lens)[:-1]]) if len(sets) else np.zeros(0, np.int64)
+        w = np.repeat(1.0 / np.sqrt(np.maximum(lens, 1)), lens).astype(np.float32)
+        return torch.from_numpy(flat), torch.from_numpy(off.astype(np.int64)), torch.from_numpy(w)
+
+    def batch(self, contexts: list[UserContext], ctx_index: Any, queries: list[Any], slots: Any = None) -> Batch:
+        L = self.cfg.history_len
+        ctx_index = np.asarray(ctx_index, dtype=np.int64)
+        C = len(contexts)
+        h_sets: list[np.ndarray] = []
+        h_type = np.zeros((C, L), np.int64)
+        h_age = np.zeros((C, L), np.int64)
+        h_mask = np.zeros((C, L), bool)
+        p_sets = []
+        for c, uc in enumerate(contexts):
+            behs = [b for b in uc.behaviours if b[0] <= self.cfg.history_days][:L]
+            for i in range(L):
+                if i < len(behs):
+                    d, t, content = behs[i]
+                    h_sets.append(self.ids(content))
+                    h_type[c, i] = TYPES.index(t) + 1 if t in TYPES else 0
+                    h_age[c, i] = _age_bucket(int(d))
+                    h_mask[c, i] = len(h_sets[-1]) > 0
+                else:
+                    h_sets.append(np.zeros(0, np.int64))
+            toks = _profile_tokens(uc.profile)
+            p_sets.append(np.array([hash_token(t, PROFILE_BUCKETS) for t in toks], dtype=np.int64))
+        q_sets = [self.ids(q) for q in queries]
+        # fixed similarity: query row n vs behaviour (ctx[n], i), for every i
+        left = np.repeat(np.arange(len(q_sets)), L)
+        right = len(q_sets) + (ctx_index[:, None] * L + np.arange(L)[None, :]).ravel()
+        sim = pair_cosines(q_sets + h_sets, left, right).reshape(len(q_sets), L)
+        qi, qo, qw = self._bags(q_sets)
+        hi, ho, hw = self._bags(h_sets)
+        pi, po, _ = self._bags(p_sets)
+        slot = np.zeros(len(q_sets), np.int64) if slots is None else np.clip(np.asarray(slots, np.int64), 0, N_SLOTS - 1)
+        return Batch(qi, qo, qw, hi, ho, hw, torch.from_numpy(h_type), torch.from_numpy(h_age),
+                     torch.from_numpy(h_mask), pi, po, torch.from_numpy(ctx_index), torch.from_numpy(sim),
+                     torch.from_numpy(slot))
+
+
+def _mlp(i: int, h: int, o: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(i, h), nn.ReLU(), nn.Linear(h, o))
+
+
+class CTRModel(nn.Module):
+    def __init__(self, hash_buckets: int, dim: int, hidden: int, history_len: int):
+        super().__init__()
+        self.arch = {"hash_buckets": hash_buckets, "dim": dim, "hidden": hidden, "history_len": history_len}
+        self.text = nn.EmbeddingBag(hash_buckets, dim, mode="sum")
+        self.btype = nn.Embedding(len(TYPES) + 1, dim)
+        self.age = nn.Embedding(len(AGE_BUCKETS) + 1, dim)
+        self.profile = nn.EmbeddingBag(PROFILE_BUCKETS, dim, mode="sum")
+        self.att = _mlp(4 * dim + 1, hidden, 1)
+        self.head = _mlp(5 * dim + N_SIM, hidden, 1)
+        self.exam = nn.Parameter(torch.full((N_SLOTS - 1,), 1.5))  # logit of e(slot), slots 1..2
+        for emb in (self.text, self.profile):
+            nn.init.normal_(emb.weight, std=0.05)
+        nn.init.normal_(self.btype.weight, std=0.05)
+        nn.init.normal_(self.age.weight, std=0.05)
+
+    def relevance(self, b: Batch) -> torch.Tensor:
+        """Relevance logit r per query row (σ(r) = p(click | examined))."""
+        C, L = b.h_mask.shape
+        q = self.text(b.q_ids, b.q_off, per_sample_weights=b.q_w)
+        h = self.text(b.h_ids, b.h_off, per_sample_weights=b.h_w).view(C, L, -1)
+        h = h + self.btype(b.h_type) + self.age(b.h_age)
+        p = self.profile(b.p_ids, b.p_off)
+        hq, mask = h[b.ctx], b.h_mask[b.ctx]  # (N, L, d), (N, L)
+        qe = q[:, None, :].expand_as(hq)
+        score = self.att(torch.cat([qe, hq, qe * hq, qe - hq, b.sim[..., None]], -1)).squeeze(-1)
+        score = score.masked_fill(~mask, -1e4)
+        a = torch.softmax(score, -1) * mask
+        u = (a[..., None] * hq).sum(1)
+        s = b.sim.masked_fill(~mask, 0.0)
+        n = mask.sum(1).clamp(min=1)
+        recent = (b.h_age[b.ctx] <= 2) & mask
+        feats = torch.stack([s.max(1).values, s.sum(1) / n, (s * recent).max(1).values,
+                             torch.log1p(mask.sum(1).float())], -1)
+        pu = p[b.ctx]
+        return self.head(torch.cat([q, u, pu, q * u, q * pu, feats], -1)).squeeze(-1)
+
+    def log_examination(self, slot: torch.Tensor) -> torch.Tensor:
+        e = torch.cat([torch.zeros(1), nn.functional.logsigmoid(self.exam)])
+        return e[slot]
+
+    def click_loss(self, b: Batch, clicked: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood of the logged clicks under p = σ(r)·e(slot) (PAL position bias)."""
+        logp = nn.functional.logsigmoid(self.relevance(b)) + self.log_examination(b.slot)
+        log1mp = torch.log1p(-logp.exp().clamp(max=1 - 1e-6))
+        return -(clicked * logp + (1 - clicked) * log1mp).mean()
+
+
+def save_model(model: CTRModel, cfg: CTRConfig, folder: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """``folder/model.safetensors`` + ``folder/model.json`` (architecture, featuriser config, meta)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    info = {"format_version": FORMAT_VERSION, "arch": model.arch, "featurizer": cfg.model_dump(), "meta": meta or {}}
+    (folder / "model.json").write_text(json.dumps(info, indent=2, default=str))
+    return folder
+
+
+def load_model(folder: str | Path) -> tuple[CTRModel, CTRConfig, dict[str, Any]]:
+    folder = Path(folder)
+    info_path, weights = folder / "model.json", folder / "model.safetensors"
+    if not info_path.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"{folder} is not a CTR model folder (needs model.json + model.safetensors)")
+    info = json.loads(info_path.read_text())
+    if info.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{folder}: CTR model format {info.get('format_version')} != {FORMAT_VERSION}")
+    model = CTRModel(**info["arch"])
+    model.load_state_dict(load_file(str(weights)))
+    return model, CTRConfig.model_validate(info["featurizer"]), info.get("meta", {})
+
+
+class CTRScorer:
+    """Batched, gradient-free scoring of (context, queries) with a trained model: p̂ = p(click | examined)."""
+
+    def __init__(self, model: CTRModel, cfg: CTRConfig, chunk: int = 4096):
+        self.model, self.cfg, self.feat, self.chunk = model.eval(), cfg, Featurizer(cfg), chunk
+
+    @classmethod
+    def load(cls, folder: str | Path) -> CTRScorer:
+        model, cfg, _ = load_model(folder)
+        return cls(model, cfg)
+
+    @torch.inference_mode()
+    def logits(self, contexts: list[UserContext], ctx_index: Any, queries: list[Any]) -> np.ndarray:
+        ctx_index = np.asarray(ctx_index, dtype=np.int64)
+        out = np.zeros(len(queries), dtype=np.float32)
+        for s in range(0, len(queries), self.chunk):
+            idx = ctx_index[s : s + self.chunk]
+            used, local = np.unique(idx, return_inverse=True)
+            b = self.feat.batch([contexts[i] for i in used], local, queries[s : s + self.chunk])
+            out[s : s + self.chunk] = self.model.relevance(b).numpy()
+        return out
+
+    def score(self, contexts: list[UserContext], ctx_index: Any, queries: list[Any]) -> np.ndarray:
+        """p̂ per query row (``ctx_index[n]`` = its context). Empty / garbage text is scored like any text."""
+        return 1.0 / (1.0 + np.exp(-self.logits(contexts, ctx_index, queries).astype(np.float64)))
+
+    def score_one(self, context: UserContext, queries: list[Any]) -> np.ndarray:
+        return self.score([context], np.zeros(len(queries), np.int64), queries)
+
+
+def examination(model: CTRModel) -> list[float]:
+    """Learned examination probabilities e(slot) (slot 0 fixed to 1)."""
+    return [1.0] + [1.0 / (1.0 + math.exp(-float(x))) for x in model.exam.detach()]

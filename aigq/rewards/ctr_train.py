@@ -1,0 +1,211 @@
+"""Training and evaluation of the CTR reward model on HintQ exposures, day by day (paper Eq. 15).
+
+``train_day(T)`` fits φ_T on the exposures of a window ending at day T and evaluates it on days T+1..T+eval_days:
+
+* **warm start** (Eq. 15, φ_{T} ← Train(φ_{T−1}, D_T)): when day T−1's model exists, its weights are the starting
+  point and the window is ``warm_window_days`` (default 1: D_T alone);
+* **cold start**: otherwise a fresh model on ``cold_window_days`` days.
+
+Held-out metrics: AUC of the relevance score σ(r) (slot-free, what the reward uses), AUC and log-loss of the full
+click probability σ(r)·e(slot), and the AUC of a popularity-only scorer (log search count of the query in the
+training window) on the same impressions. The hidden click model is never read here (see
+``aigq.evaluation.ctr_oracle`` for the test-only Spearman check).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from aigq.config import CTRConfig
+from aigq.rewards.context import UserContext, contexts_of, exposure_impressions
+from aigq.rewards.ctr import Batch, CTRModel, CTRScorer, Featurizer, examination, load_model, save_model
+
+# ---------------------------------------------------------------- metrics (pure numpy)
+
+
+def rankdata(x: Any) -> np.ndarray:
+    """1-based ranks, ties get their average rank."""
+    x = np.asarray(x, dtype=np.float64)
+    _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
+    cum = np.cumsum(counts)
+    return (cum - (counts - 1) / 2.0)[inv]
+
+
+def auc(labels: Any, scores: Any) -> float:
+    """Area under the ROC curve (Mann–Whitney U with tie-averaged ranks); NaN if only one class is present."""
+    y = np.asarray(labels, dtype=bool)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    r = rankdata(scores)
+    return float((r[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def log_loss(labels: Any, probs: Any, eps: float = 1e-7) -> float:
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.clip(np.asarray(probs, dtype=np.float64), eps, 1 - eps)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else float("nan")
+
+
+def spearman(a: Any, b: Any) -> float:
+    """Spearman rank correlation (Pearson of tie-averaged ranks); NaN when either side is constant."""
+    ra, rb = rankdata(a), rankdata(b)
+    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class ClickData:
+    """Impressions of some days with their contexts (``imp.ctx`` indexes ``contexts``)."""
+
+    imp: pl.DataFrame
+    contexts: list[UserContext]
+    days: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.imp)
+
+
+def click_data(tables: dict[str, pl.DataFrame], start_date: str, days: list[int], cfg: CTRConfig) -> ClickData:
+    imp, ctx = exposure_impressions(tables, start_date, days, cfg.history_len, cfg.history_days,
+                                    list(cfg.behaviour_types))
+    return ClickData(imp, contexts_of(ctx), days)
+
+
+def popularity(tables: dict[str, pl.DataFrame], start_date: str, days: list[int]) -> dict[str, int]:
+    """Query → number of searches on ``days`` (clicked hints become searches): the popularity-only scorer."""
+    from aigq.data.schema import day_expr
+
+    ev = tables["events"].filter((pl.col("type") == "search") & day_expr(pl.col("ts"), start_date).is_in(days))
+    return dict(ev.group_by("query").len().drop_nulls("query").iter_rows())
+
+
+def _batches(data: ClickData, feat: Featurizer, size: int, rng: np.random.Generator) -> list[tuple[Batch, torch.Tensor]]:
+    """Featurise once into minibatches of whole exposures (their 3 impressions share one context)."""
+    ctx_ids = data.imp["ctx"].unique().to_numpy()
+    rng.shuffle(ctx_ids)
+    per = max(1, size // 3)
+    imp = data.imp.select("ctx", "query", "slot", "clicked")
+    out = []
+    for s in range(0, len(ctx_ids), per):
+        part = imp.filter(pl.col("ctx").is_in(ctx_ids[s : s + per]))
+        used, local = np.unique(part["ctx"].to_numpy(), return_inverse=True)
+        b = feat.batch([data.contexts[i] for i in used], local, part["query"].to_list(), part["slot"].to_numpy())
+        out.append((b, torch.from_numpy(part["clicked"].to_numpy().astype(np.float32))))
+    return out
+
+
+# ---------------------------------------------------------------- training
+
+
+def fit(model: CTRModel, data: ClickData, cfg: CTRConfig, epochs: int, log: Any = None) -> list[float]:
+    """Adam on the PAL click likelihood; returns the mean training loss per epoch."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    batches = _batches(data, Featurizer(cfg), cfg.batch_size, rng)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.train()
+    losses = []
+    for ep in range(epochs):
+        total, n = 0.0, 0
+        for k in rng.permutation(len(batches)):
+            b, y = batches[k]
+            loss = model.click_loss(b, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total, n = total + float(loss) * len(y), n + len(y)
+        losses.append(total / max(n, 1))
+        if log:
+            log(ep, losses[-1])
+    model.eval()
+    return losses
+
+
+def evaluate(model: CTRModel, cfg: CTRConfig, data: ClickData, pop: dict[str, int]) -> dict[str, float]:
+    """Held-out AUC / log-loss of the model and AUC of the popularity-only scorer on the same impressions."""
+    if len(data) == 0:
+        return {"eval.impressions": 0}
+    scorer = CTRScorer(model, cfg)
+    y = data.imp["clicked"].to_numpy()
+    rel = scorer.score(data.contexts, data.imp["ctx"].to_numpy(), data.imp["query"].to_list())
+    exam = np.asarray(examination(model))[data.imp["slot"].to_numpy()]
+    pop_s = np.log1p(np.array([pop.get(q, 0) for q in data.imp["query"].to_list()], dtype=np.float64))
+    m = {
+        "eval.impressions": len(y),
+        "eval.ctr": float(y.mean()),
+        "eval.auc": auc(y, rel),
+        "eval.auc_with_position": auc(y, rel * exam),
+        "eval.logloss": log_loss(y, rel * exam),
+        "eval.logloss_base_rate": log_loss(y, np.full(len(y), y.mean())),
+        "eval.popularity_auc": auc(y, pop_s),
+    }
+    m["eval.auc_lift_vs_popularity"] = m["eval.auc"] - m["eval.popularity_auc"]
+    return m
+
+
+def model_dir(root: str | Path, day: int) -> Path:
+    return Path(root) / f"day-{day:03d}"
+
+
+@dataclass
+class TrainResult:
+    day: int
+    folder: Path
+    warm_start: Path | None
+    train_days: list[int]
+    eval_days: list[int]
+    metrics: dict[str, float]
+    losses: list[float]
+
+
+def train_day(tables: dict[str, pl.DataFrame], start_date: str, n_days: int, day: int, cfg: CTRConfig,
+              root: str | Path, cold: bool = False, log: Any = None) -> TrainResult:
+    """Train φ_day (warm from ``root/day-(day-1)`` when present and not ``cold``), evaluate on the next days, save
+    to ``root/day-<day>``."""
+    if not 1 <= day <= n_days:
+        raise ValueError(f"day {day} is outside the world's days 1..{n_days}")
+    prev = model_dir(root, day - 1)
+    warm = None if cold or not (prev / "model.json").is_file() else prev
+    window = cfg.warm_window_days if warm else cfg.cold_window_days
+    train_days = list(range(max(1, day - window + 1), day + 1))
+    eval_days = list(range(day + 1, min(day + cfg.eval_days, n_days) + 1))
+    t0 = time.perf_counter()
+    train = click_data(tables, start_date, train_days, cfg)
+    if len(train) == 0:
+        raise ValueError(f"no HintQ exposures on days {train_days[0]}..{train_days[-1]}: nothing to train on")
+    if warm:
+        model, prev_cfg, _ = load_model(warm)
+        if prev_cfg.model_dump(include={"hash_buckets", "dim", "hidden", "history_len"}) != cfg.model_dump(
+            include={"hash_buckets", "dim", "hidden", "history_len"}):
+            raise ValueError(f"{warm}: architecture differs from the config; retrain cold (--cold)")
+    else:
+        torch.manual_seed(cfg.seed)
+        model = CTRModel(cfg.hash_buckets, cfg.dim, cfg.hidden, cfg.history_len)
+    t1 = time.perf_counter()
+    losses = fit(model, train, cfg, cfg.epochs_warm if warm else cfg.epochs_cold, log)
+    t2 = time.perf_counter()
+    metrics: dict[str, float] = {"train.impressions": len(train), "train.ctr": float(train.imp["clicked"].mean()),
+                                 "train.final_loss": losses[-1], "train.warm_start": float(warm is not None)}
+    if eval_days:
+        held = click_data(tables, start_date, eval_days, cfg)
+        metrics.update(evaluate(model, cfg, held, popularity(tables, start_date, train_days)))
+    for s, e in enumerate(examination(model)):
+        metrics[f"model.examination_slot{s}"] = e
+    metrics.update({"seconds.data": t1 - t0, "seconds.train": t2 - t1, "seconds.eval": time.perf_counter() - t2})
+    folder = save_model(model, cfg, model_dir(root, day), meta={
+        "day": day, "train_days": train_days, "eval_days": eval_days, "warm_start": str(warm) if warm else None,
+        "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}})
+    return TrainResult(day, folder, warm, train_days, eval_days, metrics, losses)
