@@ -1,0 +1,231 @@
+"""The LearnerWorker group: N Ray actors in one placement group forming a torch.distributed process group (gloo on
+CPU, nccl on GPU), each holding the policy wrapped in DistributedDataParallel. The driver sends each worker its shard
+of a global batch; workers return their summed loss and token counts. All ranks start from the same folder and DDP
+averages gradients, so after every step all ranks hold identical weights (``weights_digest``).
+
+IL-SFT uses it now; IL-GRPO will call the same group with its policy loss.
+
+    group = LearnerGroup(cfg, model_dir, total_steps, tokenizer.pad_token_id)
+    metrics = group.train_step(batch_examples)      # list[Example] of one global batch
+    group.save_checkpoint(root, config_yaml)        # rank 0 writes, every rank's RNG state included
+    group.shutdown()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from aigq.config import AIGQConfig, LearnerConfig
+from aigq.learner.sft import Example, count_targets, micro_batches
+
+
+class LearnerConfigError(ValueError):
+    """The learner group cannot be formed as configured (e.g. more workers than the cluster has CPUs)."""
+
+
+@ray.remote
+class LearnerWorker:
+    def __init__(self, rank: int, world_size: int, cfg_json: str, model_dir: str, total_steps: int):
+        self.rank, self.world_size = rank, world_size
+        self.cfg = AIGQConfig.model_validate_json(cfg_json)
+        self.model_dir, self.total_steps = model_dir, total_steps
+        self.trainer = None
+        torch.set_num_threads(self.cfg.learner.cpus_per_worker)
+
+    def address(self) -> tuple[str, int]:
+        """Rank 0's reachable address and a free port for the process group's rendezvous."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, master_addr: str, master_port: int, resume: str | None = None) -> dict[str, Any]:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        from aigq.learner.checkpoint import read_checkpoint, restore_trainer
+        from aigq.learner.trainer import SFTTrainer, set_rng_state
+        from aigq.models.factory import load_policy
+
+        lc = self.cfg.learner
+        use_gpu = lc.gpus_per_worker > 0 and torch.cuda.is_available()
+        backend = lc.backend if lc.backend != "auto" else ("nccl" if use_gpu else "gloo")
+        dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}", rank=self.rank,
+                                world_size=self.world_size, timeout=timedelta(seconds=lc.ready_timeout_s))
+        ckpt = read_checkpoint(Path(resume)) if resume else None
+        model, self.tokenizer = load_policy(ckpt.model_dir if ckpt else Path(self.model_dir), self.cfg.model.dtype)
+        self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+        model.to(self.device)
+
+        def wrap(m):
+            return DDP(m, device_ids=[0] if use_gpu else None, broadcast_buffers=False)
+
+        self.trainer = SFTTrainer(model, self.cfg.sft, self.total_steps, self.world_size, wrap)
+        torch.manual_seed(self.cfg.run.seed + self.rank)
+        if ckpt:
+            restore_trainer(self.trainer, ckpt)
+            # a resume with another world size reuses rank 0's RNG for new ranks (exact only with the same size)
+            set_rng_state(ckpt.rng.get(self.rank, ckpt.rng[0]))
+        return {"rank": self.rank, "backend": backend, "device": str(self.device), "step": self.trainer.step}
+
+    def _to_device(self, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+        return [{k: v.to(self.device) for k, v in b.items()} for b in batches]
+
+    def train_step(self, batches: list[dict[str, torch.Tensor]], global_tokens: int) -> dict[str, float]:
+        return self.trainer.train_step(self._to_device(batches), global_tokens)
+
+    def evaluate(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        return self.trainer.evaluate(self._to_device(batches)) if batches else {"nll_sum": 0.0, "tokens": 0}
+
+    def weights_digest(self) -> str:
+        h = hashlib.sha256()
+        for name, p in sorted(self.trainer.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.trainer.model.state_dict().items()}
+
+    def rng_state(self) -> dict[str, Any]:
+        from aigq.learner.trainer import get_rng_state
+
+        return get_rng_state()
+
+    def save_checkpoint(self, root: str, rng_states: dict[int, dict], config_yaml: str, state: dict,
+                        keep: int) -> str:
+        from aigq.learner.checkpoint import save_checkpoint
+
+        t = self.trainer
+        return str(save_checkpoint(Path(root), t.step, t.model, self.tokenizer, t.optimizer, t.scheduler,
+                                   rng_states, config_yaml, {**t.state(), **state}, keep))
+
+    def save_policy(self, out: str) -> str:
+        self.trainer.model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        return out
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def check_resources(lc: LearnerConfig) -> None:
+    """Fail fast when the cluster cannot hold the group (a placement group would otherwise wait forever)."""
+    have = ray.cluster_resources()
+    need_cpu = lc.num_workers * lc.cpus_per_worker
+    if need_cpu > have.get("CPU", 0):
+        raise LearnerConfigError(
+            f"learner.num_workers={lc.num_workers} x learner.cpus_per_worker={lc.cpus_per_worker} needs {need_cpu} "
+            f"CPUs but the Ray cluster has {have.get('CPU', 0):g}; lower learner.num_workers")
+    need_gpu = lc.num_workers * lc.gpus_per_worker
+    if need_gpu > have.get("GPU", 0):
+        raise LearnerConfigError(f"learner.gpus_per_worker={lc.gpus_per_worker} x {lc.num_workers} workers needs "
+                                 f"{need_gpu:g} GPUs but the Ray cluster has {have.get('GPU', 0):g}")
+
+
+class LearnerGroup:
+    """Driver-side handle of the N LearnerWorkers (one placement-group bundle each)."""
+
+    def __init__(self, cfg: AIGQConfig, model_dir: Path, total_steps: int, pad_id: int, resume: Path | None = None):
+        lc = cfg.learner
+        self.pad_id = pad_id
+        if cfg.sft.global_batch < lc.num_workers:
+            raise LearnerConfigError(f"sft.global_batch={cfg.sft.global_batch} is smaller than "
+                                     f"learner.num_workers={lc.num_workers}")
+        check_resources(lc)
+        self.cfg, self.world_size = cfg, lc.num_workers
+        bundle = {"CPU": lc.cpus_per_worker, **({"GPU": lc.gpus_per_worker} if lc.gpus_per_worker else {})}
+        self.pg = placement_group([dict(bundle) for _ in range(lc.num_workers)], strategy=lc.placement_strategy)
+        try:
+            ray.get(self.pg.ready(), timeout=lc.ready_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(self.pg)
+            raise LearnerConfigError(f"the learner placement group ({lc.num_workers} x {bundle}) was not ready "
+                                     f"after {lc.ready_timeout_s:g} s: the cluster's free resources are taken") from None
+        cfg_json = cfg.model_dump_json()
+        self.workers = [
+            LearnerWorker.options(
+                num_cpus=lc.cpus_per_worker, num_gpus=lc.gpus_per_worker,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(lc.cpus_per_worker)}},
+            ).remote(i, lc.num_workers, cfg_json, str(model_dir), total_steps)
+            for i in range(lc.num_workers)
+        ]
+        addr, port = ray.get(self.workers[0].address.remote())
+        self.info = ray.get([w.setup.remote(addr, port, str(resume) if resume else None) for w in self.workers])
+        self.step = self.info[0]["step"]
+
+    def _shards(self, examples: list[Example]) -> list[list[dict[str, torch.Tensor]]]:
+        """Worker r gets the r-th, (r+W)-th, … example by length, so shards cost the same and each micro-batch
+        holds examples of similar length (little padding). The loss does not depend on the split: it is
+        normalised by the global batch's target tokens."""
+        order = np.argsort([len(e.ids) for e in examples], kind="stable")
+        mb, pad = self.cfg.sft.micro_batch, self.pad_id
+        return [micro_batches([examples[i] for i in order[r :: self.world_size]], mb, pad)
+                for r in range(self.world_size)]
+
+    def train_step(self, examples: list[Example]) -> dict[str, float]:
+        """One optimizer step on a global batch; returns its mean target-token loss (Eq. 5) and counts."""
+        if len(examples) < self.world_size:
+            raise ValueError(f"a global batch of {len(examples)} cannot feed {self.world_size} workers")
+        global_tokens = count_targets(examples)
+        outs = ray.get([w.train_step.remote(s, global_tokens) for w, s in zip(self.workers, self._shards(examples),
+                                                                               strict=True)])
+        self.step += 1
+        nll, tokens = sum(o["nll_sum"] for o in outs), sum(o["tokens"] for o in outs)
+        return {"loss": nll / tokens, "target_tokens": tokens, "grad_norm": outs[0]["grad_norm"], "lr": outs[0]["lr"],
+                "input_tokens": sum(len(e.ids) for e in examples), "samples": len(examples)}
+
+    def evaluate(self, examples: list[Example]) -> float:
+        """Mean target-token NLL over ``examples``, split across the workers."""
+        shards = self._shards(examples) if len(examples) >= self.world_size else [[]] * self.world_size
+        outs = ray.get([w.evaluate.remote(s) for w, s in zip(self.workers, shards, strict=True)])
+        tokens = sum(o["tokens"] for o in outs)
+        return sum(o["nll_sum"] for o in outs) / max(tokens, 1)
+
+    def weights_digests(self) -> list[str]:
+        return ray.get([w.weights_digest.remote() for w in self.workers])
+
+    def weights(self, rank: int = 0) -> dict[str, torch.Tensor]:
+        return ray.get(self.workers[rank].weights.remote())
+
+    def save_checkpoint(self, root: Path, config_yaml: str, state: dict | None = None, keep: int = 2) -> Path:
+        rng = dict(enumerate(ray.get([w.rng_state.remote() for w in self.workers])))
+        return Path(ray.get(self.workers[0].save_checkpoint.remote(str(root), rng, config_yaml, state or {}, keep)))
+
+    def save_policy(self, out: Path) -> Path:
+        return Path(ray.get(self.workers[0].save_policy.remote(str(out))))
+
+    def shutdown(self) -> None:
+        try:
+            ray.get([w.shutdown.remote() for w in self.workers], timeout=60)
+        finally:
+            for w in self.workers:
+                ray.kill(w)
+            remove_placement_group(self.pg)
+
+
+def ensure_ray(lc: LearnerConfig) -> None:
+    """Join ``learner.ray_address`` / $RAY_ADDRESS, or start a local Ray sized to this machine."""
+    if ray.is_initialized():
+        return
+    address = lc.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only cluster
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
