@@ -272,6 +272,53 @@ class LearnerConfig(_Section):
     ray_address: str | None = None  # None: join $RAY_ADDRESS or start a local Ray with this machine's CPUs
 
 
+class RolloutConfig(_Section):
+    """Rollout workers: one generation engine each (vLLM or transformers), sharing each batch of prompts."""
+
+    engine: Literal["vllm", "transformers"] = "vllm"  # transformers = fallback/reference (no vLLM needed)
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)  # > 0 on GPU clusters
+    dtype: str = "float32"  # bfloat16 on GPU; the tiny CPU policy trains in float32
+    max_restarts: int = Field(3, ge=0)  # Ray restarts of a dead worker (its shard is resubmitted)
+    max_shard_retries: int = Field(2, ge=0)
+    # Paper §5.1.4 sampling: 8 responses per input, temperature 1.0, top-k 100.
+    temperature: float = Field(1.0, ge=0)
+    top_k: int = 100
+    max_tokens: int = Field(96, ge=1)  # one generated list ([GAP], ours: 10 short queries fit)
+
+
+class GRPOConfig(_Section):
+    """IL-GRPO (paper §3.5). Knobs the paper fixes carry its value; the rest are ours ([GAP])."""
+
+    algorithm: Literal["il-grpo", "grpo"] = "il-grpo"  # grpo = the paper's baseline: one sequence-level advantage
+    variant: Literal["direct", "think"] = "direct"
+    iterations: int = Field(20, ge=1)  # driver iterations (each: fresh on-policy rollouts, one update round)
+    prompts_per_iteration: int = Field(16, ge=1)  # paper: rollout batch 512 (prompts × G) on GPUs ([GAP] here)
+    group_size: int = Field(8, ge=2)  # G, paper: 8
+    lr: float = Field(1e-6, gt=0)  # paper: 1e-6 for full-size models; the tiny CPU config raises it
+    mini_batches: int = Field(2, ge=1)  # optimizer steps per rollout batch; >1 makes clipping matter ([GAP], ours)
+    micro_batch: int = Field(16, ge=1)  # sequences per forward pass on a learner
+    lam: float = 0.5  # λ, weight of the sequence advantage in Eq. 11 ([GAP], ours)
+    adv_eps: float = Field(1e-6, gt=0)  # ε inside the square root of Eqs. 12–13
+    adv_clip: float = Field(2.0, gt=0)  # paper: advantages clipped to ±2
+    # Eq. 18: per-token clip ε_high above the batch's q-quantile of token entropy, ε_low below ([GAP] values, ours)
+    eps_low: float = Field(0.2, gt=0)
+    eps_high: float = Field(0.28, gt=0)
+    entropy_quantile: float = Field(0.8, gt=0, lt=1)  # paper: 80th percentile
+    ent_coef_start: float = Field(1e-3, ge=0)  # β(s) linear decay start/end ([GAP], ours)
+    ent_coef_end: float = Field(0.0, ge=0)
+    kl_coef: float = Field(0.0, ge=0)  # k3 KL to the starting policy; paper mentions none: off by default
+    difficulty_low: float = Field(0.1, ge=0, le=1)  # keep prompts whose mean normalised reward ∈ [low, high]
+    difficulty_high: float = Field(0.95, ge=0, le=1)  # (paper: [0.1, 0.95])
+    rationale_advantage: Literal["seq", "mask"] = "seq"  # Think reasoning tokens: λ·Â_seq, or no loss ([GAP], ours)
+    grad_clip: float = Field(1.0, gt=0)
+    eval_every: int = Field(5, ge=1)  # iterations between greedy evaluations on held-out prompts
+    eval_prompts: int = Field(32, ge=1)
+    checkpoint_every: int = Field(5, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+
+
 class AIGQConfig(_Section):
     run: RunConfig = RunConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -283,6 +330,8 @@ class AIGQConfig(_Section):
     learner: LearnerConfig = LearnerConfig()
     ctr: CTRConfig = CTRConfig()
     rewards: RewardsConfig = RewardsConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    grpo: GRPOConfig = GRPOConfig()
 
     def world_dir(self) -> Path:
         return Path(self.run.output_dir) / "world"
