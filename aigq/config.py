@@ -311,7 +311,6 @@ class GRPOConfig(_Section):
     kl_coef: float = Field(0.0, ge=0)  # k3 KL to the starting policy; paper mentions none: off by default
     difficulty_low: float = Field(0.1, ge=0, le=1)  # keep prompts whose mean normalised reward ∈ [low, high]
     difficulty_high: float = Field(0.95, ge=0, le=1)  # (paper: [0.1, 0.95])
-    rationale_advantage: Literal["seq", "mask"] = "seq"  # Think reasoning tokens: λ·Â_seq, or no loss ([GAP], ours)
     grad_clip: float = Field(1.0, gt=0)
     eval_every: int = Field(5, ge=1)  # iterations between greedy evaluations on held-out prompts
     eval_prompts: int = Field(32, ge=1)
