@@ -318,6 +318,50 @@ class GRPOConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1)
 
 
+class ServeConfig(_Section):
+    """Serving (paper §4, issue 6): the nearline Direct cache, the daily Think index, the online HintQ endpoint and
+    their store. Serve's own knobs (replicas, autoscaling, queue limits, resources) live in ``configs/serve.yaml``."""
+
+    store: Literal["sqlite", "redis"] = "sqlite"  # SQLite = embedded default (WAL); Redis for shared/cluster stores
+    sqlite_path: str | None = None  # None → <run.output_dir>/serve/store.db
+    # Ray's GCS takes 6379 on a `ray start` head, so our default Redis port is 6380 ([GAP], ours)
+    redis_url: str = "redis://127.0.0.1:6380/0"
+    key_prefix: str = "aigq"  # every store key starts with this (several deployments can share one Redis)
+    host: str = "127.0.0.1"  # Serve HTTP proxy ([GAP], ours: loopback on a laptop; 0.0.0.0 on a cluster)
+    port: int = Field(8000, ge=1, le=65535)
+    policy: str | None = None  # Direct policy: folder or models:/name/version; None → <run.output_dir>/sft/policy
+    think_policy: str | None = None  # Think policy (same forms); None → the Direct policy read as a Think model
+    engine: Literal["vllm", "transformers"] = "transformers"  # transformers on a 2-core laptop, vllm on GPUs
+    max_new_tokens: int = Field(96, ge=1)  # one generated list ([GAP], ours = rollout.max_tokens)
+    think_max_new_tokens: int = Field(160, ge=1)  # a Think output (reasoning + groups) ([GAP], ours)
+    # AIGQ-Direct nearline (u2q)
+    direct_runs_kept: int = Field(3, ge=1)  # M, inference runs kept per user ([GAP], ours)
+    direct_ttl_s: int = Field(7 * 86400, ge=60)  # cache entries older than this are not served ([GAP], ours)
+    history_kept: int = Field(50, ge=1)  # behaviours kept per user in the store ([GAP], ours)
+    signal_types: list[Literal["search", "click", "cart", "buy"]] = ["search"]  # any such event triggers ([GAP], ours)
+    signal_new_category_events: int = Field(2, ge=1)  # or k item events in a category new to the user ([GAP], ours)
+    signal_min_interval_s: float = Field(10.0, ge=0)  # at most one generation per user per interval ([GAP], ours)
+    max_events_per_request: int = Field(1000, ge=1)
+    # AIGQ-Think daily x2q index, Eq. 19: S = α·S_rel + (1 − α)·S_eff
+    think_alpha: float = Field(0.7, gt=0, lt=1)  # α ([GAP], ours)
+    think_eff_ctr_weight: float = Field(0.5, ge=0, le=1)  # S_eff = w·CTR_norm + (1 − w)·popularity_norm ([GAP], ours)
+    think_queries_per_trigger: int = Field(10, ge=1)  # queries kept per trigger ([GAP], ours)
+    think_lookup_behaviours: int = Field(3, ge=1)  # latest behaviours used as index keys at request time ([GAP], ours)
+    think_users_per_day: int | None = Field(None, ge=1)  # cap on the day's active users run through Think
+    think_workers: int = Field(1, ge=1)  # RolloutWorker actors of the daily job
+    popularity_days: int = Field(7, ge=1)  # window of the popularity / co-click fallback ([GAP], ours)
+    popular_kept: int = Field(50, ge=1)  # ([GAP], ours)
+    # HintQ online
+    hintq_k: int = Field(3, ge=1, le=10)  # queries shown (paper: 3)
+    recall_per_channel: int = Field(20, ge=1)  # candidates taken from each channel ([GAP], ours)
+    blocklist: list[str] = []  # case-insensitive terms; a query containing one as a word sequence is never shown
+    max_body_bytes: int = Field(64 * 1024, ge=256)  # larger request bodies → 413
+    ctr_model: str | None = None  # CTR model folder; None → the newest day-T folder under the CTR root
+    batch_max_size: int = Field(16, ge=1)  # @serve.batch of CTR scoring / Direct generation ([GAP], ours)
+    batch_wait_s: float = Field(0.005, ge=0)  # ([GAP], ours)
+    clock: Literal["world", "wall"] = "world"  # world: "today" is the day after the last indexed day (replays)
+
+
 class AIGQConfig(_Section):
     run: RunConfig = RunConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -331,6 +375,7 @@ class AIGQConfig(_Section):
     rewards: RewardsConfig = RewardsConfig()
     rollout: RolloutConfig = RolloutConfig()
     grpo: GRPOConfig = GRPOConfig()
+    serve: ServeConfig = ServeConfig()
 
     def world_dir(self) -> Path:
         return Path(self.run.output_dir) / "world"
