@@ -32,9 +32,9 @@ def train_ctr_stage(cfg: AIGQConfig, tracker: Tracker, day: int, world: Path | N
         res = train_day(validated.tables, start, n_days, day, cfg.ctr, ctr_root(cfg), cold=cold,
                         log=lambda ep, loss: (tracker.metrics({"train.loss": loss}, step=ep), log and log(ep, loss)))
         metrics = dict(res.metrics)
-        tracker.params({"ctr.train_days": f"{res.train_days[0]}..{res.train_days[-1]}",
-                        "ctr.eval_days": ",".join(map(str, res.eval_days)) or "none",
-                        "ctr.warm_start_from": str(res.warm_start) if res.warm_start else "none"})
+        tracker.params({"ctr_run.train_days": f"{res.train_days[0]}..{res.train_days[-1]}",
+                        "ctr_run.eval_days": ",".join(map(str, res.eval_days)) or "none",
+                        "ctr_run.warm_start_from": str(res.warm_start) if res.warm_start else "none"})
         if oracle and (hidden_dir(world) / "click_model.json").is_file() and res.eval_days:
             # TEST-ONLY: the simulator's hidden click model, read by the separate evaluator, after training.
             from aigq.evaluation.ctr_oracle import oracle_spearman

@@ -140,9 +140,9 @@ class CTRConfig(_Section):
     behaviour_types: list[Literal["search", "click", "cart", "buy"]] = ["search", "click", "cart", "buy"]
     # Training (Adam); cold = no previous day's model, warm = Eq. 15 continuation from day T-1's model.
     lr: float = Field(3e-3, gt=0)  # ([GAP], ours)
-    weight_decay: float = Field(1e-6, ge=0)  # ([GAP], ours)
+    weight_decay: float = Field(1e-5, ge=0)  # ([GAP], ours; 1e-5 beat 1e-6 on held-out AUC and Spearman)
     batch_size: int = Field(256, ge=1)
-    epochs_cold: int = Field(6, ge=1)  # ([GAP], ours)
+    epochs_cold: int = Field(3, ge=1)  # ([GAP], ours; more epochs overfit the 1000-user world: AUC 0.717 → 0.700)
     epochs_warm: int = Field(3, ge=1)  # ([GAP], ours)
     cold_window_days: int = Field(30, ge=1)  # cold start trains on days [T-w+1, T] ([GAP], ours)
     warm_window_days: int = Field(1, ge=1)  # warm start trains on D_T only (Eq. 15) ([GAP], ours)

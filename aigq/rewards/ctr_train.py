@@ -126,7 +126,7 @@ def fit(model: CTRModel, data: ClickData, cfg: CTRConfig, epochs: int, log: Any 
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total, n = total + float(loss) * len(y), n + len(y)
+            total, n = total + float(loss.detach()) * len(y), n + len(y)
         losses.append(total / max(n, 1))
         if log:
             log(ep, losses[-1])

@@ -1,0 +1,120 @@
+"""The CTR reward model on a small simulated world: beats popularity, ranks like the hidden model, round-trips
+through safetensors + JSON, warm-starts from the previous day (Eq. 15), scores any text."""
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aigq.config import CTRConfig, SamplesConfig, WorldConfig
+from aigq.data.prompt import format_prompt
+from aigq.data.simulate import simulate_world
+from aigq.data.validate import validate_world
+from aigq.evaluation.ctr_oracle import oracle_spearman
+from aigq.rewards.ctr import CTRScorer, load_model
+from aigq.rewards.ctr_train import auc, log_loss, rankdata, spearman, train_day
+
+CFG = CTRConfig(hash_buckets=1 << 15, epochs_cold=3, epochs_warm=2, eval_days=2)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ctr")
+    world = root / "world"
+    simulate_world(WorldConfig(users=500, days=12), seed=7, out=world)
+    v = validate_world(world, write_quarantine=False)
+    res = train_day(v.tables, v.meta["start_date"], 12, 10, CFG, root / "models")
+    return world, v, res, root / "models"
+
+
+def test_metric_helpers_hand_worked():
+    assert rankdata([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
+    assert auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert np.isnan(auc([1, 1], [0.1, 0.2]))
+    assert log_loss([1, 0], [0.5, 0.5]) == pytest.approx(np.log(2))
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 25]) == pytest.approx(0.8)
+
+
+def test_held_out_auc_beats_popularity_and_ranks_like_the_hidden_model(trained):
+    world, v, res, _ = trained
+    m = res.metrics
+    assert res.train_days == list(range(1, 11)) and res.eval_days == [11, 12] and res.warm_start is None
+    assert m["eval.impressions"] > 300
+    print(f"\nsmall world: AUC {m['eval.auc']:.3f} vs popularity {m['eval.popularity_auc']:.3f}, "
+          f"log-loss {m['eval.logloss']:.3f} (base rate {m['eval.logloss_base_rate']:.3f})")
+    assert m["eval.auc"] >= m["eval.popularity_auc"] + 0.05
+    assert m["eval.logloss"] < m["eval.logloss_base_rate"]
+    # position bias is learned, not baked into relevance: lower slots are examined less
+    assert 1.0 == m["model.examination_slot0"] > m["model.examination_slot1"] > m["model.examination_slot2"]
+    scorer = CTRScorer.load(res.folder)
+    o = oracle_spearman(world, v.tables, v.meta["start_date"], res.eval_days, scorer, scorer.cfg)
+    print(f"small world: Spearman vs hidden model {o['oracle.spearman']:.3f} over {o['oracle.pairs']} pairs")
+    # 500 users / 10 train days (measured 0.23); the 1000-user / 30-day figure is measured by `aigq train-ctr`.
+    # An untrained or popularity-like model scores ≈ 0 or below here.
+    assert o["oracle.spearman"] > 0.15
+
+
+def test_safetensors_json_round_trip_and_no_pickle(trained):
+    _, v, res, _ = trained
+    files = sorted(p.name for p in res.folder.iterdir())
+    assert files == ["model.json", "model.safetensors"]
+    model, cfg, meta = load_model(res.folder)
+    assert cfg == CFG and meta["day"] == 10 and meta["metrics"]["eval.auc"] == pytest.approx(res.metrics["eval.auc"])
+    scorer = CTRScorer(model, cfg)
+    qs = ["velvet sofa", "desk lamp", "a query never seen in any log 42"]
+    from aigq.rewards.context import UserContext
+
+    ctx = UserContext({"gender": "Female", "age": "30"}, [(0, "search", "velvet sofa"), (1, "click", "blue chair")])
+    again = CTRScorer.load(res.folder).score_one(ctx, qs)
+    assert np.array_equal(scorer.score_one(ctx, qs), again)
+
+
+def test_scores_any_text_and_prompt_context_equals_structured_context(trained):
+    _, _, res, _ = trained
+    scorer = CTRScorer.load(res.folder)
+    from aigq.rewards.context import UserContext, context_from_prompt
+
+    ctx = UserContext({"gender": "Male", "age": "25", "city": "Hangzhou"},
+                      [(0, "search", "outdoor lawn games"), (2, "click", "oak dining table by Latitude")])
+    garbage = ["", "x" * 10_000, b"\xff\xfe".decode("utf-8", "replace"), "红色连衣裙", "lawn games for kids"]
+    p = scorer.score_one(ctx, garbage)
+    assert p.shape == (5,) and np.all(np.isfinite(p)) and np.all((p > 0) & (p < 1))
+    prompt = format_prompt(ctx.profile, ctx.behaviours, SamplesConfig())
+    assert np.allclose(scorer.score_one(context_from_prompt(prompt), garbage), p)
+    # the user's behaviours matter: the same query scores differently for a user with other behaviours
+    other = UserContext({"gender": "Male", "age": "25"}, [(0, "search", "bathroom vanity"), (1, "search", "towels")])
+    assert scorer.score_one(ctx, ["lawn games"])[0] != scorer.score_one(other, ["lawn games"])[0]
+
+
+def test_warm_start_from_previous_day_eq15(trained):
+    world, v, res10, models = trained
+    before = load_model(res10.folder)[0].state_dict()
+    res11 = train_day(v.tables, v.meta["start_date"], 12, 11, CFG, models)
+    assert res11.warm_start == res10.folder and res11.train_days == [11] and res11.eval_days == [12]
+    assert res11.metrics["train.warm_start"] == 1.0
+    after = load_model(res11.folder)[0].state_dict()
+    # continued from φ_10 (small steps on one day), not re-initialised
+    diff = (after["head.0.weight"] - before["head.0.weight"]).norm() / before["head.0.weight"].norm()
+    assert 0 < float(diff) < 0.5
+    cold = train_day(v.tables, v.meta["start_date"], 12, 11, CFG.model_copy(update={"epochs_cold": 1}),
+                     models.parent / "cold", cold=True)
+    assert cold.warm_start is None and cold.train_days == list(range(1, 12))
+    with pytest.raises(ValueError, match="outside"):
+        train_day(v.tables, v.meta["start_date"], 12, 13, CFG, models)
+    assert torch.equal(load_model(res10.folder)[0].state_dict()["exam"], before["exam"])  # day 10 untouched
+
+
+def test_nothing_that_trains_or_scores_reads_the_hidden_model():
+    """Only the test-only evaluator may import aigq.data.hidden (HiddenModel)."""
+    root = Path(__file__).resolve().parents[1] / "aigq"
+    offenders = []
+    for folder in ("rewards", "actors"):
+        for f in (root / folder).glob("*.py"):
+            for node in ast.walk(ast.parse(f.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import | ast.ImportFrom) else []
+                mod = node.module if isinstance(node, ast.ImportFrom) else ""
+                if "aigq.data.hidden" in (mod or "") or any("hidden" in n or "ctr_oracle" in n for n in names):
+                    offenders.append(f.name)
+    assert offenders == []
