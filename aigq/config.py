@@ -316,6 +316,8 @@ class GRPOConfig(_Section):
     eval_prompts: int = Field(32, ge=1)
     checkpoint_every: int = Field(5, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+    init_policy: str | None = None  # start policy folder; None → <run.output_dir>/sft/policy (the IL-SFT result)
+    resume: str | None = None  # "latest" → continue from <run.output_dir>/grpo/checkpoints after a crash
 
 
 class ServeConfig(_Section):

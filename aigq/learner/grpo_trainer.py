@@ -88,6 +88,8 @@ class GRPOTrainer:
         self.net = wrap(self.lp) if wrap else self.lp
         self.ref = TokenLogProbs(ref_model).eval() if ref_model is not None else None
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        # constant LR (the paper gives one value); a scheduler object keeps checkpoints uniform with IL-SFT's
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _s: 1.0)
         self.step = 0  # optimizer steps so far
         self.iteration = 0  # update rounds so far (β(s) decays over rounds)
 
@@ -140,11 +142,16 @@ class GRPOTrainer:
                 self._empty_backward(device)
             sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
             self.optimizer.step()
+            self.scheduler.step()
             self.step += 1
         self.iteration += 1
         sums["tau"] = float(tau)
         sums["ent_coef"] = ent_coef
         return sums
+
+    def state(self) -> dict[str, int]:
+        return {"step": self.step, "iteration": self.iteration, "total_steps": self.total_steps,
+                "world_size": self.world_size}
 
     def _empty_backward(self, device: torch.device | None) -> None:
         ids = torch.zeros((1, 2), dtype=torch.long, device=device)
