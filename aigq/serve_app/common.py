@@ -1,0 +1,68 @@
+"""What every serving app builds from its Serve ``args``: the AIGQ config, the store, the records layer.
+
+Serve ``args`` (``configs/serve.yaml``) of each application::
+
+    config: configs/tiny_cpu.yaml     # an AIGQ config (relative to `root`)
+    overrides: ["serve.store=redis"]  # dotted overrides
+    root: /path/to/repo               # relative paths resolve against it (default: the working directory)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aigq.config import AIGQConfig, load_config
+from aigq.serve_app.records import Records
+from aigq.serve_app.store import Store, store_from_config
+
+
+@dataclass
+class AppContext:
+    cfg: AIGQConfig
+    root: Path
+    store: Store
+    records: Records
+
+    def path(self, p: str | Path) -> Path:
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    def policy_spec(self, think: bool = False) -> str:
+        sc = self.cfg.serve
+        spec = (sc.think_policy or sc.policy) if think else sc.policy
+        if spec is None:
+            spec = str(Path(self.cfg.run.output_dir) / "sft" / "policy")
+        return spec if spec.startswith("models:/") else str(self.path(spec))
+
+    def tracking_uri(self) -> str | None:
+        t = self.cfg.tracking
+        if t.uri:
+            return t.uri
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return os.environ["MLFLOW_TRACKING_URI"]
+        return f"sqlite:///{self.path(t.root) / 'mlflow.db'}"
+
+
+def load_app_config(args: dict[str, Any] | None) -> tuple[AIGQConfig, Path]:
+    args = dict(args or {})
+    unknown = set(args) - {"config", "overrides", "root"}
+    if unknown:
+        raise ValueError(f"unknown application args {sorted(unknown)}; expected config, overrides, root")
+    root = Path(args.get("root") or os.getcwd()).resolve()
+    config = args.get("config")
+    path = None if config is None else (Path(config) if Path(config).is_absolute() else root / config)
+    return load_config(path, list(args.get("overrides") or [])), root
+
+
+def app_context(args: dict[str, Any] | None) -> AppContext:
+    cfg, root = load_app_config(args)
+    out = Path(cfg.run.output_dir)
+    out = out if out.is_absolute() else root / out
+    sc = cfg.serve
+    if sc.sqlite_path and not Path(sc.sqlite_path).is_absolute():
+        sc = sc.model_copy(update={"sqlite_path": str(root / sc.sqlite_path)})
+    store = store_from_config(sc, out)
+    return AppContext(cfg, root, store, Records.from_config(store, sc))

@@ -1,0 +1,186 @@
+"""The ``direct`` application: AIGQ-Direct nearline u2q (paper §4).
+
+``POST /direct/events`` takes a batch of behaviour events, appends them to each user's behaviour list, applies the
+"meaningful signal" rule and, for users it fires on, *starts* a generation on the ``DirectGenerator`` deployment
+without waiting for it: the request returns at once (202). The generator (autoscaled, ``@serve.batch``) builds the
+user's prompt from the store (the shared prompt format), generates greedily with the policy (vLLM or transformers
+engine) and pushes the list onto the user's Direct cache (the last M runs, with policy version and time).
+
+The rule ([GAP], ours; ``serve.signal_*``): any event of a type in ``signal_types`` (default: a search), or
+``signal_new_category_events`` item events in a category the user had not shown before; at most one run per user
+per ``signal_min_interval_s``.
+
+New policy versions arrive by reconfiguring ``DirectGenerator`` (``user_config: {policy: <folder or
+models:/name/version>}``): the new engine is loaded next to the old one and swapped in; no restart, no dropped
+request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from aigq.data import prompt as P
+from aigq.serve_app.common import app_context
+from aigq.serve_app.models import CacheResponse, EventsRequest, EventsResponse, install_error_handlers, parse_body
+from aigq.serve_app.policy import PolicyHolder
+from aigq.serve_app.records import ITEM_TYPES, Behaviour, DirectRun, Records
+
+log = logging.getLogger("aigq.serve.direct")
+
+
+def signal(state: dict, events: list[Any], serve_cfg, now: float) -> tuple[str | None, dict]:
+    """The meaningful-signal rule for one user's new events → (reason or None, updated state). Pure."""
+    state = {"categories": list(state.get("categories", [])), "pending": dict(state.get("pending", {})),
+             "last_run": float(state.get("last_run", 0.0))}
+    known = set(state["categories"])
+    reason = None
+    for e in events:
+        if e.type in serve_cfg.signal_types and reason is None:
+            reason = f"{e.type}: {e.content[:60]}"
+        if e.type in ITEM_TYPES and e.category:
+            if e.category in known:
+                continue
+            n = state["pending"].get(e.category, 0) + 1
+            state["pending"][e.category] = n
+            if n >= serve_cfg.signal_new_category_events:
+                known.add(e.category)
+                state["pending"].pop(e.category)
+                reason = reason or f"{n} events in new category {e.category}"
+    for e in events:  # searched categories become known too (not a trigger by themselves)
+        if e.type == "search" and e.category:
+            known.add(e.category)
+    state["categories"] = sorted(known)[-200:]
+    if reason is not None and now - state["last_run"] < serve_cfg.signal_min_interval_s:
+        return None, state
+    if reason is not None:
+        state["last_run"] = now
+    return reason, state
+
+
+def user_prompt(records: Records, user: int, samples_cfg) -> str:
+    ctx, _ = records.context(user, samples_cfg.history_days)
+    behs = [b for b in ctx.behaviours if b[1] in samples_cfg.behaviour_types]
+    return P.format_prompt(ctx.profile, behs, samples_cfg)
+
+
+@serve.deployment
+class DirectGenerator:
+    def __init__(self, args: dict[str, Any]):
+        self.ctx = app_context(args)
+        self.holder = PolicyHolder("direct")
+        self.generated = 0
+        sc = self.ctx.cfg.serve
+        self.generate.set_max_batch_size(sc.batch_max_size)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        spec = user_config.get("policy") or self.ctx.policy_spec()
+        spec = spec if spec.startswith("models:/") else str(self.ctx.path(spec))
+        engine = user_config.get("engine") or self.ctx.cfg.serve.engine
+        await asyncio.to_thread(self.holder.load, spec, engine, self.ctx.tracking_uri())
+        log.info("direct policy %s live", self.holder.current.version)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def generate(self, jobs: list[tuple[int, str]]) -> list[dict[str, Any]]:
+        if self.holder.current is None:
+            await self.reconfigure({})
+        prompts = [user_prompt(self.ctx.records, u, self.ctx.cfg.samples) for u, _ in jobs]
+        rollouts, version = await asyncio.to_thread(self.holder.generate, prompts, self.ctx.cfg.serve.max_new_tokens)
+        out = []
+        for (user, reason), r in zip(jobs, rollouts, strict=True):
+            run = DirectRun(r.queries, version, time.time(), reason)
+            self.ctx.records.push_direct(user, run)
+            out.append({"user_id": user, "queries": r.queries, "policy_version": version})
+        self.generated += len(jobs)
+        return out
+
+    def status(self) -> dict[str, Any]:
+        cur = self.holder.current
+        return {"pid": os.getpid(), "policy_version": cur.version if cur else None,
+                "policy": cur.spec if cur else None, "loads": self.holder.loads, "generated": self.generated}
+
+    def check_health(self) -> None:
+        if not self.ctx.store.ping():
+            raise RuntimeError("store unreachable")
+
+
+app = FastAPI(title="AIGQ direct (nearline u2q)")
+install_error_handlers(app)
+
+
+@serve.deployment
+@serve.ingress(app)
+class DirectIngress:
+    def __init__(self, args: dict[str, Any], generator: DeploymentHandle):
+        self.ctx = app_context(args)
+        self.generator = generator
+        self.tasks: set[asyncio.Task] = set()
+        self.failed = 0
+        self.started = 0
+
+    async def _run(self, user: int, reason: str) -> None:
+        try:
+            await self.generator.generate.remote((user, reason))
+        except Exception as exc:  # noqa: BLE001 — nearline: log and count; the user keeps the previous runs
+            self.failed += 1
+            log.warning("direct generation for user %s failed: %s", user, exc)
+
+    @app.post("/events", status_code=202, response_model=EventsResponse)
+    async def events(self, request: Request) -> EventsResponse:
+        sc = self.ctx.cfg.serve
+        body: EventsRequest = await parse_body(request, EventsRequest, sc.max_body_bytes)
+        if len(body.events) > sc.max_events_per_request:
+            return JSONResponse({"error": f"{len(body.events)} events exceed the limit of "
+                                          f"{sc.max_events_per_request} per request"}, status_code=413)
+        rec, now = self.ctx.records, time.time()
+        by_user: dict[int, list[Any]] = {}
+        for e in body.events:
+            by_user.setdefault(e.user_id, []).append(e)
+        triggered = []
+        for user, evs in by_user.items():
+            profile = next((e.profile for e in reversed(evs) if e.profile), None)
+            if profile:
+                rec.put_profile(user, profile)
+            rec.add_behaviours(user, [Behaviour(e.ts if e.ts is not None else rec.now_ts(), e.type, e.content,
+                                                e.category) for e in evs])
+            reason, state = signal(rec.get_signal_state(user), evs, sc, now)
+            rec.put_signal_state(user, state)
+            if reason:
+                task = asyncio.create_task(self._run(user, reason))  # not awaited: the request returns now
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+                triggered.append(user)
+                self.started += 1
+        return EventsResponse(accepted=len(body.events), users=len(by_user), triggered=triggered)
+
+    @app.get("/cache/{user_id}", response_model=CacheResponse)
+    async def cache(self, user_id: int) -> CacheResponse:
+        runs = self.ctx.records.get_direct(user_id)
+        return CacheResponse(user_id=user_id, runs=[r.__dict__ for r in runs])
+
+    @app.get("/status")
+    async def status(self) -> dict[str, Any]:
+        gen = await self.generator.status.remote()
+        return {"generator": gen, "pending": len(self.tasks), "started": self.started, "failed": self.failed,
+                "store": self.ctx.store.describe()}
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    def check_health(self) -> None:
+        if not self.ctx.store.ping():
+            raise RuntimeError("store unreachable")
+
+
+def build(args: dict[str, Any]) -> serve.Application:
+    """Serve application builder (``import_path: aigq.serve_app.direct:build``)."""
+    return DirectIngress.bind(args, DirectGenerator.bind(args))

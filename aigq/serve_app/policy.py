@@ -1,0 +1,86 @@
+"""Policy specs for serving: a local model folder or an MLflow registry entry ``models:/<name>/<version>``, resolved
+to a folder and a version label; and the engine that a Direct/Think deployment holds and swaps on reconfigure."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aigq.rollout.engine import Sampling, make_engine
+
+
+def resolve_policy(spec: str, tracking_uri: str | None = None, cache_dir: str | Path | None = None) -> tuple[Path, str]:
+    """``spec`` → (local folder, version label). ``models:/name/3`` is downloaded once from the MLflow registry
+    (version label ``name/3``); a folder's label is ``<folder name>@<sha256 of its weights, 12 hex>``."""
+    if spec.startswith("models:/"):
+        import mlflow
+
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        name_version = spec[len("models:/"):].strip("/")
+        dst = Path(cache_dir or Path.home() / ".cache" / "aigq" / "policies") / name_version.replace("/", "@")
+        if not (dst / "config.json").is_file():
+            dst.mkdir(parents=True, exist_ok=True)
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(dst)))
+            if not (dst / "config.json").is_file() and (got / "config.json").is_file():
+                dst = got
+        return dst, name_version
+    folder = Path(spec).expanduser()
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"policy {folder} is not a model folder (no config.json); train one with `aigq sft`")
+    return folder, f"{folder.name}@{weights_digest(folder)}"
+
+
+def weights_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.safetensors")):
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+@dataclass
+class Loaded:
+    engine: Any
+    folder: Path
+    version: str
+    spec: str
+
+
+class PolicyHolder:
+    """Holds the live engine. ``load`` builds the new engine *before* swapping it in, so requests in flight keep
+    the old one and no request ever sees a half-loaded policy (hot rollout)."""
+
+    def __init__(self, variant: str):
+        self.variant = variant
+        self.current: Loaded | None = None
+        self._lock = threading.Lock()
+        self.loads = 0
+
+    def load(self, spec: str, engine: str = "transformers", tracking_uri: str | None = None,
+             dtype: str = "float32") -> Loaded:
+        folder, version = resolve_policy(spec, tracking_uri)
+        if self.current is not None and self.current.version == version and self.current.spec == spec:
+            return self.current
+        kw: dict[str, Any] = {"dtype": dtype}
+        if engine == "transformers":
+            kw["threads"] = int(os.environ.get("AIGQ_SERVE_THREADS", "1"))
+        new = Loaded(make_engine(engine, folder, variant=self.variant, **kw), folder, version, spec)
+        with self._lock:  # requests in flight hold the old engine until they finish; then it is garbage
+            self.current = new
+            self.loads += 1
+        return new
+
+    def generate(self, prompts: list[str], max_tokens: int) -> tuple[list[Any], str]:
+        """Greedy generation (one list per prompt) with the engine live at call time; returns (rollouts, version)."""
+        live = self.current
+        if live is None:
+            raise RuntimeError("no policy loaded")
+        groups = live.engine.generate(prompts, Sampling(n=1, temperature=0.0, max_tokens=max_tokens))
+        return [g[0] for g in groups], live.version

@@ -1,0 +1,115 @@
+"""The ``think`` application: on-demand lookups in the daily AIGQ-Think x2q index, and on-demand Think runs.
+
+* ``POST /think/lookup`` ``{"triggers": ["q:oak desk", "round rug"], "k": 10}`` → ranked queries per trigger
+  (a trigger without the ``q:``/``i:`` prefix is looked up as both a search and an item text);
+* ``POST /think/generate`` ``{"user_id": 7}`` → the Think policy's interest points for the user's current
+  behaviours (trigger keys → queries), computed now — the recency gap between two daily indexes;
+* ``GET /think/status`` → live index version and meta, policy version, replica pid.
+
+The daily index itself is built by ``aigq think-index --day T`` (:mod:`aigq.serve_app.think_index`). The Think
+policy is set through ``user_config: {policy: ...}`` and swapped on reconfigure without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from ray import serve
+
+from aigq.data import prompt as P
+from aigq.serve_app.common import app_context
+from aigq.serve_app.direct import user_prompt
+from aigq.serve_app.models import (
+    LookupRequest,
+    LookupResponse,
+    ThinkUserRequest,
+    install_error_handlers,
+    parse_body,
+)
+from aigq.serve_app.policy import PolicyHolder
+from aigq.serve_app.records import norm
+from aigq.serve_app.think_index import trigger_groups
+
+app = FastAPI(title="AIGQ think (x2q index)")
+install_error_handlers(app)
+
+
+def lookup_keys(trigger: str) -> list[str]:
+    t = trigger.strip()
+    if t[:2] in ("q:", "i:"):
+        return [t[:2] + norm(t[2:])]
+    return ["q:" + norm(t), "i:" + norm(t)]
+
+
+@serve.deployment
+@serve.ingress(app)
+class ThinkApp:
+    def __init__(self, args: dict[str, Any]):
+        self.ctx = app_context(args)
+        self.holder = PolicyHolder("think")
+        self.policy_error: str | None = None
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        spec = user_config.get("policy") or self.ctx.policy_spec(think=True)
+        spec = spec if spec.startswith("models:/") else str(self.ctx.path(spec))
+        engine = user_config.get("engine") or self.ctx.cfg.serve.engine
+        try:
+            await asyncio.to_thread(self.holder.load, spec, engine, self.ctx.tracking_uri())
+            self.policy_error = None
+        except (FileNotFoundError, OSError, ValueError) as exc:  # lookups keep working without a policy
+            if self.holder.current is None:
+                self.policy_error = str(exc)
+            else:
+                raise
+
+    @app.post("/lookup", response_model=LookupResponse)
+    async def lookup(self, request: Request) -> LookupResponse:
+        body: LookupRequest = await parse_body(request, LookupRequest, self.ctx.cfg.serve.max_body_bytes)
+        rec = self.ctx.records
+        results: dict[str, list[tuple[str, float]]] = {}
+        for trig in body.triggers:
+            found = rec.think_lookup(lookup_keys(trig))
+            merged: dict[str, tuple[str, float]] = {}
+            for entries in found.values():
+                for q, s in entries:
+                    if norm(q) not in merged or merged[norm(q)][1] < s:
+                        merged[norm(q)] = (q, s)
+            results[trig] = sorted(merged.values(), key=lambda t: -t[1])[: body.k]
+        return LookupResponse(version=rec.think_version(), results=results)
+
+    @app.post("/generate")
+    async def generate(self, request: Request) -> dict[str, Any]:
+        body: ThinkUserRequest = await parse_body(request, ThinkUserRequest, self.ctx.cfg.serve.max_body_bytes)
+        if self.holder.current is None:
+            await self.reconfigure({})
+        if self.holder.current is None:
+            raise HTTPException(503, f"no Think policy loaded: {self.policy_error}")
+        prompt = user_prompt(self.ctx.records, body.user_id, self.ctx.cfg.samples)
+        rollouts, version = await asyncio.to_thread(self.holder.generate, [prompt],
+                                                    self.ctx.cfg.serve.think_max_new_tokens)
+        reasoning, _ = P.parse_think_target(rollouts[0].text)
+        groups = [{"triggers": keys, "queries": qs} for keys, qs in trigger_groups(prompt, rollouts[0].text)]
+        return {"user_id": body.user_id, "policy_version": version, "reasoning": reasoning, "groups": groups}
+
+    @app.get("/status")
+    async def status(self) -> dict[str, Any]:
+        cur = self.holder.current
+        return {"pid": os.getpid(), "index_version": self.ctx.records.think_version(),
+                "index": self.ctx.records.think_meta(), "policy_version": cur.version if cur else None,
+                "policy_error": self.policy_error, "loads": self.holder.loads, "store": self.ctx.store.describe()}
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    def check_health(self) -> None:
+        if not self.ctx.store.ping():
+            raise RuntimeError("store unreachable")
+
+
+def build(args: dict[str, Any]) -> serve.Application:
+    """Serve application builder (``import_path: aigq.serve_app.think:build``)."""
+    return ThinkApp.bind(args)
