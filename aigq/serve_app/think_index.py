@@ -57,7 +57,7 @@ def build_index(runs: list[tuple[str, str]], ctr: dict[str, float] | None, popul
     parsed = 0
     for prompt, output in runs:
         groups = trigger_groups(prompt, output)
-        parsed += bool(groups)
+        parsed += any(keys for keys, _ in groups)
         contrib: dict[str, dict[str, float]] = defaultdict(dict)  # this run: x → q → 1/(1 + position)
         for keys, queries in groups:
             for j, q in enumerate(queries):
@@ -79,7 +79,7 @@ def build_index(runs: list[tuple[str, str]], ctr: dict[str, float] | None, popul
                                      (1 - alpha) * (w * ctr_norm.get(q, 0.0) + (1 - w) * pop_norm[q]), 6))
                   for q, s in per.items()]
         index[x] = sorted(scored, key=lambda t: (-t[1], t[0]))[:keep]
-    stats = {"runs": len(runs), "runs_with_groups": parsed, "triggers": len(index), "queries": len(qs),
+    stats = {"runs": len(runs), "runs_with_triggers": parsed, "triggers": len(index), "queries": len(qs),
              "entries": sum(map(len, index.values())), "s_eff": "ctr+popularity" if w else "popularity"}
     return index, stats
 

@@ -1,0 +1,161 @@
+"""One set of store tests, run against SQLite (WAL) and a real redis-server; plus the pure serving logic (the
+Direct signal rule, the Eq. 19 index, the blocklist)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+import pytest
+from serve_helpers import RedisServer
+
+from aigq.config import ServeConfig
+from aigq.serve_app.records import Behaviour, DirectRun, Records, trigger_key
+from aigq.serve_app.store import RedisStore, SQLiteStore, StoreError
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    try:
+        import redis  # noqa: F401
+    except ModuleNotFoundError:
+        pytest.skip("python package `redis` is not installed (pip install redis)")
+    try:
+        server = RedisServer(tmp_path_factory.mktemp("redis"))
+    except FileNotFoundError as exc:
+        pytest.skip(f"cannot run the Redis store tests: {exc}")
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = SQLiteStore(tmp_path / "s.db", prefix=f"t{time.monotonic_ns()}")
+    else:
+        s = RedisStore(request.getfixturevalue("redis_url"), prefix=f"t{time.monotonic_ns()}")
+    yield s
+    s.close()
+
+
+def test_kv_roundtrip_and_ttl(store):
+    assert store.get("a") is None and store.mget([]) == []
+    store.set("a", "1")
+    store.mset({"b": "2", "c": "ünïcode ✓"})
+    assert store.mget(["a", "b", "c", "zz"]) == ["1", "2", "ünïcode ✓", None]
+    store.set("short", "x", ttl=0.2)
+    assert store.get("short") == "x"
+    time.sleep(0.35)
+    assert store.get("short") is None
+    store.delete(["a"])
+    assert store.get("a") is None and store.ping()
+
+
+def test_lists_keep_newest_and_bulk_replace(store):
+    for i in range(7):
+        store.push("l", str(i), keep=3)
+    assert store.lrange("l") == ["6", "5", "4"]
+    store.set_lists({"l": ["z", "y"], "m": ["1"]})
+    assert store.lrange("l") == ["z", "y"] and store.lrange("m") == ["1"]
+    store.push("t", "x", keep=2, ttl=0.2)
+    time.sleep(0.35)
+    assert store.lrange("t") == []
+
+
+def test_prefixes_are_isolated_and_delete_prefix(store):
+    store.mset({"think:v1:a": "1", "think:v1:b": "2", "think:v10:a": "3", "other": "4"})
+    store.push("think:v1:list", "x", keep=5)
+    assert store.delete_prefix("think:v1:") >= 2
+    assert store.mget(["think:v1:a", "think:v1:b", "think:v10:a", "other"]) == [None, None, "3", "4"]
+    assert store.lrange("think:v1:list") == []
+
+
+def test_records_direct_cache_think_index_fallback(store):
+    rec = Records(store, history_kept=4, runs_kept=2, runs_ttl_s=3600, clock="wall")
+    for i in range(3):
+        rec.push_direct(9, DirectRun([f"q{i}"], f"v{i}", time.time() + i, "search"))
+    assert [r.policy_version for r in rec.get_direct(9)] == ["v2", "v1"]
+    rec.add_behaviours(9, [Behaviour(time.time() - 86400 * d, "search", f"b{d}") for d in range(6)])
+    ctx, behs = rec.context(9)
+    assert [b.content for b in behs] == ["b0", "b1", "b2", "b3"] and ctx.behaviours[1][0] == 1
+    rec.write_think_index("d1", {"q:sofa": [("sofa bed", 0.9)]}, {"day": 1})
+    rec.write_think_index("d2", {"q:lamp": [("desk lamp", 0.8)]}, {"day": 2})
+    assert rec.think_version() == "d2" and rec.think_meta() == {"day": 2}
+    assert rec.think_lookup(["q:sofa", "q:lamp"]) == {"q:lamp": [("desk lamp", 0.8)]}
+    assert store.get("think:d1:q:sofa") is None  # the previous version is dropped
+    rec.write_fallback([("sofa", 1.0)], {"Sofa": [("couch", 1.0)]})
+    assert rec.popular() == [("sofa", 1.0)] and rec.coclick(["SOFA "]) == {"sofa": [("couch", 1.0)]}
+
+
+def _writer(path: str, worker: int, n: int) -> None:
+    s = SQLiteStore(path, prefix="mp")
+    for i in range(n):
+        s.push("shared", f"{worker}-{i}", keep=1000)
+        s.set(f"k{worker}-{i}", str(i))
+
+
+def test_sqlite_concurrent_processes(tmp_path):
+    path = str(tmp_path / "c.db")
+    SQLiteStore(path, prefix="mp")
+    procs = [mp.get_context("spawn").Process(target=_writer, args=(path, w, 100)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    s = SQLiteStore(path, prefix="mp")
+    assert len(s.lrange("shared")) == 300 and s.get("k2-99") == "99"
+    assert s._con().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_unreachable_redis_is_a_clear_error():
+    from serve_helpers import free_port
+
+    with pytest.raises(StoreError, match="cannot reach Redis"):
+        RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5)
+
+
+# ---------------------------------------------------------------- pure serving logic
+
+
+class _E:
+    def __init__(self, type, content="x", category=None):
+        self.type, self.content, self.category = type, content, category
+
+
+def test_signal_rule():
+    from aigq.serve_app.direct import signal
+
+    sc = ServeConfig(signal_new_category_events=2, signal_min_interval_s=60)
+    reason, st = signal({}, [_E("click", category="lamps")], sc, now=1000)
+    assert reason is None and st["pending"] == {"lamps": 1}
+    reason, st = signal(st, [_E("click", category="lamps")], sc, now=1001)
+    assert reason.startswith("2 events in new category lamps") and "lamps" in st["categories"]
+    assert signal(st, [_E("search", "desk")], sc, now=1030)[0] is None  # within the interval
+    reason, st2 = signal(st, [_E("search", "desk")], sc, now=1100)
+    assert reason == "search: desk" and st2["last_run"] == 1100
+    assert signal(st2, [_E("click", category="lamps")], sc, now=2000)[0] is None  # known category
+
+
+def test_eq19_index_by_hand():
+    from aigq.serve_app.think_index import build_index
+
+    p1 = ("x\nUser Profile: { Gender: unknown }.\nUser Behavior Sequence: { <1><Today><search> Garden Hose;; "
+          "<2><1_day_ago><click> teak bench }")
+    runs = [(p1, "<think> r </think>\n1 => hose reel ; nozzle\n2,9 => cushion"), (p1, "1 => nozzle"), (p1, "junk")]
+    index, stats = build_index(runs, ctr={"nozzle": 0.2, "hose reel": 0.6, "cushion": 0.4},
+                               popularity={"nozzle": 9, "hose reel": 0}, alpha=0.5, ctr_weight=0.5, keep=5)
+    hose = dict(index[trigger_key("search", "garden hose")])
+    # S_rel: nozzle (1/2 + 1)/2 = 0.75, hose reel (1 + 0)/2 = 0.5; CTR_norm: nozzle 0, hose reel 1; pop_norm 1 / 0
+    assert hose["nozzle"] == pytest.approx(0.5 * 0.75 + 0.5 * (0.5 * 0 + 0.5 * 1))
+    assert hose["hose reel"] == pytest.approx(0.5 * 0.5 + 0.5 * (0.5 * 1 + 0.5 * 0))
+    assert index["i:teak bench"] == [("cushion", pytest.approx(0.5 * 1 + 0.5 * 0.5 * 0.5))]
+    assert stats["runs"] == 3 and stats["runs_with_triggers"] == 2 and stats["triggers"] == 2
+
+
+def test_blocklist_matches_words_not_substrings():
+    from aigq.serve_app.hintq import Blocklist
+
+    b = Blocklist(["gun", "Bad Word"])
+    assert b.blocked("toy GUN holster") and b.blocked("a  bad   word here")
+    assert not b.blocked("gunmetal lamp") and not Blocklist([]).blocked("anything")
