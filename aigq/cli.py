@@ -166,6 +166,9 @@ def demo(config: ConfigOpt = Path("configs/tiny_cpu.yaml"), overrides: Overrides
             console.print(f"target: {direct['target'][0].to_list()}", markup=False)
         console.print(f"test user-days: {stats.get('test.samples', 0):,.0f}, cold-start share "
                       f"{stats.get('test.cold_start_share', 0):.3f}")
+        from aigq.cli_serve import demo_serve  # issue 6: think index, Serve apps up, HintQ answers a few users
+
+        demo_serve(cfg, tracker, _table)
     if tracker.enabled:
         console.print(f"MLflow: mlflow ui --backend-store-uri {tracker.uri}")
 
@@ -173,6 +176,10 @@ def demo(config: ConfigOpt = Path("configs/tiny_cpu.yaml"), overrides: Overrides
 from aigq import cli_rewards  # noqa: E402  (train-ctr: the CTR reward model, issue 4)
 
 cli_rewards.register(app, ConfigOpt, Overrides, _config, _table, _tracker)
+
+from aigq import cli_serve  # noqa: E402  (serve up|down|status|rollout, think-index: issue 6)
+
+cli_serve.register(app, ConfigOpt, Overrides, _config, _table, _tracker)
 
 if __name__ == "__main__":
     app()

@@ -231,3 +231,21 @@ def test_hot_policy_rollout_under_load(served):
                   timeout=10)
     runs = _wait(lambda: requests.get(f"{url}/direct/cache/777", timeout=10).json()["runs"])
     assert runs[0]["policy_version"] == after["policy_version"]
+
+
+def test_cli_status_and_rollout(served, ray_local):
+    import subprocess
+    import sys
+
+    aigq = str(Path(sys.executable).parent / "aigq")
+    gcs = ray_local.get_runtime_context().gcs_address
+    st = subprocess.run([aigq, "serve", "status", "--address", gcs], capture_output=True, text=True, timeout=120)
+    assert st.returncode == 0, st.stderr[-2000:]
+    assert all(a in st.stdout for a in ("hintq", "direct", "think")) and "RUNNING" in st.stdout
+    before = requests.get(f"{served['url']}/direct/status", timeout=10).json()["generator"]
+    ro = subprocess.run([aigq, "serve", "rollout", "--policy", str(served["v1"]), "--address", gcs],
+                        capture_output=True, text=True, timeout=300)
+    assert ro.returncode == 0, ro.stderr[-2000:]
+    after = _wait(lambda: (lambda g: g if g["policy_version"].startswith("policy-v1@") else None)(
+        requests.get(f"{served['url']}/direct/status", timeout=10).json()["generator"]), timeout=120)
+    assert after["pid"] == before["pid"]

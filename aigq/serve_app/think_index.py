@@ -128,7 +128,7 @@ def user_prompts(beh: pl.DataFrame, users: pl.DataFrame, day: int, cfg: AIGQConf
     return {u: P.format_prompt(prof.get(u, {}), rows, sc) for u, rows in out.items()}
 
 
-def run_think_index(cfg: AIGQConfig, day: int, records: Records, policy: Path, world: Path | None = None,
+def run_think_index(cfg: AIGQConfig, day: int, records: Records, policy: Path | None, world: Path | None = None,
                     ctr_folder: Path | None = None, sync_users: bool = True, say: Say | None = None) -> dict[str, Any]:
     """The whole daily job (see the module docstring); returns figures."""
     from aigq.actors.learner import ensure_ray
@@ -149,16 +149,20 @@ def run_think_index(cfg: AIGQConfig, day: int, records: Records, policy: Path, w
         active = active[: cfg.serve.think_users_per_day]
     prompts = user_prompts(beh, v.tables["users"], day, cfg, active)
     say(f"day {day}: {len(active)} active users → Think prompts")
-    ensure_ray(cfg.learner)
-    pool = RolloutPool(cfg.serve.engine, policy, variant="think", n_workers=cfg.serve.think_workers,
-                       num_cpus=cfg.rollout.cpus_per_worker, engine_kw={"dtype": cfg.rollout.dtype})
-    try:
-        users = list(prompts)
-        groups = pool.generate([prompts[u] for u in users], Sampling(n=1, temperature=0.0,
-                                                                     max_tokens=cfg.serve.think_max_new_tokens))
-    finally:
-        pool.shutdown()
-    runs = [(prompts[u], g[0].text) for u, g in zip(users, groups, strict=True)]
+    runs: list[tuple[str, str]] = []
+    if policy is None:
+        say("no Think policy: the index stays empty (fallback tables, clock and users are still written)")
+    elif prompts:
+        ensure_ray(cfg.learner)
+        pool = RolloutPool(cfg.serve.engine, policy, variant="think", n_workers=cfg.serve.think_workers,
+                           num_cpus=cfg.rollout.cpus_per_worker, engine_kw={"dtype": cfg.rollout.dtype})
+        try:
+            users = list(prompts)
+            groups = pool.generate([prompts[u] for u in users], Sampling(n=1, temperature=0.0,
+                                                                         max_tokens=cfg.serve.think_max_new_tokens))
+        finally:
+            pool.shutdown()
+        runs = [(prompts[u], g[0].text) for u, g in zip(users, groups, strict=True)]
     t1 = time.perf_counter()
     popular, coclick, pop = fallback_tables(beh, v.tables["events"], day, cfg.serve.popularity_days,
                                             cfg.serve.popular_kept, start)

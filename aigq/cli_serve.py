@@ -1,0 +1,218 @@
+"""``aigq serve up|down|status|rollout`` and ``aigq think-index --day T`` (registered on the main app by cli.py).
+
+``serve up`` joins ``--address`` / $RAY_ADDRESS / a running local cluster, or starts a local head (``ray start
+--head``, no dashboard) so the applications outlive the command, then deploys ``configs/serve.yaml``.
+"""
+
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+console = Console()
+serve_cli = typer.Typer(add_completion=False, no_args_is_help=True,
+                        help="Ray Serve: the direct, think and hintq applications from one config.")
+ServeYaml = Annotated[Path, typer.Option("--serve-config", help="Multi-application Serve config.")]
+Address = Annotated[str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS or a local one).")]
+
+
+def connect(address: str | None, start: bool = False) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kw: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+    if address:
+        ray.init(address=address, **kw)
+        return
+    try:
+        ray.init(address="auto", **kw)
+    except ConnectionError:
+        if not start:
+            console.print("[red]no running Ray cluster[/red] (start one with `aigq serve up` or pass --address)")
+            raise typer.Exit(1) from None
+        console.print("starting a local Ray head (`ray start --head`); `ray stop` ends it")
+        env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}  # loopback-only head
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", "--include-dashboard=false",
+                        "--disable-usage-stats", f"--num-cpus={os.cpu_count()}"], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+        ray.init(address="auto", **kw)
+
+
+def up_stage(cfg, serve_yaml: Path, config: Path | None, overrides: list[str] | None, address: str | None = None,
+             apps: list[str] | None = None, timeout_s: float = 600, start: bool = True) -> dict[str, Any]:
+    from aigq.serve_app import deploy as D
+
+    connect(address, start=start)
+    sc = D.load_serve_config(serve_yaml, root=Path.cwd(), config=str(config) if config else None,
+                             overrides=overrides, host=cfg.serve.host, port=cfg.serve.port, apps=apps)
+    if cfg.serve.policy:
+        D.set_policy(sc, cfg.serve.policy, cfg.serve.think_policy)
+    D.deploy(sc)
+    return D.wait_running([a["name"] for a in sc["applications"]], timeout_s=timeout_s)
+
+
+def _deployed_config() -> dict[str, Any]:
+    from ray.serve._private.api import get_global_client
+
+    details = get_global_client().get_serve_details()
+    apps = [a["deployed_app_config"] for a in details.get("applications", {}).values() if a.get("deployed_app_config")]
+    if not apps:
+        console.print("[red]no applications deployed[/red] (`aigq serve up` first)")
+        raise typer.Exit(1)
+    return {"applications": apps, "http_options": {k: v for k, v in (details.get("http_options") or {}).items()
+                                                   if k in ("host", "port", "request_timeout_s")}}
+
+
+def register(app: typer.Typer, config_opt: Any, overrides_arg: Any, load: Any, table: Any, tracker: Any) -> None:
+    @serve_cli.command("up")
+    def up(serve_config: ServeYaml = Path("configs/serve.yaml"), config: config_opt = Path("configs/tiny_cpu.yaml"),
+           address: Address = None,
+           apps: Annotated[list[str] | None, typer.Option("--app", help="Deploy only these applications.")] = None,
+           timeout: Annotated[float, typer.Option(help="Seconds to wait for RUNNING.")] = 600,
+           overrides: overrides_arg = None) -> None:
+        """Deploy direct, think and hintq (configs/serve.yaml) and wait until they run."""
+        cfg = load(config, overrides)
+        try:
+            st = up_stage(cfg, serve_config, config, overrides, address, apps, timeout)
+        except (RuntimeError, TimeoutError, ValueError, FileNotFoundError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+        base = f"http://{cfg.serve.host}:{cfg.serve.port}"
+        console.print(table("serve up", {**st, "hintq": f"POST {base}/hintq", "events": f"POST {base}/direct/events",
+                                         "think": f"POST {base}/think/lookup"}))
+
+    @serve_cli.command("status")
+    def status(address: Address = None) -> None:
+        """Applications, deployments and replicas on the cluster."""
+        from aigq.serve_app import deploy as D
+
+        connect(address)
+        console.print_json(json.dumps(D.describe()))
+
+    @serve_cli.command("down")
+    def down(address: Address = None) -> None:
+        """Delete every Serve application and stop Serve (the Ray cluster keeps running)."""
+        from ray import serve
+
+        connect(address)
+        serve.shutdown()
+        console.print("serve stopped")
+
+    @serve_cli.command("rollout")
+    def rollout(policy: Annotated[str, typer.Option(help="Policy folder or models:/<name>/<version>.")],
+                think_policy: Annotated[str | None, typer.Option(help="Think policy (default: --policy).")] = None,
+                address: Address = None,
+                timeout: Annotated[float, typer.Option(help="Seconds to wait for RUNNING.")] = 300) -> None:
+        """Hot policy rollout: reconfigure the Direct generator and the Think app in place (no restart)."""
+        from aigq.serve_app import deploy as D
+
+        connect(address)
+        sc = _deployed_config()
+        pol = policy if policy.startswith("models:/") else str(Path(policy).resolve())
+        tp = think_policy if not think_policy or think_policy.startswith("models:/") else str(Path(think_policy).resolve())
+        D.set_policy(sc, pol, tp)
+        D.deploy(sc)
+        console.print(table("rollout", D.wait_running([a["name"] for a in sc["applications"]], timeout_s=timeout)))
+
+    app.add_typer(serve_cli, name="serve")
+
+    @app.command("think-index")
+    def think_index(day: Annotated[int, typer.Option("--day", "-d", help="Build the index from day T's triggers.")],
+                    config: config_opt = None,
+                    world: Annotated[Path | None, typer.Option(help="World folder.")] = None,
+                    policy: Annotated[str | None, typer.Option(help="Think policy (default: serve.think_policy "
+                                                                    "or serve.policy or the IL-SFT policy).")] = None,
+                    sync_users: Annotated[bool, typer.Option(help="Also load active users' profiles and recent "
+                                                                  "behaviours into the store.")] = True,
+                    overrides: overrides_arg = None) -> None:
+        """Daily AIGQ-Think job: day T's triggers → Think policy (Ray workers) → Eq. 19 index in the store."""
+        cfg = load(config, overrides)
+        try:
+            out = think_index_stage(cfg, tracker(cfg), day, world, policy, sync_users)
+        except (ValueError, FileNotFoundError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+        console.print(table(f"think index day {day} → {out['version']}", out))
+
+
+def think_index_stage(cfg, tracker, day: int, world: Path | None = None, policy: str | None = None,
+                      sync_users: bool = True, allow_missing_policy: bool = False) -> dict[str, Any]:
+    from aigq.cli_rewards import ctr_root
+    from aigq.rewards.ctr_train import model_dir
+    from aigq.serve_app.hintq import latest_ctr_model
+    from aigq.serve_app.policy import resolve_policy
+    from aigq.serve_app.think_index import run_think_index
+
+    ctx = _ctx_for(cfg)
+    try:
+        folder, _ = resolve_policy(policy or ctx.policy_spec(think=True), ctx.tracking_uri())
+    except FileNotFoundError:
+        if not allow_missing_policy:
+            raise
+        folder = None
+    ctr = model_dir(ctr_root(cfg), day)
+    ctr = ctr if (ctr / "model.json").is_file() else latest_ctr_model(Path(ctr_root(cfg)))
+    with tracker.run("think-index", cfg, tags={"aigq.day": str(day)}):
+        with console.status(f"Think over day {day}'s triggers"):
+            out = run_think_index(cfg, day, ctx.records, folder, world, ctr, sync_users,
+                                  say=lambda m: console.print(f"  {m}"))
+        tracker.metrics({f"think_index.{k}": v for k, v in out.items() if isinstance(v, int | float)})
+    return out
+
+
+def _ctx_for(cfg):
+    from aigq.serve_app.common import AppContext
+    from aigq.serve_app.records import Records
+    from aigq.serve_app.store import store_from_config
+
+    store = store_from_config(cfg.serve, cfg.run.output_dir)
+    return AppContext(cfg, Path.cwd(), store, Records.from_config(store, cfg.serve))
+
+
+def demo_serve(cfg, tracker, table, users: int = 3) -> None:
+    """The demo's last stage: the daily Think index for the last training day, the three applications on the local
+    cluster, a few behaviour events, then HintQ answers for a few users (and one unknown user) — printed."""
+    import time
+
+    import requests
+
+
+    day = cfg.world.days - cfg.samples.test_days
+    cap = min(cfg.serve.think_users_per_day or 200, 200)
+    cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"think_users_per_day": cap})})
+    out = think_index_stage(cfg, tracker, day, allow_missing_policy=True)
+    has_policy = (Path(cfg.run.output_dir) / "sft" / "policy" / "config.json").is_file()
+    console.print(table(f"think index day {day}", {k: out[k] for k in ("version", "active_users", "triggers",
+                                                                       "entries", "popular", "users_loaded")}))
+    with console.status("serve up: direct, think, hintq"):
+        st = up_stage(cfg, Path("configs/serve.yaml"), None, [f"run.output_dir={Path(cfg.run.output_dir).resolve()}",
+                                                               f"serve.think_users_per_day={cap}"], start=False)
+    base = f"http://{cfg.serve.host}:{cfg.serve.port}"
+    console.print(table("serve up", st))
+    try:
+        rec = _ctx_for(cfg).records
+        known = [u for u in range(1, 200) if rec.get_behaviours(u)][:users]
+        if known and has_policy:
+            requests.post(f"{base}/direct/events", json={"events": [
+                {"user_id": known[0], "type": "search", "content": "round dining table"}]}, timeout=30)
+            deadline = time.time() + 60
+            while time.time() < deadline and not rec.get_direct(known[0]):
+                time.sleep(0.5)
+        for u in [*known, 10**9]:
+            r = requests.post(f"{base}/hintq", json={"user_id": u}, timeout=30)
+            body = r.json()
+            shown = "; ".join(f"{s['query']} [{s['source']} {s['score']:.3f}]" for s in body.get("queries", []))
+            console.print(f"[bold]HintQ user {u}[/bold] ({r.status_code}, ranker {body.get('ranker')}, "
+                          f"fallback {body.get('fallback')}): {shown}", markup=True, highlight=False)
+    finally:
+        from ray import serve
+
+        serve.shutdown()

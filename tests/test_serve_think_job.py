@@ -1,0 +1,29 @@
+"""The daily Think job end to end on a small simulated world: Ray rollout workers run the (tiny) policy over day
+T's active users; the index, fallback tables, serving clock and users land in the store."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from aigq.config import build_config
+
+
+def test_think_index_job(ray_local, tiny_policy, tmp_path):
+    from aigq import pipeline
+    from aigq.cli_serve import _ctx_for, think_index_stage
+    from aigq.tracking import Tracker
+
+    cfg = build_config({}, [f"run.output_dir={tmp_path / 'out'}", "tracking.enabled=false", "world.users=40",
+                            "world.days=4", "serve.think_users_per_day=12", "serve.think_max_new_tokens=24"])
+    tracker = Tracker(cfg.tracking)
+    meta = pipeline.simulate(cfg, tracker)
+    policy, _ = tiny_policy(tmp_path / "policy", False)
+    out = think_index_stage(cfg, tracker, 3, policy=str(policy))
+    assert 0 < out["active_users"] <= 12 and out["runs"] == out["active_users"]
+    assert out["popular"] > 0 and out["users_loaded"] > 0 and out["version"].startswith("day-003-")
+    rec = _ctx_for(cfg).records
+    assert rec.think_version() == out["version"] and rec.think_meta()["day"] == 3
+    assert rec.today() == date.fromisoformat(meta["start_date"][:10]) + timedelta(days=3)
+    assert rec.popular()[0][1] == 1.0
+    loaded = [u for u in range(cfg.world.users + 10) if rec.get_behaviours(u)]
+    assert loaded and rec.get_profile(loaded[0])
