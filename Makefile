@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIPQ   := $(BIN)/pip install -qq
 
-.PHONY: install demo test bench lint clean smollm2 bench-sft
+.PHONY: install demo test bench lint clean smollm2 bench-sft redis-server bench-serve
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,15 @@ install: $(STAMP)
 demo: install
 	$(BIN)/aigq demo --config configs/tiny_cpu.yaml
 
-test: install
+test: install redis-server
 	$(BIN)/pytest -q -n 2
+
+# The Redis store tests need a redis-server binary (they start their own on a free loopback port). Install it
+# with apt where it is missing and apt is usable; otherwise those tests skip and say why.
+redis-server:
+	@command -v redis-server >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || \
+	  echo "redis-server not installed: the Redis store tests will skip"; }
 
 bench: install
 	$(BIN)/python benchmarks/pipeline_scale.py
@@ -40,6 +47,11 @@ smollm2: install
 # IL-SFT samples/s of SmolLM2 on the learner group (appends a row to benchmarks/RESULTS.md).
 bench-sft: smollm2
 	$(BIN)/python benchmarks/sft_throughput.py
+
+# HintQ latency / QPS through Serve vs a bare FastAPI app, and 4xx/5xx over malformed requests (appends a row to
+# benchmarks/RESULTS.md).
+bench-serve: install
+	$(BIN)/python benchmarks/serve_load.py
 
 lint: install
 	$(BIN)/ruff check .
