@@ -144,6 +144,11 @@ class CTRConfig(_Section):
     batch_size: int = Field(256, ge=1)
     epochs_cold: int = Field(3, ge=1)  # ([GAP], ours; more epochs overfit the 1000-user world: AUC 0.717 → 0.700)
     epochs_warm: int = Field(3, ge=1)  # ([GAP], ours)
+    # Cold start only: InfoNCE pre-training of the text embedding on session co-occurrence pairs of the window.
+    pretrain_epochs: int = Field(2, ge=0)  # 0 = off ([GAP], ours)
+    pretrain_pairs: int = Field(60_000, ge=2)  # sampled (a, b) pairs at most ([GAP], ours)
+    pretrain_batch: int = Field(512, ge=2)  # in-batch negatives ([GAP], ours)
+    pretrain_temperature: float = Field(0.1, gt=0)  # ([GAP], ours)
     cold_window_days: int = Field(30, ge=1)  # cold start trains on days [T-w+1, T] ([GAP], ours)
     warm_window_days: int = Field(1, ge=1)  # warm start trains on D_T only (Eq. 15) ([GAP], ours)
     eval_days: int = Field(2, ge=1)  # held-out days T+1..T+n for AUC / log-loss

@@ -55,7 +55,8 @@ def context_from_row(profile: dict[str, Any] | None, behaviours: list[dict[str, 
     return UserContext(prof, behs)
 
 
-def behaviours_table(tables: dict[str, pl.DataFrame], types: list[str], start_date: str) -> pl.DataFrame:
+def behaviours_table(tables: dict[str, pl.DataFrame], types: list[str], start_date: str,
+                     keep_session: bool = False) -> pl.DataFrame:
     """All behaviours (user_id, ts, day, type, content) sorted by (user_id, ts): searches carry their query, item
     events the item's description (else title), as the prompt shows them."""
     items = tables["items"].select("item_id", desc=pl.coalesce("description", "title")).unique("item_id")
@@ -64,6 +65,7 @@ def behaviours_table(tables: dict[str, pl.DataFrame], types: list[str], start_da
         "user_id",
         "ts",
         "type",
+        *(["session_id"] if keep_session else []),
         content=pl.when(pl.col("type") == "search").then(pl.col("query")).otherwise(pl.col("desc")),
     ).filter(pl.col("content").is_not_null() & (pl.col("content").str.strip_chars() != ""))
     return ev.with_columns(day=day_expr(pl.col("ts"), start_date)).sort("user_id", "ts", "content")

@@ -10,6 +10,10 @@ Architecture (all text through one shared hashed-n-gram embedding, so *any* quer
 * **profile** p = Σ hashed embeddings of gender, age bucket, occupation, city;
 * **head** MLP([q, u, p, q⊙u, q⊙p, max s, mean s, max s over today+yesterday, log(1+n)]) → relevance logit r.
 
+A cold-started model first pre-trains the text embedding on the logs' **session co-occurrence** (InfoNCE: two
+behaviours of one session — a search and a clicked item, two searches — against in-batch negatives), so texts of
+one shopping intent sit together before the sparse click signal is fitted (``ctr_train.pretrain_text``).
+
 **Position bias** (PAL, Guo et al. 2019): p(click | slot) = σ(r)·e(slot), with e(0) = 1 and e(1), e(2) = σ(θ) learned.
 Training fits the product to the logged clicks; scoring returns σ(r) = p(click | examined), free of slot bias.
 
@@ -151,7 +155,7 @@ class CTRModel(nn.Module):
     def __init__(self, hash_buckets: int, dim: int, hidden: int, history_len: int):
         super().__init__()
         self.arch = {"hash_buckets": hash_buckets, "dim": dim, "hidden": hidden, "history_len": history_len}
-        self.text = nn.EmbeddingBag(hash_buckets, dim, mode="sum")
+        self.text = nn.EmbeddingBag(hash_buckets, dim, mode="sum", sparse=True)  # few rows touched per step
         self.btype = nn.Embedding(len(TYPES) + 1, dim)
         self.age = nn.Embedding(len(AGE_BUCKETS) + 1, dim)
         self.profile = nn.EmbeddingBag(PROFILE_BUCKETS, dim, mode="sum")

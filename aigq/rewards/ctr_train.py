@@ -4,7 +4,8 @@
 
 * **warm start** (Eq. 15, φ_{T} ← Train(φ_{T−1}, D_T)): when day T−1's model exists, its weights are the starting
   point and the window is ``warm_window_days`` (default 1: D_T alone);
-* **cold start**: otherwise a fresh model on ``cold_window_days`` days.
+* **cold start**: otherwise a fresh model on ``cold_window_days`` days, its text embedding first pre-trained on
+  the window's session co-occurrence (:func:`pretrain_text`).
 
 Held-out metrics: AUC of the relevance score σ(r) (slot-free, what the reward uses), AUC and log-loss of the full
 click probability σ(r)·e(slot), and the AUC of a popularity-only scorer (log search count of the query in the
@@ -110,12 +111,65 @@ def _batches(data: ClickData, feat: Featurizer, size: int, rng: np.random.Genera
 # ---------------------------------------------------------------- training
 
 
+def _optimisers(model: CTRModel, cfg: CTRConfig, params: Any = None) -> list[torch.optim.Optimizer]:
+    """SparseAdam for the (sparse-gradient) text embedding, Adam with weight decay for everything else."""
+    sparse = list(model.text.parameters())
+    dense = [p for p in (params or model.parameters()) if all(p is not q for q in sparse)]
+    opts: list[torch.optim.Optimizer] = [torch.optim.SparseAdam(sparse, lr=cfg.lr)]
+    if dense:
+        opts.append(torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay))
+    return opts
+
+
+def session_pairs(tables: dict[str, pl.DataFrame], start_date: str, days: list[int], cfg: CTRConfig) -> pl.DataFrame:
+    """(a, b) content pairs of two different behaviours of one session on ``days``, at most ``pretrain_pairs``."""
+    from aigq.rewards.context import behaviours_table
+
+    beh = behaviours_table(tables, list(cfg.behaviour_types), start_date, keep_session=True)
+    beh = beh.filter(pl.col("day").is_in(days)).unique(["session_id", "content"]).select("session_id", "content")
+    pairs = beh.join(beh, on="session_id", suffix="_b").filter(pl.col("content") != pl.col("content_b"))
+    if len(pairs) > cfg.pretrain_pairs:
+        pairs = pairs.sample(n=cfg.pretrain_pairs, seed=cfg.seed)
+    return pairs.select(a="content", b="content_b")
+
+
+def pretrain_text(model: CTRModel, pairs: pl.DataFrame, cfg: CTRConfig, log: Any = None) -> list[float]:
+    """InfoNCE on session co-occurrence (temperature ``pretrain_temperature``, in-batch negatives) for the shared
+    text embedding; returns the mean loss per epoch."""
+    if len(pairs) < 2 or cfg.pretrain_epochs == 0:
+        return []
+    feat, rng = Featurizer(cfg), np.random.default_rng(cfg.seed)
+    a = [feat.ids(x) for x in pairs["a"].to_list()]
+    b = [feat.ids(x) for x in pairs["b"].to_list()]
+    opt = torch.optim.SparseAdam(list(model.text.parameters()), lr=cfg.lr)
+    nn = torch.nn.functional
+    losses = []
+    for ep in range(cfg.pretrain_epochs):
+        perm, total, n = rng.permutation(len(a)), 0.0, 0
+        for s in range(0, len(a), cfg.pretrain_batch):
+            idx = perm[s : s + cfg.pretrain_batch]
+            if len(idx) < 2:
+                continue
+            ba, bb = feat._bags([a[i] for i in idx]), feat._bags([b[i] for i in idx])
+            ea = nn.normalize(model.text(ba[0], ba[1], per_sample_weights=ba[2]), dim=-1)
+            eb = nn.normalize(model.text(bb[0], bb[1], per_sample_weights=bb[2]), dim=-1)
+            loss = nn.cross_entropy(ea @ eb.T / cfg.pretrain_temperature, torch.arange(len(idx)))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total, n = total + float(loss.detach()) * len(idx), n + len(idx)
+        losses.append(total / max(n, 1))
+        if log:
+            log(ep, losses[-1])
+    return losses
+
+
 def fit(model: CTRModel, data: ClickData, cfg: CTRConfig, epochs: int, log: Any = None) -> list[float]:
     """Adam on the PAL click likelihood; returns the mean training loss per epoch."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     batches = _batches(data, Featurizer(cfg), cfg.batch_size, rng)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opts = _optimisers(model, cfg)
     model.train()
     losses = []
     for ep in range(epochs):
@@ -123,9 +177,11 @@ def fit(model: CTRModel, data: ClickData, cfg: CTRConfig, epochs: int, log: Any 
         for k in rng.permutation(len(batches)):
             b, y = batches[k]
             loss = model.click_loss(b, y)
-            opt.zero_grad()
+            for o in opts:
+                o.zero_grad()
             loss.backward()
-            opt.step()
+            for o in opts:
+                o.step()
             total, n = total + float(loss.detach()) * len(y), n + len(y)
         losses.append(total / max(n, 1))
         if log:
@@ -194,11 +250,14 @@ def train_day(tables: dict[str, pl.DataFrame], start_date: str, n_days: int, day
     else:
         torch.manual_seed(cfg.seed)
         model = CTRModel(cfg.hash_buckets, cfg.dim, cfg.hidden, cfg.history_len)
+        pre = pretrain_text(model, session_pairs(tables, start_date, train_days, cfg), cfg)
     t1 = time.perf_counter()
     losses = fit(model, train, cfg, cfg.epochs_warm if warm else cfg.epochs_cold, log)
     t2 = time.perf_counter()
     metrics: dict[str, float] = {"train.impressions": len(train), "train.ctr": float(train.imp["clicked"].mean()),
                                  "train.final_loss": losses[-1], "train.warm_start": float(warm is not None)}
+    if not warm and pre:
+        metrics["pretrain.final_loss"] = pre[-1]
     if eval_days:
         held = click_data(tables, start_date, eval_days, cfg)
         metrics.update(evaluate(model, cfg, held, popularity(tables, start_date, train_days)))
