@@ -166,12 +166,19 @@ def demo(config: ConfigOpt = Path("configs/tiny_cpu.yaml"), overrides: Overrides
             console.print(f"target: {direct['target'][0].to_list()}", markup=False)
         console.print(f"test user-days: {stats.get('test.samples', 0):,.0f}, cold-start share "
                       f"{stats.get('test.cold_start_share', 0):.3f}")
+        from aigq.cli_models import train_and_report  # issue 3: IL-SFT of the tiny policy + sampled lists
+
+        train_and_report(cfg, tracker, title="IL-SFT")
         from aigq.cli_serve import demo_serve  # issue 6: think index, Serve apps up, HintQ answers a few users
 
         demo_serve(cfg, tracker, _table)
     if tracker.enabled:
         console.print(f"MLflow: mlflow ui --backend-store-uri {tracker.uri}")
 
+
+from aigq import cli_models  # noqa: E402  (sft + models sub-commands; imports this module's helpers)
+
+cli_models.register(app)
 
 from aigq import cli_rewards  # noqa: E402  (train-ctr: the CTR reward model, issue 4)
 
