@@ -60,9 +60,9 @@ def up_stage(cfg, serve_yaml: Path, config: Path | None, overrides: list[str] | 
 
 
 def _deployed_config() -> dict[str, Any]:
-    from ray.serve._private.api import get_global_client
+    from ray.serve.context import _get_global_client
 
-    details = get_global_client().get_serve_details()
+    details = _get_global_client().get_serve_details()
     apps = [a["deployed_app_config"] for a in details.get("applications", {}).values() if a.get("deployed_app_config")]
     if not apps:
         console.print("[red]no applications deployed[/red] (`aigq serve up` first)")
