@@ -93,7 +93,7 @@ def train_and_report(cfg: AIGQConfig, tracker, title: str = "IL-SFT", show: int 
         _fail(exc)
     samples = figures.pop("samples", None)
     keys = ("train_samples", "steps_trained", "samples_per_s", "tokens_per_s", "eval_loss_first", "eval_loss_final",
-            "eval_loss_drop", "sample_parse_rate", "sample_mean_queries", "weights_identical", "registered_version",
+            "eval_loss_drop", "sample_parse_rate", "sample_at_least_rate", "sample_mean_queries", "weights_identical", "registered_version",
             "policy")
     console.print(_table(f"{title} ({cfg.sft.variant}, {cfg.model.source})", {k: figures[k] for k in keys
                                                                                 if k in figures}))

@@ -155,3 +155,15 @@ def test_missing_or_incomplete_model_folder_fails_fast(tmp_path):
 def test_sft_config_defaults_follow_the_paper():
     c = SFTConfig()
     assert c.epochs == 2 and c.lr == 2e-3 and c.sample_temperature == 1.0 and c.sample_top_k == 100
+
+
+def test_parse_stats_counts_exact_and_at_least():
+    from aigq.models.generate import parse_stats
+
+    texts = ["a ; b ; c", "a ; b", "a ; b ; c ; d", "a ;  ; b ; c", "x ; x ; y"]
+    s = parse_stats(texts, 3)
+    assert s["parse_rate"] == pytest.approx(2 / 5)  # exactly 3 pieces, all non-empty (an empty slot fails)
+    assert s["at_least_rate"] == pytest.approx(4 / 5)
+    assert s["duplicate_share"] == pytest.approx(1 / 5)
+    think = ["<think> r </think>\n1 => a ; b", "<think> never closed", "- => a"]
+    assert parse_stats(think, 3, "think")["parse_rate"] == pytest.approx(2 / 3)

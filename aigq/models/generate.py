@@ -36,10 +36,11 @@ def generate_lists(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
 
 def parse_stats(texts: Sequence[str], expected: int, variant: str = "direct") -> dict[str, float]:
     """``parse_rate``: share of outputs that parse into exactly ``expected`` non-empty queries (Direct); for Think,
-    share with a closed reasoning span (when present) and at least one interest point. Plus the mean count and the
-    share of outputs with duplicate queries."""
+    share with a closed reasoning span (when present) and at least one interest point. ``at_least_rate``: share
+    with at least ``expected`` queries (a consumer taking the first ``expected`` gets a full list). Plus the mean
+    count and the share of outputs with duplicate queries."""
     if not texts:
-        return {"parse_rate": 0.0, "mean_queries": 0.0, "duplicate_share": 0.0}
+        return {"parse_rate": 0.0, "at_least_rate": 0.0, "mean_queries": 0.0, "duplicate_share": 0.0}
     ok, counts, dups = 0, [], 0
     for text in texts:
         queries = P.parse_output(text, variant)
@@ -48,7 +49,9 @@ def parse_stats(texts: Sequence[str], expected: int, variant: str = "direct") ->
         if variant == "think":
             open_ = P.THINK_OPEN in text
             ok += bool(queries) and (not open_ or P.THINK_CLOSE in text)
-        else:
-            ok += len(queries) == expected
+        else:  # strict: every piece between separators is a query (an empty slot is a malformed list)
+            pieces = [q.strip() for q in text.split(P.QUERY_SEP.strip())]
+            ok += len(pieces) == expected and all(pieces)
     n = len(texts)
-    return {"parse_rate": ok / n, "mean_queries": sum(counts) / n, "duplicate_share": dups / n}
+    return {"parse_rate": ok / n, "at_least_rate": sum(c >= expected for c in counts) / n,
+            "mean_queries": sum(counts) / n, "duplicate_share": dups / n}
