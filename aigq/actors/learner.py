@@ -14,6 +14,7 @@ IL-SFT uses it now; IL-GRPO will call the same group with its policy loss.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import socket
 from datetime import timedelta
@@ -27,6 +28,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from aigq.config import AIGQConfig, LearnerConfig
+from aigq.learner.grpo_trainer import RLExample, collate_rl
 from aigq.learner.sft import Example, count_targets, micro_batches
 
 
@@ -36,8 +38,9 @@ class LearnerConfigError(ValueError):
 
 @ray.remote
 class LearnerWorker:
-    def __init__(self, rank: int, world_size: int, cfg_json: str, model_dir: str, total_steps: int):
-        self.rank, self.world_size = rank, world_size
+    def __init__(self, rank: int, world_size: int, cfg_json: str, model_dir: str, total_steps: int,
+                 mode: str = "sft"):
+        self.rank, self.world_size, self.mode = rank, world_size, mode
         self.cfg = AIGQConfig.model_validate_json(cfg_json)
         self.model_dir, self.total_steps = model_dir, total_steps
         self.trainer = None
@@ -71,19 +74,39 @@ class LearnerWorker:
         def wrap(m):
             return DDP(m, device_ids=[0] if use_gpu else None, broadcast_buffers=False)
 
-        self.trainer = SFTTrainer(model, self.cfg.sft, self.total_steps, self.world_size, wrap)
+        if self.mode == "grpo":
+            from aigq.learner.grpo_trainer import GRPOTrainer
+
+            ref = None
+            if self.cfg.grpo.kl_coef > 0:  # k3 KL to the starting policy (frozen copy)
+                ref = load_policy(Path(self.model_dir), self.cfg.model.dtype)[0].to(self.device).eval()
+            self.trainer = GRPOTrainer(model, self.cfg.grpo, self.total_steps, self.world_size, wrap, ref)
+        else:
+            self.trainer = SFTTrainer(model, self.cfg.sft, self.total_steps, self.world_size, wrap)
         torch.manual_seed(self.cfg.run.seed + self.rank)
         if ckpt:
             restore_trainer(self.trainer, ckpt)
+            if self.mode == "grpo":
+                self.trainer.iteration = int(ckpt.state.get("iteration", 0))
             # a resume with another world size reuses rank 0's RNG for new ranks (exact only with the same size)
             set_rng_state(ckpt.rng.get(self.rank, ckpt.rng[0]))
-        return {"rank": self.rank, "backend": backend, "device": str(self.device), "step": self.trainer.step}
+        return {"rank": self.rank, "backend": backend, "device": str(self.device), "step": self.trainer.step,
+                "iteration": getattr(self.trainer, "iteration", 0)}
 
     def _to_device(self, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
         return [{k: v.to(self.device) for k, v in b.items()} for b in batches]
 
     def train_step(self, batches: list[dict[str, torch.Tensor]], global_tokens: int) -> dict[str, float]:
         return self.trainer.train_step(self._to_device(batches), global_tokens)
+
+    def grpo_update(self, parts: list[list[dict[str, torch.Tensor]]], part_tokens: list[int]) -> dict[str, float]:
+        return self.trainer.update([self._to_device(p) for p in parts], part_tokens, self.device)
+
+    def weights_blob(self) -> bytes:
+        """The policy as one safetensors blob for the rollout workers (``rollout.weight_sync``)."""
+        from aigq.rollout.weight_sync import serialise
+
+        return serialise(self.trainer.model)
 
     def evaluate(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         return self.trainer.evaluate(self._to_device(batches)) if batches else {"nll_sum": 0.0, "tokens": 0}
@@ -140,10 +163,12 @@ def check_resources(lc: LearnerConfig) -> None:
 class LearnerGroup:
     """Driver-side handle of the N LearnerWorkers (one placement-group bundle each)."""
 
-    def __init__(self, cfg: AIGQConfig, model_dir: Path, total_steps: int, pad_id: int, resume: Path | None = None):
+    def __init__(self, cfg: AIGQConfig, model_dir: Path, total_steps: int, pad_id: int, resume: Path | None = None,
+                 mode: str = "sft"):
+        """``mode``: "sft" (IL-SFT steps) or "grpo" (IL-GRPO update rounds, ``total_steps`` = iterations)."""
         lc = cfg.learner
         self.pad_id = pad_id
-        if cfg.sft.global_batch < lc.num_workers:
+        if mode == "sft" and cfg.sft.global_batch < lc.num_workers:
             raise LearnerConfigError(f"sft.global_batch={cfg.sft.global_batch} is smaller than "
                                      f"learner.num_workers={lc.num_workers}")
         check_resources(lc)
@@ -162,12 +187,12 @@ class LearnerGroup:
                 num_cpus=lc.cpus_per_worker, num_gpus=lc.gpus_per_worker,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
                 runtime_env={"env_vars": {"OMP_NUM_THREADS": str(lc.cpus_per_worker)}},
-            ).remote(i, lc.num_workers, cfg_json, str(model_dir), total_steps)
+            ).remote(i, lc.num_workers, cfg_json, str(model_dir), total_steps, mode)
             for i in range(lc.num_workers)
         ]
         addr, port = ray.get(self.workers[0].address.remote())
         self.info = ray.get([w.setup.remote(addr, port, str(resume) if resume else None) for w in self.workers])
-        self.step = self.info[0]["step"]
+        self.step, self.iteration = self.info[0]["step"], self.info[0]["iteration"]
 
     def _shards(self, examples: list[Example]) -> list[list[dict[str, torch.Tensor]]]:
         """Worker r gets the r-th, (r+W)-th, … example by length, so shards cost the same and each micro-batch
@@ -189,6 +214,38 @@ class LearnerGroup:
         nll, tokens = sum(o["nll_sum"] for o in outs), sum(o["tokens"] for o in outs)
         return {"loss": nll / tokens, "target_tokens": tokens, "grad_norm": outs[0]["grad_norm"], "lr": outs[0]["lr"],
                 "input_tokens": sum(len(e.ids) for e in examples), "samples": len(examples)}
+
+    def grpo_update(self, examples: list[RLExample], iteration: int) -> dict[str, float]:
+        """One IL-GRPO update round on a rollout batch: ``grpo.mini_batches`` optimizer steps, each a token mean over
+        its mini-batch's generated tokens on all ranks. Mini-batches are a seeded shuffle (seed, iteration); within
+        one, worker r takes the r-th, (r+W)-th, … rollout by length. Returns loss / entropy / clip figures."""
+        g = self.cfg.grpo
+        order = np.random.default_rng([self.cfg.run.seed, iteration]).permutation(len(examples))
+        parts = [[examples[i] for i in chunk] for chunk in np.array_split(order, min(g.mini_batches, len(examples)))]
+        part_tokens = [sum(sum(e.mask) for e in part) for part in parts]
+        shards: list[list[list[dict[str, torch.Tensor]]]] = [[] for _ in range(self.world_size)]
+        for part in parts:
+            by_len = sorted(part, key=lambda e: len(e.ids))
+            for r in range(self.world_size):
+                mine = by_len[r :: self.world_size]
+                shards[r].append([collate_rl(mine[i:i + g.micro_batch], self.pad_id)
+                                  for i in range(0, len(mine), g.micro_batch)])
+        outs = ray.get([w.grpo_update.remote(s, part_tokens) for w, s in zip(self.workers, shards, strict=True)])
+        self.step += len(parts)
+        self.iteration += 1
+        total, n = sum(part_tokens), sum(o["tokens"] for o in outs)
+        return {"train/pg_loss": sum(o["pg_loss"] for o in outs) / max(total, 1),
+                "train/entropy": sum(o["entropy"] for o in outs) / max(total, 1),
+                "train/kl": sum(o["kl"] for o in outs) / max(total, 1),
+                "train/clip_high_frac": sum(o["clip_high"] for o in outs) / max(n, 1),
+                "train/clip_low_frac": sum(o["clip_low"] for o in outs) / max(n, 1),
+                "train/grad_norm": outs[0]["grad_norm"] / len(parts), "train/entropy_tau": outs[0]["tau"],
+                "train/ent_coef": outs[0]["ent_coef"], "train/tokens": total, "train/rollouts": len(examples)}
+
+    def weights_blob(self) -> ray.ObjectRef:
+        """Rank 0's weights as a safetensors blob in the object store (rollout workers fetch it from there: the
+        driver never copies the weights)."""
+        return self.workers[0].weights_blob.remote()
 
     def evaluate(self, examples: list[Example]) -> float:
         """Mean target-token NLL over ``examples``, split across the workers."""
@@ -219,8 +276,10 @@ class LearnerGroup:
             remove_placement_group(self.pg)
 
 
-def ensure_ray(lc: LearnerConfig) -> None:
-    """Join ``learner.ray_address`` / $RAY_ADDRESS, or start a local Ray sized to this machine."""
+def ensure_ray(lc: LearnerConfig, num_cpus: float | None = None) -> None:
+    """Join ``learner.ray_address`` / $RAY_ADDRESS, or start a local Ray sized to this machine. ``num_cpus``: the
+    logical CPUs a local Ray should offer when a job's actors take turns on the cores (IL-GRPO: generate → score →
+    train never overlap), at least this machine's count."""
     if ray.is_initialized():
         return
     address = lc.ray_address or os.environ.get("RAY_ADDRESS")
@@ -228,4 +287,5 @@ def ensure_ray(lc: LearnerConfig) -> None:
         ray.init(address=address, log_to_driver=False)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only cluster
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+        cpus = max(os.cpu_count() or 1, math.ceil(num_cpus or 0))
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -49,11 +49,16 @@ class RolloutPool:
         self.stats = {"shards": 0, "retries": 0, "replaced_workers": 0}
         self.workers = [RolloutWorker.options(**self._opts).remote(*self._spec) for _ in range(n_workers)]
 
-    def sync(self, blob: bytes, version: int) -> None:
-        """Send new weights to every worker (one object-store copy) and wait until all have them."""
-        self._blob = ray.put(blob)
+    def sync(self, blob: bytes | ray.ObjectRef, version: int) -> float:
+        """Send new weights to every worker (one object-store copy; an ObjectRef, e.g. from the learner, is used
+        as is) and wait until all have them. Returns the seconds it took."""
+        import time
+
+        t0 = time.perf_counter()
+        self._blob = blob if isinstance(blob, ray.ObjectRef) else ray.put(blob)
         ray.get([w.load_weights.remote(self._blob, version) for w in self.workers])
         self.version = version
+        return time.perf_counter() - t0
 
     def _repair(self, a: int) -> None:
         self.stats["retries"] += 1
