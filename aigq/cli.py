@@ -188,5 +188,9 @@ from aigq import cli_serve  # noqa: E402  (serve up|down|status|rollout, think-i
 
 cli_serve.register(app, ConfigOpt, Overrides, _config, _table, _tracker)
 
+from aigq import cli_grpo  # noqa: E402  (grpo: IL-GRPO post-training, issue 5)
+
+cli_grpo.register(app)
+
 if __name__ == "__main__":
     app()
