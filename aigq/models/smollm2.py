@@ -42,7 +42,10 @@ def convert_smollm2(out: Path, progress: Callable[[str], None] | None = None) ->
     say("dequantising the GGUF weights")
     loaded = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
     say("rebuilding the model from its config")
-    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # GGUF marker: a folder saved with it loads as "quantized"
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k or not model.config.tie_word_embeddings]:
         raise RuntimeError(f"GGUF → HF weight mismatch: missing {missing}, unexpected {unexpected}")
