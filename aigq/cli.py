@@ -169,6 +169,9 @@ def demo(config: ConfigOpt = Path("configs/tiny_cpu.yaml"), overrides: Overrides
         from aigq.cli_models import train_and_report  # issue 3: IL-SFT of the tiny policy + sampled lists
 
         train_and_report(cfg, tracker, title="IL-SFT")
+        from aigq.cli_rewards import demo_ctr  # issue 4: CTR reward model for the last train day (HintQ ranks with it)
+
+        demo_ctr(cfg, tracker, _table)
         from aigq.cli_serve import demo_serve  # issue 6: think index, Serve apps up, HintQ answers a few users
 
         demo_serve(cfg, tracker, _table)

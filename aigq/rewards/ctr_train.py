@@ -233,6 +233,16 @@ def train_day(tables: dict[str, pl.DataFrame], start_date: str, n_days: int, day
     to ``root/day-<day>``."""
     if not 1 <= day <= n_days:
         raise ValueError(f"day {day} is outside the world's days 1..{n_days}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.torch_threads)
+    try:
+        return _train_day(tables, start_date, n_days, day, cfg, root, cold, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_day(tables: dict[str, pl.DataFrame], start_date: str, n_days: int, day: int, cfg: CTRConfig,
+               root: str | Path, cold: bool, log: Any) -> TrainResult:
     prev = model_dir(root, day - 1)
     warm = None if cold or not (prev / "model.json").is_file() else prev
     window = cfg.warm_window_days if warm else cfg.cold_window_days
