@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,84 +90,135 @@ def _mean(rewards, key: str) -> float:
     return float(np.mean(vals)) if vals else 0.0
 
 
-def run_grpo(cfg: AIGQConfig, tracker: Tracker, samples_dir: Path | None = None, say: Say | None = None,
-             on_iteration: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    from transformers import AutoTokenizer
+@dataclass
+class Actors:
+    learner: Any  # LearnerGroup (DDP, GRPO mode)
+    rollout: Any  # RolloutPool
+    rewards: Any  # RewardPool
 
+    def shutdown(self) -> None:
+        for pool in (self.rollout, self.rewards, self.learner):
+            pool.shutdown()
+
+
+def start_actors(cfg: AIGQConfig, inp: dict[str, Any], pad_id: int, say: Say) -> Actors:
     from aigq.actors.learner import LearnerGroup, ensure_ray
     from aigq.actors.reward import RewardPool
     from aigq.actors.rollout import RolloutPool
-    from aigq.learner.rl_batch import group_advantages
-    from aigq.rollout.engine import Sampling
 
-    say, g, rc = say or (lambda _m: None), cfg.grpo, cfg.rollout
-    inp = _inputs(cfg, Path(samples_dir or cfg.samples_dir()))
-    train, evals, ckpt_root = inp["train"], inp["eval"], grpo_dir(cfg) / "checkpoints"
-    tokenizer = AutoTokenizer.from_pretrained(str(inp["policy"]), local_files_only=True)
+    rc = cfg.rollout
     ensure_ray(cfg.learner, num_cpus=cpus_needed(cfg))  # a local Ray: the phases take turns on the cores
     check_cluster(cfg)
     say(f"starting learner ×{cfg.learner.num_workers}, rollout ×{rc.num_workers} ({rc.engine}), "
         f"reward ×{cfg.rewards.num_actors}; policy {inp['policy']}, CTR {inp['ctr']}")
-    learner = LearnerGroup(cfg, inp["policy"], g.iterations, tokenizer.pad_token_id, inp["resume"], mode="grpo")
-    rollout = RolloutPool(rc.engine, inp["policy"], g.variant, rc.num_workers, rc.cpus_per_worker,
+    learner = LearnerGroup(cfg, inp["policy"], cfg.grpo.iterations, pad_id, inp["resume"], mode="grpo")
+    rollout = RolloutPool(rc.engine, inp["policy"], cfg.grpo.variant, rc.num_workers, rc.cpus_per_worker,
                           {"dtype": rc.dtype}, rc.max_restarts, rc.max_shard_retries)
     rewards = RewardPool(inp["ctr"], cfg.rewards, cfg.rewards.expected_count or cfg.samples.label_cap)
-    sampling = Sampling(n=g.group_size, temperature=rc.temperature, top_k=rc.top_k, max_tokens=rc.max_tokens)
+    return Actors(learner, rollout, rewards)
+
+
+def run_grpo(cfg: AIGQConfig, tracker: Tracker, samples_dir: Path | None = None, say: Say | None = None,
+             on_iteration: Callable[[int, int], None] | None = None,
+             on_dispatch: Callable[[str, Actors, int, int], None] | None = None) -> dict[str, Any]:
+    """Run IL-GRPO; returns the figures (also logged). ``on_dispatch(pool, actors, actor_index, batch)`` is called
+    after each rollout ("rollout") / reward ("reward") submission (monitoring; fault-injection tests)."""
+    from transformers import AutoTokenizer
+
+    say = say or (lambda _m: None)
+    inp = _inputs(cfg, Path(samples_dir or cfg.samples_dir()))
+    tokenizer = AutoTokenizer.from_pretrained(str(inp["policy"]), local_files_only=True)
+    actors = start_actors(cfg, inp, tokenizer.pad_token_id, say)
+    try:
+        with tracker.run("grpo", cfg, tags={"aigq.algorithm": cfg.grpo.algorithm, "aigq.engine": cfg.rollout.engine}):
+            tracker.params({"grpo.start_policy": str(inp["policy"]), "grpo.ctr_model": str(inp["ctr"])})
+            history = _loop(cfg, actors, inp, tokenizer, tracker, say, on_iteration, on_dispatch)
+            figures = _figures(history)
+            policy = grpo_dir(cfg) / "policy"
+            actors.learner.save_policy(policy)
+            figures.update({"policy": str(policy), "weights_identical": len(set(actors.learner.weights_digests())) == 1,
+                            "rollout_retries": actors.rollout.stats["retries"],
+                            "reward_retries": actors.rewards.stats["retries"]})
+            tracker.metrics({f"grpo.{k}": v for k, v in figures.items() if isinstance(v, int | float | bool)})
+            tracker.artifacts(policy, "policy")
+    finally:
+        actors.shutdown()
+    return {**figures, "history": history}
+
+
+def _loop(cfg: AIGQConfig, actors: Actors, inp: dict[str, Any], tokenizer, tracker: Tracker, say: Say,
+          on_iteration, on_dispatch) -> list[dict[str, float]]:
+    """The IL-GRPO iterations: generate → score → advantages → update → sync → log/eval/checkpoint."""
+    from aigq.learner.rl_batch import group_advantages
+    from aigq.rollout.engine import Sampling
+
+    g, rc, a = cfg.grpo, cfg.rollout, actors
+    hook = (lambda kind: (lambda i, b: on_dispatch(kind, a, i, b))) if on_dispatch else (lambda kind: None)
+    train, evals = inp["train"], inp["eval"]
     greedy = Sampling(n=1, temperature=0.0, max_tokens=rc.max_tokens)
-    start = learner.iteration
-    rollout.sync(learner.weights_blob(), version=start)
+    start = a.learner.iteration
+    a.rollout.sync(a.learner.weights_blob(), version=start)
     history: list[dict[str, float]] = []
-    with tracker.run("grpo", cfg, tags={"aigq.algorithm": g.algorithm, "aigq.engine": rc.engine}):
-        tracker.params({"grpo.start_policy": str(inp["policy"]), "grpo.ctr_model": str(inp["ctr"])})
-        for it in range(start, g.iterations):
-            t, m = {}, {"policy_version": it}
-            t0 = time.perf_counter()
-            rng = np.random.default_rng([cfg.run.seed, it])  # a resumed run samples the same prompts
-            batch = train[rng.choice(train.height, min(g.prompts_per_iteration, train.height), replace=False)]
-            groups = rollout.generate(batch["prompt"].to_list(), Sampling(**{**sampling.__dict__,
-                                                                              "seed": cfg.run.seed * 100_003 + it}))
-            t["generate"], t0 = time.perf_counter() - t0, time.perf_counter()
-            scored = rewards.score(_groups(batch, groups, g.variant))
-            t["score"], t0 = time.perf_counter() - t0, time.perf_counter()
-            adv = [group_advantages(rs, r, tokenizer, g, cfg.rewards) for rs, r in zip(groups, scored, strict=True)]
-            kept = [a for a in adv if a.kept]
-            if kept:
-                m.update(learner.grpo_update([e for a in kept for e in a.examples], it))
-            t["train"], t0 = time.perf_counter() - t0, time.perf_counter()
-            rollout.sync(learner.weights_blob(), version=it + 1)
-            t["sync"] = time.perf_counter() - t0
-            tokens = sum(len(r.token_ids) for rs in groups for r in rs)
-            m.update({f"reward/{k}": _mean(scored, k) for k in scored[0].summary()} if scored else {})
-            m.update({f"reward_std/{k}": float(np.std([x.summary()[k] for x in scored])) for k in
-                      ("query.total", "seq.total", "query.ctr")})
-            m.update({"groups/kept_frac": len(kept) / len(adv), "groups/zero_std_frac":
-                      float(np.mean([a.zero_std for a in adv])), "groups/difficulty": float(np.mean(
-                          [a.difficulty for a in adv])), "rollout/tokens_per_s": tokens / t["generate"],
-                      "rollout/parse_rate": float(np.mean([bool(r.queries) for rs in groups for r in rs])),
-                      **{f"seconds/{k}": v for k, v in t.items()}})
-            if (it + 1) % g.eval_every == 0 or it + 1 == g.iterations:
-                ev = rewards.score(_groups(evals, rollout.generate(evals["prompt"].to_list(), greedy), g.variant))
-                m.update({"eval/query.total": _mean(ev, "query.total"), "eval/query.ctr": _mean(ev, "query.ctr"),
-                          "eval/seq.total": _mean(ev, "seq.total")})
-            tracker.metrics(m, step=it + 1)
-            history.append(m)
-            say(f"iter {it + 1}/{g.iterations}: reward {m.get('reward/query.total', 0):.3f} "
-                f"ctr {m.get('reward/query.ctr', 0):.3f} kept {len(kept)}/{len(adv)} "
-                f"({t['generate']:.1f}s gen, {t['train']:.1f}s train)")
-            if on_iteration:
-                on_iteration(it + 1, g.iterations)
-            if (it + 1) % g.checkpoint_every == 0 or it + 1 == g.iterations:
-                learner.save_checkpoint(ckpt_root, dump_yaml(cfg), {"iteration": it + 1}, g.keep_checkpoints)
-        figures = _figures(history)
-        policy = grpo_dir(cfg) / "policy"
-        learner.save_policy(policy)
-        figures.update({"policy": str(policy), "weights_identical": len(set(learner.weights_digests())) == 1,
-                        "rollout_retries": rollout.stats["retries"], "reward_retries": rewards.stats["retries"]})
-        tracker.metrics({f"grpo.{k}": v for k, v in figures.items() if isinstance(v, int | float | bool)})
-        tracker.artifacts(policy, "policy")
-    for pool in (rollout, rewards, learner):
-        pool.shutdown()
-    return figures
+    for it in range(start, g.iterations):
+        t = _Phases()
+        rng = np.random.default_rng([cfg.run.seed, it])  # a resumed run samples the same prompts
+        batch = train[rng.choice(train.height, min(g.prompts_per_iteration, train.height), replace=False)]
+        sampling = Sampling(n=g.group_size, temperature=rc.temperature, top_k=rc.top_k, max_tokens=rc.max_tokens,
+                            seed=cfg.run.seed * 100_003 + it)
+        groups = a.rollout.generate(batch["prompt"].to_list(), sampling, on_dispatch=hook("rollout"))
+        t.lap("generate")
+        scored = a.rewards.score(_groups(batch, groups, g.variant), on_dispatch=hook("reward"))
+        t.lap("score")
+        adv = [group_advantages(rs, r, tokenizer, g, cfg.rewards) for rs, r in zip(groups, scored, strict=True)]
+        kept = [x for x in adv if x.kept]
+        m = a.learner.grpo_update([e for x in kept for e in x.examples], it) if kept else {}
+        t.lap("train")
+        a.rollout.sync(a.learner.weights_blob(), version=it + 1)
+        t.lap("sync")
+        m.update(_iteration_metrics(it, groups, scored, adv, t))
+        if (it + 1) % g.eval_every == 0 or it + 1 == g.iterations:
+            ev = a.rewards.score(_groups(evals, a.rollout.generate(evals["prompt"].to_list(), greedy), g.variant))
+            m.update({f"eval/{k}": _mean(ev, k) for k in ("query.total", "query.ctr", "query.rouge", "seq.total")})
+        tracker.metrics(m, step=it + 1)
+        history.append(m)
+        say(f"iter {it + 1}/{g.iterations}: reward {m['reward/query.total']:.3f} ctr {m['reward/query.ctr']:.3f} "
+            f"kept {len(kept)}/{len(adv)} ({t['generate']:.1f}s gen, {t['train']:.1f}s train)")
+        if (it + 1) % g.checkpoint_every == 0 or it + 1 == g.iterations:
+            a.learner.save_checkpoint(grpo_dir(cfg) / "checkpoints", dump_yaml(cfg), {"iteration": it + 1},
+                                      g.keep_checkpoints)
+        if on_iteration:
+            on_iteration(it + 1, g.iterations)
+    return history
+
+
+class _Phases(dict):
+    """Seconds per phase of one iteration."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self[name], self._t = now - self._t, now
+
+
+def _iteration_metrics(it: int, groups, scored, adv, t: dict[str, float]) -> dict[str, float]:
+    """Each reward component's mean and std, group statistics, rollout throughput, seconds per phase."""
+    summaries = [r.summary() for r in scored]
+    m: dict[str, float] = {"policy_version": it + 1, "rollouts/scored": sum(len(r.lists) for r in scored),
+                           "rollouts/generated": sum(len(rs) for rs in groups)}
+    for k in summaries[0] if summaries else ():
+        vals = [s[k] for s in summaries]
+        m[f"reward/{k}"], m[f"reward_std/{k}"] = float(np.mean(vals)), float(np.std(vals))
+    tokens = sum(len(r.token_ids) for rs in groups for r in rs)
+    m.update({"groups/kept_frac": float(np.mean([x.kept for x in adv])),
+              "groups/zero_std_frac": float(np.mean([x.zero_std for x in adv])),
+              "groups/difficulty": float(np.mean([x.difficulty for x in adv])),
+              "rollout/tokens_per_s": tokens / max(t["generate"], 1e-9),
+              "rollout/parse_rate": float(np.mean([bool(r.queries) for rs in groups for r in rs])),
+              **{f"seconds/{k}": v for k, v in t.items()}})
+    return m
 
 
 def _figures(history: list[dict[str, float]]) -> dict[str, float]:

@@ -8,11 +8,12 @@ batch's result is accepted exactly once, so nothing is lost or produced twice.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 
 def dispatch(n_batches: int, n_actors: int, submit: Callable[[int, int], Any], repair: Callable[[int], None],
@@ -47,3 +48,20 @@ def dispatch(n_batches: int, n_actors: int, submit: Callable[[int, int], Any], r
         results[b] = out
         idle.append(a)
     return [results[b] for b in range(n_batches)]
+
+
+def wait_alive(actor: Any, timeout_s: float = 300.0) -> bool:
+    """Wait until ``actor`` answers ``info()``: True once it does (a restart has finished), False when it is dead
+    for good or did not come back within ``timeout_s``. Calls made while Ray restarts an actor fail at once with
+    ``ActorUnavailableError``; those are retried."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get(actor.info.remote(), timeout=max(1.0, deadline - time.monotonic()))
+            return True
+        except ActorUnavailableError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        except (RayActorError, GetTimeoutError):
+            return False

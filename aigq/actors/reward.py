@@ -26,7 +26,7 @@ from typing import Any
 
 import ray
 
-from aigq.actors.pool import dispatch
+from aigq.actors.pool import dispatch, wait_alive
 from aigq.config import RewardsConfig
 from aigq.rewards.compose import GroupReward, RewardComposer, RewardGroup
 
@@ -102,16 +102,10 @@ class RewardPool:
     def _repair(self, a: int) -> None:
         """Actor ``a`` died mid-batch: Ray restarts it (``max_restarts``); if it stays dead, replace it."""
         self.stats["retries"] += 1
-        if not self._alive(a):
+        if not wait_alive(self.actors[a]):
+            ray.kill(self.actors[a], no_restart=True)
             self.actors[a] = self._new_actor()
             self.stats["replaced_actors"] += 1
-
-    def _alive(self, a: int) -> bool:
-        try:
-            ray.get(self.actors[a].info.remote(), timeout=60)
-            return True
-        except Exception:  # noqa: BLE001 — any failure means the actor is not usable
-            return False
 
     def shutdown(self) -> None:
         for a in self.actors:

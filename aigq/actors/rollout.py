@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
 
-from aigq.actors.pool import dispatch
+from aigq.actors.pool import dispatch, wait_alive
 from aigq.rollout.engine import Rollout, Sampling, make_engine
 
 
@@ -51,20 +52,25 @@ class RolloutPool:
 
     def sync(self, blob: bytes | ray.ObjectRef, version: int) -> float:
         """Send new weights to every worker (one object-store copy; an ObjectRef, e.g. from the learner, is used
-        as is) and wait until all have them. Returns the seconds it took."""
+        as is) and wait until all have them; a worker that died meanwhile is repaired (restarted or replaced, then
+        given these weights). Returns the seconds it took."""
         import time
 
         t0 = time.perf_counter()
         self._blob = blob if isinstance(blob, ray.ObjectRef) else ray.put(blob)
-        ray.get([w.load_weights.remote(self._blob, version) for w in self.workers])
         self.version = version
+        refs = [w.load_weights.remote(self._blob, version) for w in self.workers]
+        for a, ref in enumerate(refs):
+            try:
+                ray.get(ref)
+            except RayActorError:
+                self._repair(a)
         return time.perf_counter() - t0
 
     def _repair(self, a: int) -> None:
         self.stats["retries"] += 1
-        try:
-            ray.get(self.workers[a].info.remote(), timeout=300)  # restarted by Ray (engine from its folder)
-        except Exception:  # noqa: BLE001 — restarts exhausted or the actor cannot come back: replace it
+        if not wait_alive(self.workers[a]):  # restarts exhausted or it cannot come back: replace it
+            ray.kill(self.workers[a], no_restart=True)
             self.workers[a] = RolloutWorker.options(**self._opts).remote(*self._spec)
             self.stats["replaced_workers"] += 1
         if self._blob is not None:  # a fresh engine holds version 0: bring it to the current policy first
