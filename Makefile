@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIPQ   := $(BIN)/pip install -qq
 
-.PHONY: install demo test bench lint clean smollm2 bench-sft redis-server bench-serve
+.PHONY: install demo test bench lint clean smollm2 bench-sft redis-server bench-serve bench-rollout bench-trl
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,3 +58,18 @@ lint: install
 
 clean:
 	rm -rf $(VENV) outputs .aigq .pytest_cache
+
+# IL-GRPO benchmarks (issue 5): rollout tokens/s and weight sync, vLLM vs transformers (tiny + SmolLM2)
+bench-rollout: smollm2
+	$(BIN)/python benchmarks/rollout_bench.py --model outputs/tiny/sft/policy --model .aigq/models/smollm2-135m-instruct
+
+# TRL's GRPOTrainer beside `aigq grpo` (TRL in its own environment; aigq without deps for the reward code)
+.venv-trl/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv-trl
+	.venv-trl/bin/pip install -qq torch==2.13.0
+	.venv-trl/bin/pip install -qq trl transformers==5.19.0 datasets polars==2.1.0 pydantic pyyaml scipy
+	.venv-trl/bin/pip install -qq --no-deps -e .
+	touch $@
+
+bench-trl: install .venv-trl/.installed
+	.venv-trl/bin/python benchmarks/trl_grpo_bench.py --policy outputs/tiny/sft/policy --ctr $$(ls -d outputs/tiny/ctr/day-* | tail -1)
