@@ -40,7 +40,7 @@ def train_grpo_and_report(cfg: AIGQConfig, tracker, title: str = "IL-GRPO") -> d
     except (LearnerConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(exc)
     console.print(_table(f"{title} ({cfg.grpo.algorithm}, {cfg.rollout.engine}; first vs last 20 % of iterations)",
-                         figures))
+                         {k: v for k, v in figures.items() if k != "history"}))
     return figures
 
 
