@@ -144,7 +144,8 @@ def stats(path: Annotated[Path | None, typer.Argument(help="A world or samples f
 
 @app.command()
 def demo(config: ConfigOpt = Path("configs/tiny_cpu.yaml"), overrides: Overrides = None) -> None:
-    """End to end on the embedded default: simulate → validate → build samples → summary, one MLflow parent run."""
+    """End to end on the embedded default, one MLflow parent run: simulate → validate → samples → IL-SFT → CTR model
+    → IL-GRPO → Think index + Serve apps → HintQ answers for a few users."""
     import polars as pl
 
     cfg = _config(config, overrides)
@@ -172,6 +173,9 @@ def demo(config: ConfigOpt = Path("configs/tiny_cpu.yaml"), overrides: Overrides
         from aigq.cli_rewards import demo_ctr  # issue 4: CTR reward model for the last train day (HintQ ranks with it)
 
         demo_ctr(cfg, tracker, _table)
+        from aigq.cli_grpo import train_grpo_and_report  # issue 5: IL-GRPO against that CTR model + rule rewards
+
+        train_grpo_and_report(cfg, tracker)
         from aigq.cli_serve import demo_serve  # issue 6: think index, Serve apps up, HintQ answers a few users
 
         demo_serve(cfg, tracker, _table)

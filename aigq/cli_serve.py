@@ -189,7 +189,7 @@ def demo_serve(cfg, tracker, table, users: int = 3) -> None:
     cap = min(cfg.serve.think_users_per_day or 200, 200)
     cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"think_users_per_day": cap})})
     out = think_index_stage(cfg, tracker, day, allow_missing_policy=True)
-    has_policy = (Path(cfg.run.output_dir) / "sft" / "policy" / "config.json").is_file()
+    has_policy = any((Path(cfg.run.output_dir) / stage / "policy" / "config.json").is_file() for stage in ("sft", "grpo"))
     console.print(table(f"think index day {day}", {k: out[k] for k in ("version", "active_users", "triggers",
                                                                        "entries", "popular", "users_loaded")}))
     with console.status("serve up: direct, think, hintq"):

@@ -339,7 +339,7 @@ class ServeConfig(_Section):
     key_prefix: str = "aigq"  # every store key starts with this (several deployments can share one Redis)
     host: str = "127.0.0.1"  # Serve HTTP proxy ([GAP], ours: loopback on a laptop; 0.0.0.0 on a cluster)
     port: int = Field(8000, ge=1, le=65535)
-    policy: str | None = None  # Direct policy: folder or models:/name/version; None → <run.output_dir>/sft/policy
+    policy: str | None = None  # Direct policy: folder or models:/name/version; None → <out>/grpo/policy, else sft/policy
     think_policy: str | None = None  # Think policy (same forms); None → the Direct policy read as a Think model
     engine: Literal["vllm", "transformers"] = "transformers"  # transformers on a 2-core laptop, vllm on GPUs
     max_new_tokens: int = Field(96, ge=1)  # one generated list ([GAP], ours = rollout.max_tokens)

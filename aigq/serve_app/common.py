@@ -33,8 +33,10 @@ class AppContext:
     def policy_spec(self, think: bool = False) -> str:
         sc = self.cfg.serve
         spec = (sc.think_policy or sc.policy) if think else sc.policy
-        if spec is None:
-            spec = str(Path(self.cfg.run.output_dir) / "sft" / "policy")
+        if spec is None:  # the newest trained policy: IL-GRPO's when it exists, else IL-SFT's
+            out = Path(self.cfg.run.output_dir)
+            spec = str(out / "grpo" / "policy" if (self.path(out / "grpo" / "policy") / "config.json").is_file()
+                       else out / "sft" / "policy")
         return spec if spec.startswith("models:/") else str(self.path(spec))
 
     def tracking_uri(self) -> str | None:
