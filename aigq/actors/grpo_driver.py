@@ -113,7 +113,7 @@ def start_actors(cfg: AIGQConfig, inp: dict[str, Any], pad_id: int, say: Say) ->
         f"reward ×{cfg.rewards.num_actors}; policy {inp['policy']}, CTR {inp['ctr']}")
     learner = LearnerGroup(cfg, inp["policy"], cfg.grpo.iterations, pad_id, inp["resume"], mode="grpo")
     rollout = RolloutPool(rc.engine, inp["policy"], cfg.grpo.variant, rc.num_workers, rc.cpus_per_worker,
-                          {"dtype": rc.dtype}, rc.max_restarts, rc.max_shard_retries)
+                          {"dtype": rc.dtype}, rc.max_restarts, rc.max_shard_retries, num_gpus=rc.gpus_per_worker)
     rewards = RewardPool(inp["ctr"], cfg.rewards, cfg.rewards.expected_count or cfg.samples.label_cap)
     return Actors(learner, rollout, rewards)
 

@@ -42,9 +42,10 @@ class RolloutWorker:
 class RolloutPool:
     def __init__(self, engine: str, model_dir: str | Path, variant: str = "direct", n_workers: int = 1,
                  num_cpus: float = 1, engine_kw: dict[str, Any] | None = None, max_restarts: int = 3,
-                 max_retries: int = 2, shard_prompts: int | None = None):
+                 max_retries: int = 2, shard_prompts: int | None = None, num_gpus: float = 0):
         self._spec = (engine, str(model_dir), variant, engine_kw or {})
-        self._opts = {"num_cpus": num_cpus, "max_restarts": max_restarts, "max_task_retries": 0}
+        self._opts = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": max_restarts,
+                      "max_task_retries": 0}
         self.max_retries, self.shard_prompts = max_retries, shard_prompts
         self.version, self._blob = 0, None
         self.stats = {"shards": 0, "retries": 0, "replaced_workers": 0}
