@@ -231,4 +231,7 @@ def _figures(history: list[dict[str, float]]) -> dict[str, float]:
         first = float(np.mean([h.get(key, 0.0) for h in history[:k]]))
         last = float(np.mean([h.get(key, 0.0) for h in history[-k:]]))
         out.update({f"{name}_first": first, f"{name}_last": last, f"{name}_gain": last - first})
+    phases = [k for k in history[0] if k.startswith("seconds/")]
+    out["seconds_per_iteration"] = float(np.mean([sum(h[k] for k in phases) for h in history]))
+    out.update({k.replace("/", "_"): float(np.mean([h[k] for h in history])) for k in phases})
     return out
