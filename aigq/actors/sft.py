@@ -165,7 +165,8 @@ def _loop(cfg: AIGQConfig, group, tracker: Tracker, train, evals, steps: int, ck
 
 def sample_lists(cfg: AIGQConfig, policy: Path, samples_dir: Path, tracker: Tracker, say: Say) -> dict[str, Any]:
     """Sample one list per test user (first test day) with the rollout settings; measure the parse rate."""
-    from aigq.models.generate import generate_lists, parse_stats
+    from aigq.models.generate import parse_stats
+    from aigq.rollout.engine import Sampling, make_engine
 
     sc = cfg.sft
     if sc.sample_prompts == 0:
@@ -176,10 +177,11 @@ def sample_lists(cfg: AIGQConfig, policy: Path, samples_dir: Path, tracker: Trac
     if test.height == 0:
         return {}
     say(f"sampling {test.height} lists from the trained policy")
-    model, tokenizer = factory.load_policy(policy, cfg.model.dtype)
+    engine = make_engine("transformers", policy, variant=sc.variant, dtype=cfg.model.dtype)  # the rollout engine
     t0 = time.perf_counter()
-    texts = generate_lists(model, tokenizer, test["prompt"].to_list(), sc.max_new_tokens, sc.sample_temperature,
-                           sc.sample_top_k, cfg.run.seed)
+    sampling = Sampling(n=1, temperature=sc.sample_temperature, top_k=sc.sample_top_k, max_tokens=sc.max_new_tokens,
+                        seed=cfg.run.seed)
+    texts = [g[0].text for g in engine.generate(test["prompt"].to_list(), sampling)]
     seconds = time.perf_counter() - t0
     stats = parse_stats(texts, cfg.samples.label_cap, sc.variant)
     table = test.select("sample_id", "user_id", "day", "prompt", "target").with_columns(
