@@ -58,17 +58,13 @@ def _inputs(cfg: AIGQConfig, samples_dir: Path) -> dict[str, Any]:
             "train": train, "eval": held.head(g.eval_prompts)}
 
 
-def cpus_needed(cfg: AIGQConfig) -> float:
-    """Logical CPUs the learner group, rollout workers and reward actors reserve together."""
-    return (cfg.learner.num_workers * cfg.learner.cpus_per_worker + cfg.rollout.num_workers *
-            cfg.rollout.cpus_per_worker + cfg.rewards.num_actors * cfg.rewards.num_cpus_per_actor)
-
-
 def check_cluster(cfg: AIGQConfig) -> None:
     """Fail fast (instead of waiting forever for actors that cannot be placed) when the cluster is too small."""
     import ray
 
-    have, need = ray.cluster_resources().get("CPU", 0), cpus_needed(cfg)
+    from aigq.actors.learner import pipeline_cpus
+
+    have, need = ray.cluster_resources().get("CPU", 0), pipeline_cpus(cfg)
     if need > have:
         raise ValueError(
             f"IL-GRPO needs {need:g} CPUs (learner {cfg.learner.num_workers}×{cfg.learner.cpus_per_worker} + rollout "
@@ -107,7 +103,7 @@ def start_actors(cfg: AIGQConfig, inp: dict[str, Any], pad_id: int, say: Say) ->
     from aigq.actors.rollout import RolloutPool
 
     rc = cfg.rollout
-    ensure_ray(cfg.learner, num_cpus=cpus_needed(cfg))  # a local Ray: the phases take turns on the cores
+    ensure_ray(cfg)
     check_cluster(cfg)
     say(f"starting learner ×{cfg.learner.num_workers}, rollout ×{rc.num_workers} ({rc.engine}), "
         f"reward ×{cfg.rewards.num_actors}; policy {inp['policy']}, CTR {inp['ctr']}")

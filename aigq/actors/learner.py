@@ -276,16 +276,25 @@ class LearnerGroup:
             remove_placement_group(self.pg)
 
 
-def ensure_ray(lc: LearnerConfig, num_cpus: float | None = None) -> None:
-    """Join ``learner.ray_address`` / $RAY_ADDRESS, or start a local Ray sized to this machine. ``num_cpus``: the
-    logical CPUs a local Ray should offer when a job's actors take turns on the cores (IL-GRPO: generate → score →
-    train never overlap), at least this machine's count."""
+def pipeline_cpus(cfg: AIGQConfig) -> float:
+    """Logical CPUs the training pools of one pipeline process reserve together: the learner group, the rollout
+    workers and the reward actors (IL-GRPO holds all three at once)."""
+    return (cfg.learner.num_workers * cfg.learner.cpus_per_worker + cfg.rollout.num_workers *
+            cfg.rollout.cpus_per_worker + cfg.rewards.num_actors * cfg.rewards.num_cpus_per_actor)
+
+
+def ensure_ray(cfg: AIGQConfig) -> None:
+    """Join ``learner.ray_address`` / $RAY_ADDRESS, or start a local Ray. A local Ray offers this machine's cores for
+    the learner group plus logical CPUs for the rollout workers and reward actors: IL-GRPO's phases (generate →
+    score → train) take turns on the cores, while the learner alone must still fit the machine (a learner group
+    larger than the cores fails fast in ``check_resources``). A real cluster is sized by its own resources."""
     if ray.is_initialized():
         return
-    address = lc.ray_address or os.environ.get("RAY_ADDRESS")
+    address = cfg.learner.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only cluster
-        cpus = max(os.cpu_count() or 1, math.ceil(num_cpus or 0))
+        extra = pipeline_cpus(cfg) - cfg.learner.num_workers * cfg.learner.cpus_per_worker
+        cpus = (os.cpu_count() or 1) + math.ceil(extra)
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -53,7 +53,7 @@ def check_inputs(cfg: AIGQConfig, samples_dir: Path) -> pl.DataFrame:
         D.read_samples(samples_dir / "test.parquet")
     if cfg.sft.global_batch < cfg.learner.num_workers:
         raise ValueError(f"sft.global_batch={cfg.sft.global_batch} < learner.num_workers={cfg.learner.num_workers}")
-    ensure_ray(cfg.learner)
+    ensure_ray(cfg)
     check_resources(cfg.learner)
     return df
 

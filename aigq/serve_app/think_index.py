@@ -153,7 +153,7 @@ def run_think_index(cfg: AIGQConfig, day: int, records: Records, policy: Path | 
     if policy is None:
         say("no Think policy: the index stays empty (fallback tables, clock and users are still written)")
     elif prompts:
-        ensure_ray(cfg.learner)
+        ensure_ray(cfg)
         pool = RolloutPool(cfg.serve.engine, policy, variant="think", n_workers=cfg.serve.think_workers,
                            num_cpus=cfg.rollout.cpus_per_worker, engine_kw={"dtype": cfg.rollout.dtype})
         try:
