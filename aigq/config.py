@@ -290,6 +290,10 @@ class RolloutConfig(_Section):
     dtype: str = "float32"  # bfloat16 on GPU; the tiny CPU policy trains in float32
     max_restarts: int = Field(3, ge=0)  # Ray restarts of a dead worker (its shard is resubmitted)
     max_shard_retries: int = Field(2, ge=0)
+    # learner → rollout weight sync: blob = safetensors through Ray's object store (any device; the CPU route);
+    # nccl = vLLM's native NCCL weight transfer from learner rank 0 (GPU learner + GPU vLLM workers; untested here:
+    # no GPU was available); auto = nccl exactly when it can work, else blob
+    weight_sync: Literal["auto", "blob", "nccl"] = "auto"
     # Paper §5.1.4 sampling: 8 responses per input, temperature 1.0, top-k 100.
     temperature: float = Field(1.0, ge=0)
     top_k: int = 100
@@ -372,6 +376,47 @@ class ServeConfig(_Section):
     clock: Literal["world", "wall"] = "world"  # world: "today" is the day after the last indexed day (replays)
 
 
+class EvalConfig(_Section):
+    """Offline evaluation (``aigq eval``, paper §5 Table 1): metrics, baselines and policy arms. The paper gives no
+    metric formulas; ours are in ``aigq/evaluation/metrics.py``."""
+
+    k: int = Field(30, ge=1)  # HR@K and list length (paper: K = 30)
+    max_user_days: int | None = Field(None, ge=1)  # evaluate a seeded sample of test user-days (None = all) ([GAP], ours)
+    seed: int = 0
+    # Query → leaf category (aigq/evaluation/categories.py): exact, else nearest known text by char-trigram cosine.
+    category_threshold: float = Field(0.5, gt=0, le=1)  # ([GAP], ours)
+    category_use_items: bool = True  # item descriptions/titles also vote in the nearest step ([GAP], ours)
+    sem_sim: Literal["auto", "encoder", "ngram"] = "auto"  # auto = USE encoder when installed, else char n-grams
+    novelty_types: list[Literal["search", "click", "cart", "buy"]] = ["search", "click"]  # history seen ([GAP], ours)
+    # Baselines (aigq/evaluation/baselines.py, ebr.py); all learn from train days only.
+    popularity_days: int = Field(7, ge=1)  # popularity window before the first test day ([GAP], ours)
+    coclick_history: int = Field(5, ge=1)  # most recent behaviours that vote ([GAP], ours)
+    coclick_decay: float = Field(0.8, gt=0, le=1)  # weight of behaviour i (1 = most recent) = decay^(i-1) ([GAP], ours)
+    ebr_dim: int = Field(64, ge=4)  # two-tower output width ([GAP], ours)
+    ebr_buckets: int = Field(1 << 17, ge=1024)  # hashed char n-gram space ([GAP], ours)
+    ebr_history: int = Field(10, ge=1)  # behaviours in the user tower ([GAP], ours)
+    ebr_epochs: int = Field(4, ge=1)  # ([GAP], ours)
+    ebr_batch: int = Field(256, ge=2)  # in-batch negatives ([GAP], ours)
+    ebr_lr: float = Field(3e-3, gt=0)  # ([GAP], ours)
+    ebr_temperature: float = Field(0.05, gt=0)  # softmax temperature of the cosine logits ([GAP], ours)
+    # Policy arms: one greedy list plus `sampled_lists` sampled ones (paper rollout settings), merged unique in order.
+    engine: Literal["vllm", "transformers"] | None = None  # None → rollout.engine
+    greedy_lists: int = Field(1, ge=0)  # ([GAP], ours)
+    sampled_lists: int = Field(4, ge=0)  # ([GAP], ours: 1 + 4 lists of 10 fill K = 30 after de-duplication)
+    temperature: float = Field(1.0, ge=0)  # paper §5.1.4 sampling
+    top_k: int = 100
+    max_tokens: int = Field(96, ge=1)  # one Direct list ([GAP], ours = rollout.max_tokens)
+    think_max_tokens: int = Field(192, ge=1)  # one Think output (reasoning + groups) ([GAP], ours)
+    # Zero-shot base LLM: SmolLM2-135M-Instruct from <model.cache_dir> (`aigq models prepare smollm2`).
+    zero_shot_model: str | None = None  # None → <model.cache_dir>/smollm2-135m-instruct
+    zero_shot_max_tokens: int = Field(192, ge=1)  # ([GAP], ours)
+    # `aigq eval --suite`: missing policy variants are trained into <variants_dir>/<arm>/.
+    variants_dir: str | None = None  # None → <run.output_dir>/variants
+    ctr_day: int | None = Field(None, ge=1)  # CTR model day for GRPO variants; None → the last train day
+    variant_sft_steps: int | None = Field(None, ge=1)  # None → sft.max_steps ([GAP], ours)
+    variant_grpo_iterations: int | None = Field(None, ge=1)  # None → grpo.iterations ([GAP], ours)
+
+
 class AIGQConfig(_Section):
     run: RunConfig = RunConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -386,6 +431,7 @@ class AIGQConfig(_Section):
     rollout: RolloutConfig = RolloutConfig()
     grpo: GRPOConfig = GRPOConfig()
     serve: ServeConfig = ServeConfig()
+    eval: EvalConfig = EvalConfig()
 
     def world_dir(self) -> Path:
         return Path(self.run.output_dir) / "world"

@@ -91,6 +91,7 @@ class Actors:
     learner: Any  # LearnerGroup (DDP, GRPO mode)
     rollout: Any  # RolloutPool
     rewards: Any  # RewardPool
+    sync: Any  # WeightSync: learner → rollout workers (blob or NCCL route)
 
     def shutdown(self) -> None:
         for pool in (self.rollout, self.rewards, self.learner):
@@ -101,17 +102,19 @@ def start_actors(cfg: AIGQConfig, inp: dict[str, Any], pad_id: int, say: Say) ->
     from aigq.actors.learner import LearnerGroup, ensure_ray
     from aigq.actors.reward import RewardPool
     from aigq.actors.rollout import RolloutPool
+    from aigq.actors.weight_route import WeightSync, engine_kw, route_for
 
     rc = cfg.rollout
+    route = route_for(cfg)  # a route that cannot work fails here, before any actor starts
     ensure_ray(cfg)
     check_cluster(cfg)
-    say(f"starting learner ×{cfg.learner.num_workers}, rollout ×{rc.num_workers} ({rc.engine}), "
+    say(f"starting learner ×{cfg.learner.num_workers}, rollout ×{rc.num_workers} ({rc.engine}, {route} sync), "
         f"reward ×{cfg.rewards.num_actors}; policy {inp['policy']}, CTR {inp['ctr']}")
     learner = LearnerGroup(cfg, inp["policy"], cfg.grpo.iterations, pad_id, inp["resume"], mode="grpo")
     rollout = RolloutPool(rc.engine, inp["policy"], cfg.grpo.variant, rc.num_workers, rc.cpus_per_worker,
-                          {"dtype": rc.dtype}, rc.max_restarts, rc.max_shard_retries, num_gpus=rc.gpus_per_worker)
+                          engine_kw(cfg), rc.max_restarts, rc.max_shard_retries, num_gpus=rc.gpus_per_worker)
     rewards = RewardPool(inp["ctr"], cfg.rewards, cfg.rewards.expected_count or cfg.samples.label_cap)
-    return Actors(learner, rollout, rewards)
+    return Actors(learner, rollout, rewards, WeightSync(route, learner, rollout))
 
 
 def run_grpo(cfg: AIGQConfig, tracker: Tracker, samples_dir: Path | None = None, say: Say | None = None,
@@ -153,7 +156,7 @@ def _loop(cfg: AIGQConfig, actors: Actors, inp: dict[str, Any], tokenizer, track
     train, evals = inp["train"], inp["eval"]
     greedy = Sampling(n=1, temperature=0.0, max_tokens=rc.max_tokens)
     start = a.learner.iteration
-    a.rollout.sync(a.learner.weights_blob(), version=start)
+    a.sync.first(version=start)
     history: list[dict[str, float]] = []
     for it in range(start, g.iterations):
         t = _Phases()
@@ -169,7 +172,7 @@ def _loop(cfg: AIGQConfig, actors: Actors, inp: dict[str, Any], tokenizer, track
         kept = [x for x in adv if x.kept]
         m = a.learner.grpo_update([e for x in kept for e in x.examples], it) if kept else {}
         t.lap("train")
-        a.rollout.sync(a.learner.weights_blob(), version=it + 1)
+        a.sync(version=it + 1)
         t.lap("sync")
         m.update(_iteration_metrics(it, groups, scored, adv, t))
         if (it + 1) % g.eval_every == 0 or it + 1 == g.iterations:

@@ -108,6 +108,23 @@ class LearnerWorker:
 
         return serialise(self.trainer.model)
 
+    def nccl_init(self, rollout_handles: list[Any], inference_ranks: int) -> None:
+        """Rank 0 only: (re)build the NCCL weight-transfer group with the rollout workers' vLLM engines (GPU
+        route, ``aigq.rollout.native_sync``)."""
+        from aigq.rollout.native_sync import NCCLSender
+
+        self.nccl_close()
+        self.sender = NCCLSender(self.trainer.model, rollout_handles, inference_ranks,
+                                 ray.util.get_node_ip_address())
+
+    def nccl_send(self) -> None:
+        self.sender.send()
+
+    def nccl_close(self) -> None:
+        if getattr(self, "sender", None) is not None:
+            self.sender.close()
+        self.sender = None
+
     def evaluate(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         return self.trainer.evaluate(self._to_device(batches)) if batches else {"nll_sum": 0.0, "tokens": 0}
 
@@ -246,6 +263,12 @@ class LearnerGroup:
         """Rank 0's weights as a safetensors blob in the object store (rollout workers fetch it from there: the
         driver never copies the weights)."""
         return self.workers[0].weights_blob.remote()
+
+    def nccl_init(self, rollout_handles: list[Any], inference_ranks: int) -> None:
+        ray.get(self.workers[0].nccl_init.remote(rollout_handles, inference_ranks))
+
+    def nccl_send(self) -> None:
+        ray.get(self.workers[0].nccl_send.remote())
 
     def evaluate(self, examples: list[Example]) -> float:
         """Mean target-token NLL over ``examples``, split across the workers."""

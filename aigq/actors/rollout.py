@@ -38,6 +38,28 @@ class RolloutWorker:
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "policy_version": self.engine.policy_version}
 
+    # GPU route (aigq.rollout.native_sync): vLLM's weight-transfer control calls, by the names vLLM's
+    # RayVLLMWeightSyncClient calls on its actor handles; the weights themselves arrive over NCCL.
+    def init_weight_transfer_engine(self, request) -> None:
+        self.engine.transfer("init_weight_transfer_engine", request)
+
+    def start_weight_update(self) -> None:
+        self.engine.transfer("start_weight_update")
+
+    def update_weights(self, request) -> None:
+        self.engine.transfer("update_weights", request)
+
+    def finish_weight_update(self) -> None:
+        self.engine.transfer("finish_weight_update")
+
+    def shutdown_weight_transfer_engine(self) -> None:
+        self.engine.transfer("shutdown_weight_transfer_engine")
+
+    def set_version(self, version: int) -> int:
+        """After an NCCL update: the engine now holds policy ``version``."""
+        self.engine.policy_version = version
+        return version
+
 
 class RolloutPool:
     def __init__(self, engine: str, model_dir: str | Path, variant: str = "direct", n_workers: int = 1,
@@ -48,6 +70,10 @@ class RolloutPool:
                       "max_task_retries": 0}
         self.max_retries, self.shard_prompts = max_retries, shard_prompts
         self.version, self._blob = 0, None
+        # NCCL route (aigq.actors.weight_route): repairs fetch the current weights from here (the last blob is
+        # stale after NCCL updates) and mark the NCCL group for rebuilding
+        self.blob_source = None
+        self.transfer_stale = False
         self.stats = {"shards": 0, "retries": 0, "replaced_workers": 0}
         self.workers = [RolloutWorker.options(**self._opts).remote(*self._spec) for _ in range(n_workers)]
 
@@ -74,8 +100,10 @@ class RolloutPool:
             ray.kill(self.workers[a], no_restart=True)
             self.workers[a] = RolloutWorker.options(**self._opts).remote(*self._spec)
             self.stats["replaced_workers"] += 1
-        if self._blob is not None:  # a fresh engine holds version 0: bring it to the current policy first
-            ray.get(self.workers[a].load_weights.remote(self._blob, self.version))
+        self.transfer_stale = True  # a new process is not in the NCCL transfer group
+        blob = self.blob_source() if self.blob_source else self._blob
+        if blob is not None:  # a fresh engine holds version 0: bring it to the current policy first
+            ray.get(self.workers[a].load_weights.remote(blob, self.version))
 
     def generate(self, prompts: list[str], sampling: Sampling, on_dispatch=None) -> list[list[Rollout]]:
         size = self.shard_prompts or max(1, -(-len(prompts) // len(self.workers)))
@@ -95,6 +123,11 @@ class RolloutPool:
             for r in g:
                 r.prompt_index = i
         return groups
+
+    def set_version(self, version: int) -> None:
+        """After an NCCL update reached every worker: they now hold policy ``version``."""
+        ray.get([w.set_version.remote(version) for w in self.workers])
+        self.version = version
 
     def info(self) -> list[dict[str, Any]]:
         return ray.get([w.info.remote() for w in self.workers])

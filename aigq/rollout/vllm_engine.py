@@ -54,7 +54,9 @@ def _cpu_env() -> None:
 class VLLMEngine:
     def __init__(self, model_dir: str | Path, variant: str = "direct", dtype: str = "float32", seed: int = 0,
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.5, enforce_eager: bool | None = None,
-                 **engine_kw):
+                 weight_transfer: str | None = None, **engine_kw):
+        """``weight_transfer="nccl"`` starts vLLM's native weight-transfer engine (GPU route,
+        ``aigq.rollout.native_sync``); None = blob updates through ``load_weights`` only."""
         _cpu_env()
         try:
             from vllm import LLM
@@ -71,6 +73,8 @@ class VLLMEngine:
                           worker_extension_cls=f"{__name__}.WeightSyncExtension", **engine_kw)
         if not cpu:
             self._args["gpu_memory_utilization"] = gpu_memory_utilization
+        if weight_transfer:
+            self._args["weight_transfer_config"] = {"backend": weight_transfer}
         self.llm = LLM(**self._args)
         self.tokenizer = self.llm.get_tokenizer()
         self._drop = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
@@ -115,6 +119,12 @@ class VLLMEngine:
             raise RuntimeError(f"vLLM weight update to version {version} failed ({exc}); the engine was restarted "
                                "from its model folder at version 0") from exc
         self.policy_version = version
+
+    def transfer(self, call: str, *args) -> None:
+        """One of vLLM's weight-transfer control calls (``init_weight_transfer_engine``, ``start_weight_update``,
+        ``update_weights``, ``finish_weight_update``, ``shutdown_weight_transfer_engine``), driven by the learner
+        through ``RayVLLMWeightSyncClient`` on the NCCL route."""
+        getattr(self.llm, call)(*args)
 
     def close(self) -> None:
         import gc
