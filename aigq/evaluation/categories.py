@@ -1,0 +1,153 @@
+"""Query → leaf-category mapping for Cate HR@K, Unique Cates and the A/B discovery share.
+
+The paper maps queries to leaf categories with an (unspecified) query classifier ([GAP]). Ours is built only from a
+world's **public** tables — never ``world/hidden``:
+
+* ``queries`` (query → leaf category, the vocabulary the logs were written with), and
+* ``items`` (item description / title → leaf category), a weaker source used only for the nearest-neighbour step.
+
+``CategoryMapper.map(queries)`` resolves each query in three steps:
+
+1. **exact**: the normalised query (NFKC, lower-case, punctuation → space, whitespace collapsed) equals a known
+   query's normalised text → that query's category (when a text is listed under several categories, the first in
+   table order wins);
+2. **nearest**: else the known text (queries first, then item texts) with the highest character-trigram cosine
+   (binary trigram sets of `` text ``, hashed, :func:`trigram_cosine`) — if that cosine is ≥ ``threshold`` →
+   its category;
+3. else ``None`` (unknown: counts as no category hit and adds nothing to Unique Cates).
+
+Hand example (tested in ``tests/test_eval_metrics.py``): known ``{"velvet sofa": Sofas, "oak desk": Desks}``,
+threshold 0.5: ``"Velvet  Sofa!"`` → Sofas (exact after normalising), ``"velvet sofas"`` → Sofas (trigram
+cosine 0.87), ``"garden hose"`` → None.
+
+Results are memoised per mapper, so mapping the same generated queries for many arms costs one lookup each.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+_PUNCT = re.compile(r"[^\w\s]+", re.UNICODE)
+_WS = re.compile(r"\s+")
+BUCKETS = 1 << 20  # trigram hash space (collisions negligible at this size)
+
+
+def normalise(text: object) -> str:
+    """NFKC, lower-case, punctuation → space, whitespace collapsed and stripped. ``None`` → ``""``."""
+    if text is None:
+        return ""
+    s = unicodedata.normalize("NFKC", str(text)).lower()
+    return _WS.sub(" ", _PUNCT.sub(" ", s)).strip()
+
+
+def trigrams(text: str) -> np.ndarray:
+    """Sorted unique hashed character trigrams of `` normalise(text) `` (CRC-32, stable across processes)."""
+    t = normalise(text)
+    if not t:
+        return np.zeros(0, dtype=np.int64)
+    padded = f" {t} "
+    grams = {padded[i : i + 3] for i in range(max(1, len(padded) - 2))}
+    return np.unique(np.fromiter((zlib.crc32(g.encode()) % BUCKETS for g in grams), dtype=np.int64))
+
+
+def trigram_cosine(a: str, b: str) -> float:
+    """|A ∩ B| / sqrt(|A|·|B|) over the two texts' trigram sets; 0 when either is empty."""
+    ta, tb = trigrams(a), trigrams(b)
+    if len(ta) == 0 or len(tb) == 0:
+        return 0.0
+    return float(len(np.intersect1d(ta, tb, assume_unique=True)) / np.sqrt(len(ta) * len(tb)))
+
+
+def _matrix(sets: Sequence[np.ndarray]):
+    from scipy import sparse
+
+    lens = np.array([len(s) for s in sets], dtype=np.int64)
+    flat = np.concatenate([*sets, np.zeros(0, np.int64)]) if sets else np.zeros(0, np.int64)
+    norm = np.repeat(1.0 / np.sqrt(np.maximum(lens, 1)), lens).astype(np.float32)
+    return sparse.csr_matrix((norm, flat, np.concatenate([[0], np.cumsum(lens)])), shape=(len(sets), BUCKETS))
+
+
+class CategoryMapper:
+    """See the module docstring. ``known``: (text, category) pairs in priority order (queries before items)."""
+
+    def __init__(self, known: Iterable[tuple[str, str]], threshold: float = 0.5):
+        self.threshold = float(threshold)
+        self._exact: dict[str, str] = {}
+        texts: list[str] = []
+        cats: list[str] = []
+        for text, cat in known:
+            key = normalise(text)
+            if not key or cat is None:
+                continue
+            if key not in self._exact:
+                self._exact[key] = cat
+                texts.append(key)
+                cats.append(cat)
+        self._texts, self._cats = texts, np.array(cats, dtype=object)
+        self._m = _matrix([trigrams(t) for t in texts]) if texts else None
+        self._memo: dict[str, str | None] = {}
+
+    @classmethod
+    def from_tables(cls, queries: pl.DataFrame, items: pl.DataFrame | None = None,
+                    threshold: float = 0.5) -> CategoryMapper:
+        """From the public ``queries`` (query, category) and optionally ``items`` (description/title, category)."""
+        known = list(zip(queries["query"].to_list(), queries["category"].to_list(), strict=True))
+        if items is not None and items.height:
+            for col in ("description", "title"):
+                if col in items.columns:
+                    known += list(zip(items[col].to_list(), items["category"].to_list(), strict=True))
+        return cls(known, threshold)
+
+    @classmethod
+    def from_world(cls, world: str | Path, threshold: float = 0.5, use_items: bool = True) -> CategoryMapper:
+        """Reads ``world/queries`` (and ``world/items``) through the validated reader; never ``world/hidden``."""
+        from aigq.data.validate import read_table, validate_items, validate_queries
+
+        queries = validate_queries(read_table(world, "queries"))[0]
+        items = validate_items(read_table(world, "items"))[0] if use_items else None
+        return cls.from_tables(queries, items, threshold)
+
+    @property
+    def categories(self) -> list[str]:
+        return sorted(set(self._cats.tolist()))
+
+    def map(self, queries: Sequence[str | None]) -> list[str | None]:
+        """Leaf category per query (``None`` = unknown); see the module docstring for the three steps."""
+        todo = [q for q in dict.fromkeys(normalise(q) for q in queries) if q not in self._memo]
+        fuzzy = []
+        for q in todo:
+            if not q:
+                self._memo[q] = None
+            elif q in self._exact:
+                self._memo[q] = self._exact[q]
+            else:
+                fuzzy.append(q)
+        if fuzzy and self._m is not None:
+            sims = (_matrix([trigrams(q) for q in fuzzy]) @ self._m.T).tocsr()
+            for i, q in enumerate(fuzzy):
+                row = sims.getrow(i)
+                if row.nnz == 0:
+                    self._memo[q] = None
+                    continue
+                j = int(row.indices[np.argmax(row.data)])
+                self._memo[q] = self._cats[j] if row.data.max() >= self.threshold - 1e-9 else None
+        else:
+            for q in fuzzy:
+                self._memo[q] = None
+        return [self._memo[normalise(q)] for q in queries]
+
+    def map_lists(self, lists: Sequence[Sequence[str]]) -> list[list[str | None]]:
+        """``map`` over a list of query lists (one flat lookup)."""
+        flat = self.map([q for lst in lists for q in lst])
+        out, i = [], 0
+        for lst in lists:
+            out.append(flat[i : i + len(lst)])
+            i += len(lst)
+        return out
