@@ -199,5 +199,9 @@ from aigq import cli_grpo  # noqa: E402  (grpo: IL-GRPO post-training, issue 5)
 
 cli_grpo.register(app)
 
+from aigq import cli_compare  # noqa: E402  (compare: MLflow run comparison, issue 7)
+
+cli_compare.register(app)
+
 if __name__ == "__main__":
     app()
