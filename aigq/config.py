@@ -417,6 +417,59 @@ class EvalConfig(_Section):
     variant_grpo_iterations: int | None = Field(None, ge=1)  # None → grpo.iterations ([GAP], ours)
 
 
+class ABConfig(_Section):
+    """Simulated A/B of HintQ arms (``aigq ab``, paper §5.4 Table 3; ``aigq/evaluation/ab.py`` defines the metrics).
+    Arms recall from channels, HintQ's CTR model ranks, the simulator's hidden click model clicks."""
+
+    # recall channel → the `aigq eval` arm whose lists it uses (aigq/evaluation/recommend.py ARMS)
+    channels: dict[str, str] = {"popular": "popularity", "coclick": "co-click", "direct": "direct-il-sft+il-grpo",
+                                "think": "think-il-sft+il-grpo"}
+    # arm → its channels in priority order (the first channel listing a query is its source; AIGQ first as in
+    # HintQ's recall) ([GAP], ours: the paper's control is production without AIGQ channels)
+    arms: dict[str, list[str]] = {"control": ["popular", "coclick"],
+                                  "treatment": ["direct", "think", "popular", "coclick"],
+                                  "coclick": ["coclick"], "direct": ["direct"], "think": ["think"]}
+    control: str = "control"
+    aigq_channels: list[str] = ["direct", "think"]  # channels counted in PVR and discovery
+    # requests: the world's own HintQ exposure requests of the test user-days, or one per user-day ([GAP], ours)
+    requests: Literal["exposures", "user_day"] = "exposures"
+    k: int = Field(3, ge=1, le=10)  # queries shown (paper: 3)
+    recall_per_channel: int = Field(20, ge=1)  # candidates taken from each channel ([GAP], ours = serve's)
+    ranker: Literal["ctr", "recall"] = "ctr"  # ctr = HintQ's CTR model; recall = channel order (no model)
+    ctr_model: str | None = None  # None → newest CTR model of a day ≤ the last train day
+    category_threshold: float = Field(0.5, gt=0, le=1)  # generated text → leaf category (mapper) ([GAP], ours)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    bootstrap: int = Field(1000, ge=0)  # paired bootstrap resamples of users for the gain interval ([GAP], ours)
+    seed: int = 0  # common random numbers (clicks) and bootstrap
+    users: int | None = Field(None, ge=1)  # cap on test users (lowest ids) ([GAP], ours)
+    out_dir: str | None = None  # None → <run.output_dir>/ab
+
+
+class LoopConfig(_Section):
+    """The daily closed loop (``aigq loop --days N``, paper Eq. 15 and Figure 3; ``aigq/loop_runner.py``): day T's
+    logs → CTR retrain (warm) → IL-GRPO → Think index → hot rollout → day T+1 simulated from what is deployed."""
+
+    days: int = Field(3, ge=1)  # default of --days
+    # first day T; None → the last train day, moved earlier when T + days would pass the world's last day (then
+    # the first simulated days overlap the policy's training days) ([GAP], ours)
+    start_day: int | None = Field(None, ge=1)
+    arms: list[Literal["daily_rl", "frozen"]] = ["daily_rl", "frozen"]  # frozen: no RL, CTR still retrained
+    grpo_iterations: int = Field(2, ge=1)  # IL-GRPO iterations per day ([GAP], ours)
+    grpo_prompts: int | None = Field(None, ge=1)  # prompts per iteration; None → grpo.prompts_per_iteration
+    rollout_engine: Literal["vllm", "transformers"] | None = None  # the loop's IL-GRPO engine; None → rollout.engine
+    users_per_day: int | None = Field(None, ge=1)  # simulated users per day (lowest ids; None = all) ([GAP], ours)
+    think_users: int | None = Field(200, ge=1)  # Think index: active users run per day ([GAP], ours)
+    think: bool = True  # rebuild the Think index daily (false: the think channel stays empty)
+    serve: bool = True  # true: Ray Serve apps, hot rollout by reconfigure; false: HintQCore in-process (tests)
+    # the first day's CTR model when the source run has none for day T or T−1: a cold start on a short window
+    ctr_cold_window_days: int = Field(10, ge=1)  # ([GAP], ours = the demo's)
+    ctr_pretrain_pairs: int = Field(20_000, ge=2)  # ([GAP], ours = the demo's)
+    init_policy: str | None = None  # policy at the start; None → <run.output_dir>/grpo/policy, else sft/policy
+    samples_dir: str | None = None  # IL-GRPO prompts; None → <run.output_dir>/samples
+    seed: int = 0  # common random numbers of the simulated clicks (the same for every arm)
+    out_dir: str | None = None  # None → <run.output_dir>/loop
+
+
 class AIGQConfig(_Section):
     run: RunConfig = RunConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -432,6 +485,8 @@ class AIGQConfig(_Section):
     grpo: GRPOConfig = GRPOConfig()
     serve: ServeConfig = ServeConfig()
     eval: EvalConfig = EvalConfig()
+    ab: ABConfig = ABConfig()
+    loop: LoopConfig = LoopConfig()
 
     def world_dir(self) -> Path:
         return Path(self.run.output_dir) / "world"

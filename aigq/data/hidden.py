@@ -65,7 +65,13 @@ class HiddenModel:
 
     def features(self, requests: pl.DataFrame) -> pl.DataFrame:
         """``requests`` (user_id, day, query, slot) → + interest, related, pop (unknown query text → 0, 0, 0)."""
-        req = requests.with_row_index("_row").join(self.queries, on="query", how="left")
+        return self.category_features(requests.join(self.queries.drop("parent"), on="query", how="left",
+                                                    maintain_order="left"))
+
+    def category_features(self, requests: pl.DataFrame) -> pl.DataFrame:
+        """``requests`` (user_id, day, category, pop, …) → + parent, interest, related (null category → 0, 0): the
+        same features for text resolved to a leaf category some other way (the simulated A/B's generated queries)."""
+        req = requests.with_row_index("_row").join(self.parents, on="category", how="left", maintain_order="left")
         active = self.interests.join(req.select("_row", "user_id", "day"), on="user_id").filter(
             (pl.col("from_day") <= pl.col("day")) & (pl.col("day") <= pl.col("to_day"))
         )
