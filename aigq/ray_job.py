@@ -1,0 +1,202 @@
+"""Run AIGQ commands as Ray jobs: a private local head (``ray start --head``) and ``ray job submit``.
+
+Used by ``benchmarks/job_submit.py`` (the daily loop as a job) and ``tests/test_job_submit.py``. It drives the ``ray``
+CLI exactly as a user would (see the README, "Running on a cluster"), with three precautions for a machine that
+other Ray users share:
+
+- every port of the head is a free port picked here (GCS, dashboard, client server, node/object managers, agents,
+  metrics), and ``--temp-dir`` is a fresh folder, so the head's address file (``<temp-dir>/ray_current_cluster``)
+  is not the default ``/tmp/ray`` one: a plain ``ray.init()`` elsewhere on the machine does not join this head;
+- the head runs as ``ray start --head --block`` in its own session and is stopped by signalling that process (and
+  then its own process tree), never with ``ray stop`` (which stops every Ray cluster on the machine);
+- Ray 2.60 turns token authentication on by default; this private, loopback-only head is started with
+  ``RAY_AUTH_MODE=disabled`` so ``ray job submit`` needs no token (on a shared cluster use ``RAY_AUTH_MODE=token``
+  and the token in ``~/.ray/auth_token`` on the submitting side instead).
+
+The job's entrypoint is a shell command run by Ray's job supervisor inside the uploaded ``working_dir``; Ray sets
+``RAY_ADDRESS`` for it, so every AIGQ stage in it (``ensure_ray``) joins this head instead of starting its own Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port",
+              "--object-manager-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+              "--runtime-env-agent-port", "--metrics-export-port")
+
+
+class JobError(RuntimeError):
+    """The head did not start, or the job could not be submitted / did not succeed."""
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports that were free a moment ago (all sockets are held open until all are chosen)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(closing(socket.socket())) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def ray_cli() -> str:
+    """The ``ray`` executable beside this interpreter (the project's .venv), else the one on PATH."""
+    here = Path(sys.executable).parent / "ray"
+    return str(here) if here.exists() else (shutil.which("ray") or "ray")
+
+
+@dataclass
+class LocalHead:
+    temp_dir: Path
+    ports: dict[str, int]
+    proc: subprocess.Popen
+    env: dict[str, str]
+    log: Path
+    started_s: float = 0.0  # seconds from `ray start` until the dashboard answered
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        """The GCS address (``ray.init(address=...)``)."""
+        return f"127.0.0.1:{self.ports['--port']}"
+
+    @property
+    def dashboard(self) -> str:
+        """The job-submission address (``ray job submit --address ...``)."""
+        return f"http://127.0.0.1:{self.ports['--dashboard-port']}"
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def _answering(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@contextmanager
+def local_head(num_cpus: int, timeout_s: float = 120.0, env: dict[str, str] | None = None) -> Iterator[LocalHead]:
+    """Start a private ``ray start --head --block`` with the dashboard (job server) on free ports; stop it (and
+    only it) on exit. The head's PATH starts with this interpreter's bin folder, as after ``source
+    .venv/bin/activate``, so job entrypoints find ``aigq`` and Ray's workers run this .venv's Python."""
+    temp = Path(tempfile.mkdtemp(prefix="aigq-ray-", dir="/tmp"))  # short: Ray's unix socket paths are ≤ 107 chars
+    ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
+    head_env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "disabled",
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    head_env.pop("RAY_ADDRESS", None)
+    cmd = [ray_cli(), "start", "--head", "--block", "--temp-dir", str(temp), "--num-cpus", str(num_cpus),
+           "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1",
+           "--disable-usage-stats", *[x for flag, port in ports.items() for x in (flag, str(port))]]
+    log = temp / "ray-start.log"
+    t0 = time.perf_counter()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=head_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    head = LocalHead(temp_dir=temp, ports=ports, proc=proc, env=head_env, log=log)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _answering(f"{head.dashboard}/api/version"):
+            if proc.poll() is not None:
+                raise JobError(f"`ray start --head` exited with {proc.returncode}:\n{head.log_tail()}")
+            if time.monotonic() > deadline:
+                raise JobError(f"the Ray dashboard did not answer within {timeout_s:.0f} s:\n{head.log_tail()}")
+            time.sleep(0.5)
+        head.started_s = time.perf_counter() - t0
+        yield head
+    finally:
+        stop_head(head)
+
+
+def stop_head(head: LocalHead, grace_s: float = 20.0) -> None:
+    """Stop this head and only it: SIGTERM the ``ray start --block`` process (it stops the GCS, raylet and dashboard it
+    started), then SIGKILL whatever of its process tree (workers run in their own sessions, job drivers under them)
+    is still alive after ``grace_s``; finally remove the temp dir."""
+    import psutil
+
+    try:
+        tree = psutil.Process(head.proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    try:
+        head.proc.send_signal(signal.SIGTERM)
+        head.proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        head.proc.kill()
+        head.proc.wait()
+    _, alive = psutil.wait_procs(tree, timeout=5)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    shutil.rmtree(head.temp_dir, ignore_errors=True)
+
+
+@dataclass
+class JobResult:
+    submission_id: str
+    status: str
+    returncode: int
+    wall_s: float  # from `ray job submit` until it returned (upload, queueing, run, log streaming)
+    run_s: float | None  # the job's own start → end time, as Ray recorded it
+    logs: str
+    message: str = ""
+
+
+def submit(head: LocalHead, entrypoint: list[str], runtime_env: Path, cwd: Path, timeout_s: float = 1800.0,
+           submission_id: str | None = None, on_line: Callable[[str], None] | None = None) -> JobResult:
+    """``ray job submit --address <dashboard> --runtime-env <file> --submission-id <id> -- <entrypoint>`` from
+    ``cwd`` (the runtime env's relative ``working_dir`` is resolved from there); follows the job's logs (each
+    line to ``on_line``) until it ends, then reads its final status from the job server."""
+    from ray.job_submission import JobSubmissionClient
+
+    sid = submission_id or f"aigq-{int(time.time() * 1000)}"
+    cmd = [ray_cli(), "job", "submit", "--address", head.dashboard, "--runtime-env", str(runtime_env),
+           "--submission-id", sid, "--", *entrypoint]
+    client_env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    client_env.pop("RAY_ADDRESS", None)
+    lines: list[str] = []
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=client_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, errors="replace", bufsize=1)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if on_line:
+                on_line(lines[-1])
+            if time.perf_counter() - t0 > timeout_s:
+                raise JobError(f"job {sid} still running after {timeout_s:.0f} s")
+        proc.wait()
+    except BaseException:
+        proc.kill()
+        JobSubmissionClient(head.dashboard).stop_job(sid)
+        raise
+    wall = time.perf_counter() - t0
+    try:
+        info = JobSubmissionClient(head.dashboard).get_job_info(sid)
+    except Exception as exc:  # the submission itself failed (bad runtime env, server down)
+        raise JobError(f"`{shlex.join(cmd)}` exited with {proc.returncode}:\n" + "\n".join(lines[-30:])) from exc
+    run_s = (info.end_time - info.start_time) / 1000 if info.end_time and info.start_time else None
+    return JobResult(submission_id=sid, status=str(getattr(info.status, "value", info.status)),
+                     returncode=proc.returncode, wall_s=wall, run_s=run_s, logs="\n".join(lines),
+                     message=info.message or "")
