@@ -203,5 +203,9 @@ from aigq import cli_compare  # noqa: E402  (compare: MLflow run comparison, iss
 
 cli_compare.register(app)
 
+from aigq import cli_loop  # noqa: E402  (ab: simulated A/B; loop: the daily closed loop — issue 7)
+
+cli_loop.register(app)
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,185 @@
+"""What the simulated A/B (``aigq.evaluation.ab``) reads from a world and a run: HintQ requests of the evaluation
+window, users' contexts as of the morning of a day, the CTR ranker, and the channels' arm lists.
+
+Nothing here reads ``world/hidden``; :func:`run_from_config` hands the hidden model to ``ab`` (the evaluator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from aigq.config import AIGQConfig, CTRConfig
+from aigq.data.schema import day_expr
+from aigq.rewards.context import UserContext, behaviours_table, context_from_row
+
+REQUEST_SCHEMA = {"request_id": pl.Int64, "user_id": pl.Int64, "day": pl.Int32}
+
+
+def window_requests(tables: dict[str, pl.DataFrame], start_date: str, keys: pl.DataFrame,
+                    mode: str = "exposures") -> pl.DataFrame:
+    """HintQ requests ``(request_id, user_id, day)`` for the user-days of ``keys`` (user_id, day): the world's own
+    HintQ exposure requests on those user-days (``exposures``: id = exposure_id), or exactly one per user-day
+    (``user_day``: id = user_id·10⁵ + day)."""
+    keys = keys.select(pl.col("user_id").cast(pl.Int64), pl.col("day").cast(pl.Int32)).unique()
+    if mode == "user_day":
+        return keys.select(request_id=pl.col("user_id") * 100_000 + pl.col("day"), user_id="user_id",
+                           day="day").sort("request_id")
+    if mode != "exposures":
+        raise ValueError(f"unknown request mode {mode!r} (exposures | user_day)")
+    if "exposures" not in tables or tables["exposures"].height == 0:
+        raise ValueError("the world has no HintQ exposures: use ab.requests=user_day")
+    ex = tables["exposures"].select(request_id=pl.col("exposure_id"), user_id=pl.col("user_id"),
+                                    day=day_expr(pl.col("ts"), start_date))
+    return ex.join(keys, on=["user_id", "day"], how="semi").cast(REQUEST_SCHEMA).sort("request_id")
+
+
+def morning_contexts(beh: pl.DataFrame, users: pl.DataFrame, pairs: pl.DataFrame, history_len: int,
+                     history_days: int) -> list[UserContext]:
+    """One context per row of ``pairs`` (user_id, day): profile + the last ``history_len`` behaviours of days
+    [day − history_days, day − 1] (nothing of the day itself), most recent first; ``beh`` from
+    ``rewards.context.behaviours_table``."""
+    p = pairs.select(pl.col("user_id").cast(pl.Int64), pl.col("day").cast(pl.Int32)).with_row_index("_i")
+    b = (p.join(beh.select("user_id", "ts", bday="day", btype="type", bcontent="content"), on="user_id")
+         .filter((pl.col("bday") < pl.col("day")) & (pl.col("day") - pl.col("bday") <= history_days))
+         .sort(["_i", "ts"], descending=[False, True]).group_by("_i", maintain_order=True).head(history_len)
+         .group_by("_i", maintain_order=True)
+         .agg(behaviours=pl.struct(days_ago=pl.col("day") - pl.col("bday"), type="btype", content="bcontent")))
+    prof = users.unique("user_id").select("user_id", "gender", "age", "occupation", "city")
+    rows = p.join(b, on="_i", how="left").join(prof, on="user_id", how="left").sort("_i")
+    out = []
+    for r in rows.iter_rows(named=True):
+        profile = {k: r[k] for k in ("gender", "age", "occupation", "city") if r.get(k) is not None}
+        out.append(context_from_row(profile, r.get("behaviours")))
+    return out
+
+
+class CTRRanker:
+    """HintQ's ranking: the CTR model's p̂(click | user context as of the morning of the day, query)."""
+
+    def __init__(self, scorer: Any, tables: dict[str, pl.DataFrame], start_date: str, cfg: CTRConfig | None = None):
+        self.scorer, self.cfg = scorer, cfg or scorer.cfg
+        self.beh = behaviours_table(tables, list(self.cfg.behaviour_types), start_date)
+        self.users = tables["users"]
+
+    def __call__(self, cands: pl.DataFrame) -> np.ndarray:
+        pairs = cands.select("user_id", "day").unique(maintain_order=True).with_row_index("ctx")
+        ctxs = morning_contexts(self.beh, self.users, pairs.drop("ctx"), self.cfg.history_len, self.cfg.history_days)
+        idx = cands.join(pairs, on=["user_id", "day"], how="left", maintain_order="left")["ctx"].to_numpy()
+        return np.asarray(self.scorer.score(ctxs, idx.astype(np.int64), cands["query"].to_list()), dtype=np.float64)
+
+
+def ab_dir(cfg: AIGQConfig) -> Path:
+    return Path(cfg.ab.out_dir) if cfg.ab.out_dir else Path(cfg.run.output_dir) / "ab"
+
+
+def ranker_model(cfg: AIGQConfig, last_train_day: int) -> Path:
+    """The CTR model HintQ would rank the test days with: ``ab.ctr_model`` or the newest day ≤ the last train day."""
+    from aigq.cli_rewards import ctr_root
+
+    if cfg.ab.ctr_model:
+        p = Path(cfg.ab.ctr_model)
+        if not (p / "model.json").is_file():
+            raise FileNotFoundError(f"ab.ctr_model={p} is not a CTR model folder (no model.json)")
+        return p
+    root = ctr_root(cfg)
+    days = sorted(p for p in root.glob("day-*") if (p / "model.json").is_file()
+                  and int(p.name[4:]) <= last_train_day) if root.is_dir() else []
+    if not days:
+        raise FileNotFoundError(f"no CTR model for a day ≤ {last_train_day} under {root}: run `aigq train-ctr --day "
+                                f"{last_train_day}` or set ab.ranker=recall")
+    return days[-1]
+
+
+def read_lists(path: Path) -> pl.DataFrame:
+    """An arm-lists parquet file, checked against the shared convention."""
+    from aigq.evaluation.recommend import ARM_SCHEMA, check_arm_frame
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"arm lists {path} not found")
+    try:
+        df = pl.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 — any unreadable file becomes one clear message
+        raise ValueError(f"{path}: not a parquet file ({exc})") from None
+    return check_arm_frame(df.cast({c: t for c, t in ARM_SCHEMA.items() if c in df.columns}, strict=False))
+
+
+def channel_lists(cfg: AIGQConfig, test: pl.DataFrame, given: dict[str, Path], needed: list[str],
+                  say: Callable[[str], None]) -> dict[str, pl.DataFrame]:
+    """Each needed channel's arm lists: a given file, else the cached ``<ab dir>/lists/<channel>.parquet`` (same
+    test rows), else generated with ``aigq.evaluation.recommend.arm_lists`` for ``ab.channels[channel]`` and cached."""
+    from aigq.evaluation.recommend import arm_lists
+
+    out, cache = {}, ab_dir(cfg) / "lists"
+    keys = test.select("user_id", "day")
+    for ch in needed:
+        if ch in given:
+            out[ch] = read_lists(given[ch])
+            continue
+        if ch not in cfg.ab.channels:
+            raise ValueError(f"channel {ch!r} has no source: add ab.channels.{ch}=<eval arm> or --lists {ch}=FILE")
+        f = cache / f"{ch}-{cfg.ab.channels[ch].replace('+', '_')}.parquet"
+        if f.is_file():
+            df = read_lists(f)
+            if df.select("user_id", "day").equals(keys):
+                say(f"{ch}: cached lists {f}")
+                out[ch] = df
+                continue
+        say(f"{ch}: generating lists with arm {cfg.ab.channels[ch]} for {keys.height} user-days")
+        df = arm_lists(cfg, cfg.ab.channels[ch], test, cfg.ab.recall_per_channel, say=say)
+        cache.mkdir(parents=True, exist_ok=True)
+        df.write_parquet(f)
+        out[ch] = df
+    return out
+
+
+def run_from_config(cfg: AIGQConfig, given: dict[str, Path] | None = None,
+                    say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``aigq ab``: the test user-days of ``samples/test.parquet`` → every configured arm → the summary table."""
+    from aigq.data.hidden import HiddenModel
+    from aigq.data.validate import validate_world
+    from aigq.evaluation import ab
+    from aigq.evaluation.categories import CategoryMapper
+
+    say = say or (lambda _m: None)
+    a = cfg.ab
+    if a.control not in a.arms:
+        raise ValueError(f"ab.control={a.control!r} is not one of ab.arms ({', '.join(a.arms)})")
+    world = cfg.world_dir()
+    hidden = HiddenModel(world)  # raises for a world that was not simulated
+    v = validate_world(world, write_quarantine=False)
+    start, n_days = str(v.meta["start_date"])[:10], int(v.meta["days"])
+    test_path = cfg.samples_dir() / "test.parquet"
+    if not test_path.is_file():
+        raise FileNotFoundError(f"{test_path} not found: run `aigq build-samples` first")
+    test = pl.read_parquet(test_path).sort("user_id", "day")
+    if a.users:
+        keep = test["user_id"].unique().sort().head(a.users)
+        test = test.filter(pl.col("user_id").is_in(keep.implode()))
+    needed = list(dict.fromkeys(c for arm in a.arms.values() for c in arm))
+    channels = channel_lists(cfg, test, dict(given or {}), needed, say)
+    requests = window_requests(v.tables, start, test.select("user_id", "day"), a.requests)
+    ranker, model = None, None
+    if a.ranker == "ctr":
+        from aigq.rewards.ctr import CTRScorer
+
+        model = ranker_model(cfg, n_days - cfg.samples.test_days)
+        ranker = CTRRanker(CTRScorer.load(model), v.tables, start)
+    mapper = CategoryMapper.from_world(world, a.category_threshold)
+    resolver = ab.QueryResolver.for_hidden(hidden, mapper.map)
+    say(f"{requests.height} HintQ requests of {requests['user_id'].n_unique()} users on days "
+        f"{sorted(test['day'].unique().to_list())}; ranker {model or 'recall order'}")
+    imp = ab.run_ab(channels, a.arms, requests, hidden, resolver, ranker, a.k, a.recall_per_channel, a.seed)
+    cands = {a.control: ab.candidates(channels, a.arms[a.control], a.recall_per_channel)}
+    table = ab.summarise(imp, a.control, cands, mapper.map, a.aigq_channels, a.confidence, a.bootstrap, a.seed)
+    out = ab_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    imp.write_parquet(out / "impressions.parquet")
+    table.write_parquet(out / "summary.parquet")
+    matched = ab.QueryResolver.for_hidden(hidden, mapper.map).resolve(imp["query"].unique().to_list())
+    return {"table": table, "impressions": imp, "out": out, "ctr_model": str(model) if model else None,
+            "match": dict(matched.group_by("match").len().iter_rows())}

@@ -1,0 +1,140 @@
+"""What the daily loop talks to: the deployed HintQ system of one arm, through Ray Serve or in-process.
+
+Both give the same four calls on the arm's store:
+
+* ``records`` — the store's records layer (the Think job writes the index, users and the clock through it);
+* ``rollout(policy, think_policy, ctr_model)`` — make them live: Serve = set ``user_config`` of DirectGenerator,
+  ThinkApp and HintQ and redeploy (replicas reconfigure in place, no restart); in-process = swap the engine and
+  the CTR scorer;
+* ``refresh_direct(users)`` — the nearline AIGQ-Direct step for the day's users: the *deployed* DirectGenerator
+  generates each user's list from the store and pushes it onto the user's cache (last M runs);
+* ``answer(users)`` — ask the deployed HintQ for each user (``POST /hintq``, k = serve.hintq_k) → (user_id, slot,
+  query, source).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from aigq.config import AIGQConfig
+from aigq.serve_app.records import Records
+
+ANSWERS = {"user_id": pl.Int64, "slot": pl.Int64, "query": pl.String, "source": pl.String}
+
+
+def _rows(user: int, body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"user_id": user, "slot": j, "query": q["query"], "source": q["source"]}
+            for j, q in enumerate(body.get("queries") or [])]
+
+
+def _frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=ANSWERS)
+
+
+def _records(cfg: AIGQConfig) -> Records:
+    from aigq.serve_app.store import store_from_config
+
+    return Records.from_config(store_from_config(cfg.serve, cfg.run.output_dir), cfg.serve)
+
+
+class LocalDeployment:
+    """HintQCore and a Direct PolicyHolder in this process, on the arm's store (``loop.serve=false``)."""
+
+    def __init__(self, cfg: AIGQConfig):
+        from aigq.serve_app.hintq import HintQCore
+        from aigq.serve_app.policy import PolicyHolder
+
+        self.cfg = cfg
+        self.records = _records(cfg)
+        self.core = HintQCore(self.records, cfg, None)
+        self.holder = PolicyHolder("direct")
+
+    def rollout(self, policy: Path, think_policy: Path, ctr_model: Path) -> None:
+        from aigq.rewards.ctr import CTRScorer
+
+        self.holder.load(str(policy), self.cfg.serve.engine)
+        self.core.scorer = CTRScorer.load(ctr_model)
+
+    def refresh_direct(self, users: list[int], batch: int = 16) -> int:
+        from aigq.serve_app.direct import user_prompt
+        from aigq.serve_app.records import DirectRun
+
+        for lo in range(0, len(users), batch):
+            part = users[lo:lo + batch]
+            prompts = [user_prompt(self.records, u, self.cfg.samples) for u in part]
+            rollouts, version = self.holder.generate(prompts, self.cfg.serve.max_new_tokens)
+            for u, r in zip(part, rollouts, strict=True):
+                self.records.push_direct(u, DirectRun(r.queries, version, time.time(), "loop: daily refresh"))
+        return len(users)
+
+    def answer(self, users: list[int]) -> pl.DataFrame:
+        return _frame([r for u in users for r in _rows(u, self.core.answer(u, self.cfg.serve.hintq_k))])
+
+    def close(self) -> None:
+        self.records.store.close()
+
+
+class ServeDeployment:
+    """The arm's direct / think / hintq applications on the connected Ray cluster (configs/serve.yaml)."""
+
+    def __init__(self, cfg: AIGQConfig, config_path: Path | None, overrides: list[str],
+                 serve_yaml: str | Path = "configs/serve.yaml", timeout_s: float = 600):
+        from aigq.serve_app import deploy as D
+
+        self.cfg, self.timeout_s = cfg, timeout_s
+        self.records = _records(cfg)
+        self.sc = D.load_serve_config(serve_yaml, root=Path.cwd(), config=str(config_path) if config_path else None,
+                                      overrides=overrides, host=cfg.serve.host, port=cfg.serve.port)
+        self.base = f"http://{cfg.serve.host}:{cfg.serve.port}"
+        self.deployed = False
+
+    def rollout(self, policy: Path, think_policy: Path, ctr_model: Path) -> None:
+        from aigq.serve_app import deploy as D
+
+        D.set_policy(self.sc, str(Path(policy).resolve()), str(Path(think_policy).resolve()))
+        D.set_user_config(self.sc, "hintq", "HintQ", ctr_model=str(Path(ctr_model).resolve()))
+        D.deploy(self.sc)  # first call: the apps start; later calls: in-place reconfigure
+        D.wait_running([a["name"] for a in self.sc["applications"]], timeout_s=self.timeout_s)
+        self.deployed = True
+
+    def refresh_direct(self, users: list[int], chunk: int = 64) -> int:
+        from ray import serve
+
+        handle = serve.get_deployment_handle("DirectGenerator", app_name="direct")
+        done = 0
+        for lo in range(0, len(users), chunk):
+            resps = [handle.generate.remote((u, "loop: daily refresh")) for u in users[lo:lo + chunk]]
+            for r in resps:
+                r.result(timeout_s=self.timeout_s)
+                done += 1
+        return done
+
+    def answer(self, users: list[int], workers: int = 4) -> pl.DataFrame:
+        import requests
+
+        k = self.cfg.serve.hintq_k
+
+        def ask(u: int) -> list[dict[str, Any]]:
+            for attempt in range(5):
+                r = requests.post(f"{self.base}/hintq", json={"user_id": u, "k": k}, timeout=60)
+                if r.status_code == 200:
+                    return _rows(u, r.json())
+                if r.status_code != 429:
+                    raise RuntimeError(f"HintQ answered {r.status_code} for user {u}: {r.text[:200]}")
+                time.sleep(0.5 * (attempt + 1))
+            raise RuntimeError(f"HintQ kept answering 429 for user {u}")
+
+        with ThreadPoolExecutor(workers) as pool:
+            return _frame([row for rows in pool.map(ask, users) for row in rows])
+
+    def close(self) -> None:
+        if self.deployed:
+            from ray import serve
+
+            serve.shutdown()
+        self.records.store.close()
