@@ -13,8 +13,8 @@ common random numbers so both arms draw the same u for the same request and slot
 :func:`apply_day` rewrites day T+1 in the loop world: its exposures become the simulated ones (shown, clicked,
 ``ranker_topk`` = the shown list; requests of users beyond the cap and requests HintQ could not fill with 3 queries
 are dropped), the searches that the legacy recommender's clicked hints had produced that day are removed, and each
-new click becomes a search right after its exposure (as in the simulator). Organic behaviour is untouched. The
-next day's CTR retrain (warm start, Eq. 15) thus learns from what was deployed.
+new click becomes a search right after its exposure, before the session's organic events (as in the simulator).
+Organic behaviour is untouched. The next day's CTR retrain (warm start, Eq. 15) thus learns from what was deployed.
 
 Per-day figures (:func:`day_metrics`): impressions, clicks, CTR of shown queries, PVR share = share of shown
 queries whose HintQ source is an AIGQ channel (``direct`` cache or ``think`` index), the share of each source, and
@@ -87,7 +87,7 @@ def simulate_day(tables: dict[str, pl.DataFrame], start_date: str, day: int, ans
                                          right_on="exposure_id")
               .with_columns(r=pl.int_range(pl.len()).over("request_id")).join(cats, on="query", how="left"))
     searches = clicks.select(
-        "user_id", ts=pl.col("ts") + pl.duration(seconds=5) + pl.duration(seconds=10) * pl.col("r"),
+        "user_id", ts=pl.col("ts") + pl.duration(seconds=1) * (pl.col("r") + 1),  # before the session's 1st event
         type=pl.lit("search"), query="query", item_id=pl.lit(None, pl.Int64), category="category",
         session_id="session_id")
     return DaySim(day, all_req, imp, exposures.cast(schema.EXPOSURES), searches.cast(schema.EVENTS))

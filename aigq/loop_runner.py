@@ -29,6 +29,7 @@ a local Ray sized for IL-GRPO's pools plus the Serve replicas.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -222,6 +223,7 @@ def run_loop(cfg: AIGQConfig, tracker: Tracker, days: int, config_path: Path | N
         seconds = time.perf_counter() - t0
         tracker.metrics({"loop.seconds": seconds})
         tracker.dict({"plan": plan, "rows": rows}, "loop.json")
+        (root / "loop.json").write_text(json.dumps({"plan": plan, "rows": rows, "seconds": seconds}, indent=1))
     return {"plan": plan, "rows": rows, "seconds": seconds, "note": note, "dir": str(root)}
 
 
@@ -278,5 +280,5 @@ def _day(cfg: AIGQConfig, arm: Arm, dep: Any, day: int, start: int, start_date: 
     row = {"arm": arm.name, "T": day, "day": day + 1, **m, "direct_runs": refreshed,
            "think_triggers": idx.get("triggers", 0), "policy": str(arm.policy), "ctr_model": str(phi), **t}
     say(f"  day {day + 1}: PVR {m['pvr']:.3f}, CTR {m['ctr']:.4f}, UCTR {m.get('uctr', float('nan')):.3f} over "
-        f"{int(m['impressions'])} impressions ({sum(t.values()):.0f} s)")
+        f"{int(m['impressions'])} impressions; seconds " + ", ".join(f"{k[8:]} {v:.0f}" for k, v in t.items()))
     return row
