@@ -23,12 +23,14 @@ from typing import Any
 COMPARE_TAG = ("aigq.pipeline", "compare")
 
 # Final metrics shown by default (fnmatch patterns, case-sensitive, in this order): losses, IL-GRPO reward means and
-# first/last/gain figures, greedy-eval rewards, offline eval metrics (HR@K, CTR-model AUC …), daily-loop figures.
+# first/last/gain figures, greedy-eval rewards, offline eval metrics (HR@K, CTR-model AUC …), daily-loop figures
+# (the loop's per-arm runs log pvr / ctr / uctr / share.<channel> with step = the simulated day).
 DEFAULT_METRICS = ("train/loss", "eval/loss", "sft.eval_loss_*", "reward/*", "grpo.*_first", "grpo.*_last",
-                   "grpo.*_gain", "eval/*", "eval.*", "*hr*", "*HR*", "*uctr*", "*UCTR*", "loop.*", "ab.*")
-# Metric curves plotted over steps (iterations) by default, when a run has at least two points of one.
+                   "grpo.*_gain", "eval/*", "eval.*", "*hr*", "*HR*", "pvr", "ctr", "uctr", "share.*", "*uctr*",
+                   "*UCTR*", "loop.*", "ab.*")
+# Metric curves plotted over steps (iterations, days) by default, when a run has at least two points of one.
 DEFAULT_CURVES = ("reward/query.total", "reward/query.ctr", "reward/seq.total", "eval/query.total", "train/loss",
-                  "eval/loss")
+                  "eval/loss", "pvr", "ctr", "uctr")
 MAX_DEFAULT_METRICS = 40  # when nothing matches the default patterns, show at most this many metrics
 
 
