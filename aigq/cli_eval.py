@@ -1,0 +1,91 @@
+"""``aigq eval`` (registered on the main app by ``aigq.cli``): the paper's Table 1 on this world.
+
+    aigq eval -c configs/tiny_cpu.yaml                  # baselines + whichever policy variants exist
+    aigq eval -c configs/tiny_cpu.yaml --suite          # first train the missing variants (aigq/evaluation/suite.py)
+    aigq eval -c configs/tiny_cpu.yaml --arms ebr,co-click,direct-il-sft eval.max_user_days=200
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from aigq.cli import ConfigOpt, Overrides, _config, _fail, _tracker, console
+from aigq.evaluation.recommend import ARMS, POLICY_ARMS
+
+
+def _arms(spec: str | None) -> list[str]:
+    if not spec:
+        return list(ARMS)
+    arms = [a.strip() for a in spec.split(",") if a.strip()]
+    bad = [a for a in arms if a not in ARMS]
+    if bad:
+        console.print(f"[red]unknown arm(s) {', '.join(bad)}[/red]; choose from {', '.join(ARMS)}")
+        raise typer.Exit(2)
+    return [a for a in ARMS if a in arms]  # the paper's row order
+
+
+def eval_cmd(config: ConfigOpt = None,
+             suite: Annotated[bool, typer.Option("--suite", help="Train missing policy variants first "
+                                                 "(into <run.output_dir>/variants/<arm>/).")] = False,
+             arms: Annotated[str | None, typer.Option(help=f"Comma-separated subset of: {', '.join(ARMS)}")] = None,
+             overrides: Overrides = None) -> None:
+    """Offline evaluation like the paper's Table 1: EBR, popularity, co-click, zero-shot LLM and the policy variants
+    on the test user-days; prints the table, writes <run.output_dir>/eval/table1.md and logs it to MLflow."""
+    from aigq.evaluation import report
+    from aigq.evaluation import suite as S
+    from aigq.evaluation.offline import eval_dir, evaluate
+
+    cfg = _config(config, overrides)
+    chosen = _arms(arms)
+    tracker = _tracker(cfg)
+    with tracker.run("eval", cfg, tags={"aigq.pipeline": "eval"}):
+        if suite:
+            status = S.train_missing(cfg, tracker, [a for a in chosen if a in POLICY_ARMS],
+                                     say=lambda m: console.print(m, markup=False))
+            console.print(report_status(status))
+        try:
+            results, test = evaluate(cfg, chosen, say=lambda m: console.print(m, markup=False))
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(exc)
+        k, cold = cfg.eval.k, int(test["metadata"].struct.field("cold_start").sum())
+        table = Table(title=f"Table 1 on {cfg.run.output_dir} ({test.height} test user-days, {cold} cold-start)",
+                      header_style="bold")
+        for i, h in enumerate(report.headers(k)):
+            table.add_column(h, justify="left" if i == 0 else "right")
+        for r in results:
+            table.add_row(report.row_name(r.arm), *report.cells(r))
+        console.print(table)
+        out = eval_dir(cfg)
+        md = report.markdown(results, k, test.height, cold)
+        (out / "table1.md").write_text(md)
+        (out / "metrics.json").write_text(json.dumps({r.arm: {"status": r.status, "seconds": r.seconds,
+                                                              **r.metrics} for r in results}, indent=2))
+        png = report.bar_plot(results, k, out / "table1.png")
+        for r in results:
+            if r.status == "ok":
+                tracker.metrics({f"eval.{r.arm}.{m}": v for m, v in r.metrics.items() if v == v})
+        tracker.text(md, "eval/table1.md")
+        tracker.artifact(out / "metrics.json", "eval")
+        if png:
+            tracker.artifact(png, "eval")
+    console.print(f"table → {out / 'table1.md'}" + (f", plot → {png}" if png else ""))
+
+
+def report_status(status: dict[str, str]) -> Table:
+    t = Table(title="policy variants (--suite)", header_style="bold")
+    t.add_column("arm")
+    t.add_column("status")
+    for arm, s in status.items():
+        t.add_row(arm, s)
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)
+
+
+__all__ = ["register"]
