@@ -207,5 +207,9 @@ from aigq import cli_loop  # noqa: E402  (ab: simulated A/B; loop: the daily clo
 
 cli_loop.register(app)
 
+from aigq import cli_eval  # noqa: E402  (eval: offline Table 1 — metrics, baselines, policy variants; issue 7)
+
+cli_eval.register(app)
+
 if __name__ == "__main__":
     app()
