@@ -409,7 +409,7 @@ class EvalConfig(_Section):
     think_max_tokens: int = Field(192, ge=1)  # one Think output (reasoning + groups) ([GAP], ours)
     # Zero-shot base LLM: SmolLM2-135M-Instruct from <model.cache_dir> (`aigq models prepare smollm2`).
     zero_shot_model: str | None = None  # None → <model.cache_dir>/smollm2-135m-instruct
-    zero_shot_max_tokens: int = Field(192, ge=1)  # ([GAP], ours)
+    zero_shot_max_tokens: int = Field(96, ge=1)  # a numbered list of 10 short queries ([GAP], ours)
     # `aigq eval --suite`: missing policy variants are trained into <variants_dir>/<arm>/.
     variants_dir: str | None = None  # None → <run.output_dir>/variants
     ctr_day: int | None = Field(None, ge=1)  # CTR model day for GRPO variants; None → the last train day
