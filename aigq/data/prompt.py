@@ -37,6 +37,8 @@ from aigq.config import SamplesConfig
 from aigq.data.schema import EVENT_TYPES
 
 QUERY_SEP = " ; "  # separator of the output query list (training targets, generation parsing)
+ITEM_NUMBER = "{}. "  # each output item starts with its 1-based slot number: "1. q1 ; 2. q2 ; …"
+_ITEM_NUMBER = re.compile(r"\d+\.(?:\s+|$)")
 BEHAVIOUR_SEP = ";; "  # separator of behaviour lines in the prompt
 PROFILE_FIELDS = (("Gender", "gender"), ("Age", "age"), ("Occupation", "occupation"), ("City", "city"))
 UNKNOWN = "unknown"
@@ -45,15 +47,44 @@ UNKNOWN = "unknown"
 # ---------------------------------------------------------------- output list
 
 
-def format_target(queries: Sequence[str]) -> str:
-    """The label list as text: queries joined by ``QUERY_SEP``. A ``;`` inside a query becomes ``,`` and
-    surrounding whitespace is stripped, so ``parse_target(format_target(q)) == q`` for clean queries."""
-    return QUERY_SEP.join(q.replace(";", ",").strip() for q in queries)
+def format_target(queries: Sequence[str], start: int = 1) -> str:
+    """The label list as text: numbered items ``1. q1 ; 2. q2 ; …`` (numbers from ``start``) joined by
+    ``QUERY_SEP``. A ``;`` inside a query becomes ``,`` and surrounding whitespace is stripped, so
+    ``parse_target(format_target(q)) == q`` for clean queries.
+
+    The numbers are our output serialisation ([GAP]: the paper does not show the list format): each item says
+    which slot it fills, so a small policy can count to ``label_cap`` and stop instead of tracking the count of
+    separators over a long span (measured: benchmarks/RESULTS.md, IL-SFT parse rate)."""
+    return QUERY_SEP.join(ITEM_NUMBER.format(j) + q.replace(";", ",").strip() for j, q in enumerate(queries, start))
+
+
+def item_spans(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` character span in ``text`` of every item between ``;`` separators, empty items kept
+    (``(s, s)``): the piece without surrounding whitespace and without one leading item number (``3.`` followed by
+    whitespace or the end of the piece). Un-numbered items (the earlier format) are taken whole, so old
+    checkpoints' lists still parse; ``2.5 inch caster`` keeps its ``2.5``. The one rule behind ``parse_target``,
+    the format reward's item checks and IL-GRPO's token → slot roles."""
+    spans, pos, sep = [], 0, QUERY_SEP.strip()
+    for piece in text.split(sep):
+        core = piece.strip()
+        start = pos + len(piece) - len(piece.lstrip())
+        m = _ITEM_NUMBER.match(core)
+        if m:
+            start, core = start + m.end(), core[m.end():]
+        spans.append((start, start + len(core)))
+        pos += len(piece) + len(sep)
+    return spans
+
+
+def list_items(text: str) -> list[str]:
+    """Every item of a list text (numbers removed), empty ones kept (``parse_target`` drops them)."""
+    return [text[a:b] for a, b in item_spans(text)]
 
 
 def parse_target(text: str) -> list[str]:
-    """Inverse of ``format_target``; lenient: splits on ``;`` (any spacing) and drops empty pieces."""
-    return [p.strip() for p in text.split(QUERY_SEP.strip()) if p.strip()]
+    """Inverse of ``format_target``; lenient: splits on ``;`` (any spacing), removes one leading item number per
+    item (numbered or not, any numbering) and drops empty items."""
+    return [q for q in list_items(text) if q]
 
 
 # ---------------------------------------------------------------- special tokens
@@ -159,10 +190,11 @@ def prompt_expr(profile: pl.Expr, sequence: pl.Expr, cfg: SamplesConfig) -> pl.E
 # trace followed by the structured prediction, one interest point (T_k → Q_k) per line ([GAP]: serialisation ours):
 #
 #     <think> #1 search pool floats: same interest. </think>
-#     1 => pool floats ; outdoor lawn games
-#     - => round kids wall décor
+#     1 => 1. pool floats ; 2. outdoor lawn games
+#     - => 3. round kids wall décor
 #
-# ``T_k`` is the trigger behaviour indices (``-`` when none), ``Q_k`` a ``format_target`` list.
+# ``T_k`` is the trigger behaviour indices (``-`` when none), ``Q_k`` a ``format_target`` list whose item numbers
+# continue across lines (the position in the whole ordered list, IL-GRPO's slot).
 
 OUTPUT_PREFIX = "\nOutput: "  # the paper's "Output:" marker; the model writes its list after it
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"  # the reasoning span ("Reason Token", Fig. 2b); added as tokens
@@ -197,7 +229,9 @@ def interest_groups(queries: Sequence[str], triggers: Sequence[Sequence[int]]) -
 def format_think_target(groups: Sequence[Group], rationales: Sequence[str] | None = None) -> str:
     """The Think output: ``<think> r_1 … r_K </think>`` (omitted when ``rationales`` is None: Think without reasoning
     augmentation), then one ``T_k => Q_k`` line per interest point."""
-    lines = [(",".join(map(str, t)) or NO_TRIGGER) + TRIGGER_ARROW + format_target(q) for t, q in groups]
+    starts = [1 + sum(len(q) for _, q in groups[:k]) for k in range(len(groups))]  # numbers run across lines
+    lines = [(",".join(map(str, t)) or NO_TRIGGER) + TRIGGER_ARROW + format_target(q, s)
+             for (t, q), s in zip(groups, starts, strict=True)]
     if rationales is not None:
         reasoning = " ".join(r.replace(THINK_CLOSE, "").replace("\n", " ").strip() for r in rationales)
         lines.insert(0, f"{THINK_OPEN} {reasoning} {THINK_CLOSE}")

@@ -3,7 +3,8 @@ per-query advantage reaches only that query's tokens and Eq. 17's trigger advant
 
 The rule mirrors the parsers exactly (``prompt.parse_target`` / ``parse_think_target``), so slot j here is query j
 of the list the reward actors scored: characters of the j-th non-empty parsed query → slot j; characters of the
-trigger indices of the k-th parsed interest point → trigger k; everything else (separators, whitespace, the Think
+trigger indices of the k-th parsed interest point → trigger k; everything else (separators, item numbers such as
+``3.``, whitespace, the Think
 reasoning span, EOS, text after an unclosed ``<think>``) → ``SEP``. A token takes the role of its characters: any
 trigger character → that trigger, else the first query slot among its characters, else ``SEP``. Token → character
 spans come from decoding growing prefixes of the generated ids.
@@ -20,18 +21,14 @@ NO_TRIGGER = -1
 
 
 def _query_chars(text: str, offset: int, first_slot: int, slots: list[int]) -> int:
-    """Assign slots to the non-empty ``;``-separated pieces of ``text`` (as ``parse_target`` splits it); returns the
-    next free slot index."""
-    j, pos = first_slot, 0
-    sep = P.QUERY_SEP.strip()
-    for piece in text.split(sep):
-        lead = len(piece) - len(piece.lstrip())
-        core = piece.strip()
-        if core:
-            for c in range(pos + lead, pos + lead + len(core)):
+    """Assign slots to the non-empty items of ``text`` (``prompt.item_spans``, the rule ``parse_target`` uses: item
+    numbers such as ``3.`` are not part of the query and stay SEP); returns the next free slot index."""
+    j = first_slot
+    for a, b in P.item_spans(text):
+        if b > a:
+            for c in range(a, b):
                 slots[offset + c] = j
             j += 1
-        pos += len(piece) + len(sep)
     return j
 
 

@@ -53,7 +53,9 @@ def base_model_dir(cfg: AIGQConfig) -> Path:
 def _tiny_fingerprint(cfg: AIGQConfig) -> dict:
     meta = cfg.samples_dir() / "meta.json"
     sha = hashlib.sha256(meta.read_bytes()).hexdigest() if meta.is_file() else None
-    return {"tiny": cfg.model.tiny.model_dump(), "seed": cfg.run.seed, "samples_meta_sha256": sha}
+    # the tokenizer is trained on targets in the output format: a format change rebuilds it
+    return {"tiny": cfg.model.tiny.model_dump(), "seed": cfg.run.seed, "samples_meta_sha256": sha,
+            "target_format": P.format_target(["a", "b"])}
 
 
 def prepare_base(cfg: AIGQConfig, progress: Progress | None = None, force: bool = False) -> Path:

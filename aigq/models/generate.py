@@ -8,7 +8,8 @@ from aigq.data import prompt as P
 
 
 def parse_stats(texts: Sequence[str], expected: int, variant: str = "direct") -> dict[str, float]:
-    """``parse_rate``: share of outputs that parse into exactly ``expected`` non-empty queries (Direct); for Think,
+    """``parse_rate``: share of outputs that parse into exactly ``expected`` non-empty queries (Direct; an
+    item number alone, ``3.``, is an empty item); for Think,
     share with a closed reasoning span (when present) and at least one interest point. ``at_least_rate``: share
     with at least ``expected`` queries (a consumer taking the first ``expected`` gets a full list). Plus the mean
     count and the share of outputs with duplicate queries."""
@@ -23,8 +24,8 @@ def parse_stats(texts: Sequence[str], expected: int, variant: str = "direct") ->
             open_ = P.THINK_OPEN in text
             ok += bool(queries) and (not open_ or P.THINK_CLOSE in text)
         else:  # strict: every piece between separators is a query (an empty slot is a malformed list)
-            pieces = [q.strip() for q in text.split(P.QUERY_SEP.strip())]
-            ok += len(pieces) == expected and all(pieces)
+            items = P.list_items(text)
+            ok += len(items) == expected and all(items)
     n = len(texts)
     return {"parse_rate": ok / n, "at_least_rate": sum(c >= expected for c in counts) / n,
             "mean_queries": sum(counts) / n, "duplicate_share": dups / n}

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from aigq.data.prompt import QUERY_SEP
+from aigq.data.prompt import QUERY_SEP, list_items
 from aigq.rewards.text import REPLACEMENT, length_units, ngram_cosine, ngram_ids, to_text, tokens
 
 # similarity(list of texts) → (n, n) matrix of pairwise similarities in [0, 1]
@@ -98,8 +98,9 @@ def trigger_reward(generated: Sequence[int], reference: Sequence[int]) -> float:
 
 
 def split_items(text: str) -> list[str]:
-    """Every item between ``;`` separators, empty ones kept (``parse_target`` drops them; format checks need them)."""
-    return [p.strip() for p in text.split(QUERY_SEP.strip())]
+    """Every item between ``;`` separators, item numbers removed, empty ones kept (``parse_target`` drops them;
+    format checks need them): ``prompt.list_items``."""
+    return list_items(text)
 
 
 def is_garbage(query: str, max_chars: int) -> bool:
