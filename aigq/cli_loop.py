@@ -36,23 +36,40 @@ def ab_table(table, control: str) -> Table:
     return t
 
 
-def ab(config: ConfigOpt = None, lists: Lists = None, overrides: Overrides = None) -> None:
+def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            _fail(ValueError(f"{what} {item!r}: expected NAME=VALUE"))
+        out[name.strip()] = value.strip()
+    return out
+
+
+def ab(config: ConfigOpt = None, lists: Lists = None,
+       channel: Annotated[list[str] | None, typer.Option(help="CHANNEL=SOURCE: an `aigq eval` arm or "
+                                                              "policy:<direct|think>:<folder> (adds to ab.channels).")
+                          ] = None,
+       arm: Annotated[list[str] | None, typer.Option(help="ARM=CH1,CH2,...: the arms to compare (replaces "
+                                                          "ab.arms).")] = None,
+       fresh: Annotated[bool, typer.Option("--fresh", help="Regenerate cached channel lists.")] = False,
+       overrides: Overrides = None) -> None:
     """Simulated A/B on the test days: each arm's channels → HintQ's CTR ranking → top 3 → hidden-model clicks;
     UCTR with 95 % intervals, gain vs control, discovery shares (Table 3)."""
     from aigq.evaluation.ab_inputs import run_from_config
 
     cfg = _config(config, overrides)
-    given: dict[str, Path] = {}
-    for item in lists or []:
-        name, sep, path = item.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            _fail(ValueError(f"--lists {item!r}: expected CHANNEL=FILE"))
-        given[name.strip()] = Path(path.strip())
+    given = {k: Path(v) for k, v in _pairs(lists, "--lists").items()}
+    update: dict[str, Any] = {"channels": {**cfg.ab.channels, **_pairs(channel, "--channel")}}
+    if arm:
+        update["arms"] = {k: [c.strip() for c in v.split(",") if c.strip()] for k, v in _pairs(arm, "--arm").items()}
+    cfg = cfg.model_copy(update={"ab": cfg.ab.model_copy(update=update)})
     tracker = _tracker(cfg)
     t0 = time.perf_counter()
     try:
         with tracker.run("ab", cfg, tags={"aigq.pipeline": "ab"}):
-            out = run_from_config(cfg, given, say=lambda m: console.print(f"  {m}", markup=False, highlight=False))
+            out = run_from_config(cfg, given, say=lambda m: console.print(f"  {m}", markup=False, highlight=False),
+                                  fresh=fresh)
             table = out["table"]
             for r in table.iter_rows(named=True):
                 tracker.metrics({f"ab.{r['arm']}.{k}": v for k, v in r.items()

@@ -297,7 +297,7 @@ class RolloutConfig(_Section):
     # Paper §5.1.4 sampling: 8 responses per input, temperature 1.0, top-k 100.
     temperature: float = Field(1.0, ge=0)
     top_k: int = 100
-    max_tokens: int = Field(96, ge=1)  # one generated list ([GAP], ours: 10 short queries fit)
+    max_tokens: int = Field(128, ge=1)  # one generated list ([GAP], ours: a numbered 10-query list, ≤ ~105 tiny tokens)
 
 
 class GRPOConfig(_Section):
@@ -346,7 +346,7 @@ class ServeConfig(_Section):
     policy: str | None = None  # Direct policy: folder or models:/name/version; None → <out>/grpo/policy, else sft/policy
     think_policy: str | None = None  # Think policy (same forms); None → the Direct policy read as a Think model
     engine: Literal["vllm", "transformers"] = "transformers"  # transformers on a 2-core laptop, vllm on GPUs
-    max_new_tokens: int = Field(96, ge=1)  # one generated list ([GAP], ours = rollout.max_tokens)
+    max_new_tokens: int = Field(128, ge=1)  # one generated list ([GAP], ours = rollout.max_tokens)
     think_max_new_tokens: int = Field(160, ge=1)  # a Think output (reasoning + groups) ([GAP], ours)
     # AIGQ-Direct nearline (u2q)
     direct_runs_kept: int = Field(3, ge=1)  # M, inference runs kept per user ([GAP], ours)
@@ -405,7 +405,7 @@ class EvalConfig(_Section):
     sampled_lists: int = Field(4, ge=0)  # ([GAP], ours: 1 + 4 lists of 10 fill K = 30 after de-duplication)
     temperature: float = Field(1.0, ge=0)  # paper §5.1.4 sampling
     top_k: int = 100
-    max_tokens: int = Field(96, ge=1)  # one Direct list ([GAP], ours = rollout.max_tokens)
+    max_tokens: int = Field(128, ge=1)  # one Direct list ([GAP], ours = rollout.max_tokens)
     think_max_tokens: int = Field(192, ge=1)  # one Think output (reasoning + groups) ([GAP], ours)
     # Zero-shot base LLM: SmolLM2-135M-Instruct from <model.cache_dir> (`aigq models prepare smollm2`).
     zero_shot_model: str | None = None  # None → <model.cache_dir>/smollm2-135m-instruct
@@ -435,6 +435,9 @@ class ABConfig(_Section):
     requests: Literal["exposures", "user_day"] = "exposures"
     k: int = Field(3, ge=1, le=10)  # queries shown (paper: 3)
     recall_per_channel: int = Field(20, ge=1)  # candidates taken from each channel ([GAP], ours = serve's)
+    # policy channels: sampled lists added to the greedy one (eval.sampled_lists for these lists) ([GAP], ours: the
+    # Direct cache holds greedy runs, so one greedy list per user-day)
+    policy_sampled_lists: int = Field(0, ge=0)
     ranker: Literal["ctr", "recall"] = "ctr"  # ctr = HintQ's CTR model; recall = channel order (no model)
     ctr_model: str | None = None  # None → newest CTR model of a day ≤ the last train day
     category_threshold: float = Field(0.5, gt=0, le=1)  # generated text → leaf category (mapper) ([GAP], ours)
@@ -457,9 +460,13 @@ class LoopConfig(_Section):
     grpo_iterations: int = Field(2, ge=1)  # IL-GRPO iterations per day ([GAP], ours)
     grpo_prompts: int | None = Field(None, ge=1)  # prompts per iteration; None → grpo.prompts_per_iteration
     rollout_engine: Literal["vllm", "transformers"] | None = None  # the loop's IL-GRPO engine; None → rollout.engine
+    # the daily IL-GRPO's actor counts (the update is the same for 1 or 2 learners); None → learner.num_workers /
+    # rewards.num_actors ([GAP], ours: fewer actor starts per day on a small machine)
+    grpo_learner_workers: int | None = Field(None, ge=1)
+    grpo_reward_actors: int | None = Field(None, ge=1)
     users_per_day: int | None = Field(None, ge=1)  # simulated users per day (lowest ids; None = all) ([GAP], ours)
     think_users: int | None = Field(200, ge=1)  # Think index: active users run per day ([GAP], ours)
-    think: bool = True  # rebuild the Think index daily (false: the think channel stays empty)
+    think: bool = True  # run serve.think_policy over day T's triggers daily (false or no think policy: empty index)
     serve: bool = True  # true: Ray Serve apps, hot rollout by reconfigure; false: HintQCore in-process (tests)
     # the first day's CTR model when the source run has none for day T or T−1: a cold start on a short window
     ctr_cold_window_days: int = Field(10, ge=1)  # ([GAP], ours = the demo's)

@@ -14,6 +14,8 @@ Both give the same four calls on the arm's store:
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -86,6 +88,9 @@ class ServeDeployment:
                  serve_yaml: str | Path = "configs/serve.yaml", timeout_s: float = 600):
         from aigq.serve_app import deploy as D
 
+        # the loop's handle calls share 2 busy cores with the replicas: a slower queue-length probe, fewer warnings
+        os.environ.setdefault("RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "2.0")
+        logging.getLogger("ray.serve").setLevel(logging.ERROR)
         self.cfg, self.timeout_s = cfg, timeout_s
         self.records = _records(cfg)
         self.sc = D.load_serve_config(serve_yaml, root=Path.cwd(), config=str(config_path) if config_path else None,

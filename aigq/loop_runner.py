@@ -6,8 +6,9 @@ CTR ranker is still retrained) and each day T = start … start+N−1::
     day T's logs (loop copy of the world) → CTR retrain φ_T, warm from φ_{T−1} (train_ctr_stage, Eq. 15)
       → [daily_rl] IL-GRPO: loop.grpo_iterations iterations from yesterday's policy against φ_T (run_grpo,
         grpo.init_policy, output <arm>/day-T/grpo)
-      → Think index rebuilt from day T's triggers (run_think_index; also loads users' behaviours, the fallback
-        tables and the serving clock = T+1 into the arm's store)
+      → Think index rebuilt from day T's triggers with ``serve.think_policy`` (run_think_index; also loads users'
+        behaviours, the fallback tables and the serving clock = T+1 into the arm's store); the Think policy is not
+        RL-updated by the loop (IL-GRPO trains the Direct variant); without one the index stays empty
       → hot rollout of the policy and φ_T to the running Serve apps (reconfigure: user_config, no restart)
       → nearline Direct refresh: the deployed DirectGenerator writes a run for each of day T+1's users
       → the deployed HintQ is asked for each of those users → clicks from the hidden model → day T+1 rewritten in
@@ -163,7 +164,9 @@ def grpo_day(cfg: AIGQConfig, arm: Arm, day: int, samples: Path, tracker: Tracke
                                     "eval_every": n, "checkpoint_every": n, "keep_checkpoints": 1})
     c = arm.cfg(cfg).model_copy(update={
         "grpo": g, "run": cfg.run.model_copy(update={"output_dir": str(arm.dir / f"day-{day:03d}")}),
-        "rollout": cfg.rollout.model_copy(update={"engine": lp.rollout_engine or cfg.rollout.engine})})
+        "rollout": cfg.rollout.model_copy(update={"engine": lp.rollout_engine or cfg.rollout.engine}),
+        "learner": cfg.learner.model_copy(update={"num_workers": lp.grpo_learner_workers or cfg.learner.num_workers}),
+        "rewards": cfg.rewards.model_copy(update={"num_actors": lp.grpo_reward_actors or cfg.rewards.num_actors})})
     fig = run_grpo(c, tracker, samples, say=lambda m: say(f"    {m}"))
     return Path(fig["policy"])
 
@@ -186,6 +189,9 @@ def run_loop(cfg: AIGQConfig, tracker: Tracker, days: int, config_path: Path | N
     start, note = plan_days(n_days, cfg.samples.test_days, days, cfg.loop.start_day)
     if note:
         say(f"[yellow]note:[/yellow] {note}")
+    if cfg.loop.think and not cfg.serve.think_policy:
+        say("[yellow]note:[/yellow] no serve.think_policy: the daily Think index stays empty (a Direct policy writes "
+            "no T_k => Q_k groups); set serve.think_policy to a Think-trained policy for the think channel")
     policy0 = start_policy(cfg)
     samples = Path(cfg.loop.samples_dir) if cfg.loop.samples_dir else cfg.samples_dir()
     if "daily_rl" in cfg.loop.arms and not (samples / f"{cfg.grpo.variant}.parquet").is_file():
@@ -260,11 +266,10 @@ def _day(cfg: AIGQConfig, arm: Arm, dep: Any, day: int, start: int, start_date: 
     if arm.name == "daily_rl":
         arm.policy = grpo_day(cfg, arm, day, samples, tracker, say)
     t["seconds.grpo"], lap = time.perf_counter() - lap, time.perf_counter()
-    think_policy = Path(cfg.serve.think_policy) if cfg.serve.think_policy else arm.policy
-    idx = run_think_index(acfg, day, dep.records, think_policy if cfg.loop.think else None, arm.world, phi,
-                          sync_users=True)
+    think_policy = Path(cfg.serve.think_policy) if cfg.serve.think_policy and cfg.loop.think else None
+    idx = run_think_index(acfg, day, dep.records, think_policy, arm.world, phi, sync_users=True)
     t["seconds.think"], lap = time.perf_counter() - lap, time.perf_counter()
-    dep.rollout(arm.policy, think_policy, phi)
+    dep.rollout(arm.policy, think_policy or arm.policy, phi)
     t["seconds.rollout"], lap = time.perf_counter() - lap, time.perf_counter()
     req = day_requests(arm.tables, start_date, day + 1, cfg.loop.users_per_day)
     users = req["user_id"].unique().sort().to_list()

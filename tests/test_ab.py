@@ -152,7 +152,7 @@ def test_ab_cli_rejects_bad_input_with_a_message(tmp_path):
     from aigq.cli import app
 
     r = CliRunner().invoke(app, ["ab", "--lists", "direct", f"run.output_dir={tmp_path}", "tracking.enabled=false"])
-    assert r.exit_code == 1 and "CHANNEL=FILE" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 1 and "NAME=VALUE" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(app, ["ab", f"run.output_dir={tmp_path}", "tracking.enabled=false"])
     assert r.exit_code == 1 and "hidden model" in r.output and "Traceback" not in r.output
     bad = tmp_path / "bad.parquet"

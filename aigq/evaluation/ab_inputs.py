@@ -6,6 +6,7 @@ Nothing here reads ``world/hidden``; :func:`run_from_config` hands the hidden mo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -109,36 +110,61 @@ def read_lists(path: Path) -> pl.DataFrame:
 
 
 def channel_lists(cfg: AIGQConfig, test: pl.DataFrame, given: dict[str, Path], needed: list[str],
-                  say: Callable[[str], None]) -> dict[str, pl.DataFrame]:
-    """Each needed channel's arm lists: a given file, else the cached ``<ab dir>/lists/<channel>.parquet`` (same
-    test rows), else generated with ``aigq.evaluation.recommend.arm_lists`` for ``ab.channels[channel]`` and cached."""
+                  say: Callable[[str], None], fresh: bool = False) -> dict[str, pl.DataFrame]:
+    """Each needed channel's arm lists: a given file, else the cached ``<ab dir>/lists/<channel>-<arm>.parquet``
+    (same test rows; ``fresh`` ignores it), else generated with ``aigq.evaluation.recommend.arm_lists`` for
+    ``ab.channels[channel]`` and cached."""
     from aigq.evaluation.recommend import arm_lists
 
     out, cache = {}, ab_dir(cfg) / "lists"
     keys = test.select("user_id", "day")
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"sampled_lists": cfg.ab.policy_sampled_lists})})
     for ch in needed:
         if ch in given:
             out[ch] = read_lists(given[ch])
             continue
         if ch not in cfg.ab.channels:
             raise ValueError(f"channel {ch!r} has no source: add ab.channels.{ch}=<eval arm> or --lists {ch}=FILE")
-        f = cache / f"{ch}-{cfg.ab.channels[ch].replace('+', '_')}.parquet"
-        if f.is_file():
+        tag = re.sub(r"[^\w.-]+", "_", cfg.ab.channels.get(ch, ch))
+        f = cache / f"{ch}-{tag}-s{cfg.ab.policy_sampled_lists}.parquet"
+        if f.is_file() and not fresh:
             df = read_lists(f)
             if df.select("user_id", "day").equals(keys):
                 say(f"{ch}: cached lists {f}")
                 out[ch] = df
                 continue
-        say(f"{ch}: generating lists with arm {cfg.ab.channels[ch]} for {keys.height} user-days")
-        df = arm_lists(cfg, cfg.ab.channels[ch], test, cfg.ab.recall_per_channel, say=say)
+        src = cfg.ab.channels[ch]
+        say(f"{ch}: generating lists with {src} for {keys.height} user-days")
+        df = (policy_folder_lists(cfg, src, test, cfg.ab.recall_per_channel) if src.startswith("policy:")
+              else arm_lists(cfg, src, test, cfg.ab.recall_per_channel, say=say))
         cache.mkdir(parents=True, exist_ok=True)
         df.write_parquet(f)
         out[ch] = df
     return out
 
 
+def policy_folder_lists(cfg: AIGQConfig, source: str, test: pl.DataFrame, k: int) -> pl.DataFrame:
+    """``policy:<direct|think>:<folder>`` → that policy's lists for the test prompts (eval's generation: greedy,
+    plus ``ab.policy_sampled_lists`` sampled lists)."""
+    from aigq.evaluation.policy import generate_lists
+    from aigq.evaluation.recommend import arm_frame
+    from aigq.rollout.engine import make_engine
+
+    _, variant, folder = (source.split(":", 2) + ["", ""])[:3]
+    if variant not in ("direct", "think") or not (Path(folder) / "config.json").is_file():
+        raise ValueError(f"channel source {source!r}: expected policy:<direct|think>:<policy folder>")
+    kind = cfg.eval.engine or cfg.rollout.engine
+    engine = make_engine(kind, Path(folder), variant=variant, **({"seed": cfg.eval.seed} if kind == "vllm" else {}))
+    try:
+        max_tokens = cfg.eval.think_max_tokens if variant == "think" else cfg.eval.max_tokens
+        lists = generate_lists(engine, test["prompt"].to_list(), cfg, max_tokens, k)
+    finally:
+        engine.close()
+    return arm_frame(test.select("user_id", "day"), lists, k)
+
+
 def run_from_config(cfg: AIGQConfig, given: dict[str, Path] | None = None,
-                    say: Callable[[str], None] | None = None) -> dict[str, Any]:
+                    say: Callable[[str], None] | None = None, fresh: bool = False) -> dict[str, Any]:
     """``aigq ab``: the test user-days of ``samples/test.parquet`` → every configured arm → the summary table."""
     from aigq.data.hidden import HiddenModel
     from aigq.data.validate import validate_world
@@ -161,7 +187,7 @@ def run_from_config(cfg: AIGQConfig, given: dict[str, Path] | None = None,
         keep = test["user_id"].unique().sort().head(a.users)
         test = test.filter(pl.col("user_id").is_in(keep.implode()))
     needed = list(dict.fromkeys(c for arm in a.arms.values() for c in arm))
-    channels = channel_lists(cfg, test, dict(given or {}), needed, say)
+    channels = channel_lists(cfg, test, dict(given or {}), needed, say, fresh)
     requests = window_requests(v.tables, start, test.select("user_id", "day"), a.requests)
     ranker, model = None, None
     if a.ranker == "ctr":
