@@ -37,7 +37,7 @@ def eval_cmd(config: ConfigOpt = None,
     on the test user-days; prints the table, writes <run.output_dir>/eval/table1.md and logs it to MLflow."""
     from aigq.evaluation import report
     from aigq.evaluation import suite as S
-    from aigq.evaluation.offline import eval_dir, evaluate
+    from aigq.evaluation.offline import ArmResult, earlier_results, eval_dir, evaluate
 
     cfg = _config(config, overrides)
     chosen = _arms(arms)
@@ -52,6 +52,10 @@ def eval_cmd(config: ConfigOpt = None,
         except (FileNotFoundError, ValueError) as exc:
             _fail(exc)
         k, cold = cfg.eval.k, int(test["metadata"].struct.field("cold_start").sum())
+        fresh = {r.arm: r for r in results}
+        kept = earlier_results(cfg, test.height)  # rows of arms not asked for this time (same user-days)
+        results = [fresh.get(a) or kept.get(a) or ArmResult(a, "not evaluated") for a in ARMS
+                   if a in fresh or a in kept or arms is None]
         table = Table(title=f"Table 1 on {cfg.run.output_dir} ({test.height} test user-days, {cold} cold-start)",
                       header_style="bold")
         for i, h in enumerate(report.headers(k)):
@@ -65,7 +69,7 @@ def eval_cmd(config: ConfigOpt = None,
         (out / "metrics.json").write_text(json.dumps({r.arm: {"status": r.status, "seconds": r.seconds,
                                                               **r.metrics} for r in results}, indent=2))
         png = report.bar_plot(results, k, out / "table1.png")
-        for r in results:
+        for r in fresh.values():
             if r.status == "ok":
                 tracker.metrics({f"eval.{r.arm}.{m}": v for m, v in r.metrics.items() if v == v})
         tracker.text(md, "eval/table1.md")

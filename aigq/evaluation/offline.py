@@ -35,7 +35,7 @@ def eval_dir(cfg: AIGQConfig) -> Path:
     return Path(cfg.run.output_dir) / "eval"
 
 
-def test_frame(cfg: AIGQConfig) -> pl.DataFrame:
+def eval_frame(cfg: AIGQConfig) -> pl.DataFrame:
     """The evaluated test user-days (all, or a seeded sample of ``eval.max_user_days``), sorted by (user, day)."""
     path = cfg.samples_dir() / "test.parquet"
     if not path.is_file():
@@ -49,6 +49,22 @@ def test_frame(cfg: AIGQConfig) -> pl.DataFrame:
     return test.sort("user_id", "day")
 
 
+def earlier_results(cfg: AIGQConfig, user_days: int) -> dict[str, ArmResult]:
+    """Arms evaluated by an earlier ``aigq eval`` of this output folder on the same number of user-days (same
+    ``eval.seed`` sample), so ``--arms X`` adds or refreshes rows without re-running every arm."""
+    import json
+
+    path = eval_dir(cfg) / "metrics.json"
+    if not path.is_file():
+        return {}
+    out = {}
+    for arm, d in json.loads(path.read_text()).items():
+        if d.get("status") == "ok" and int(d.get("user_days", -1)) == user_days:
+            metrics = {k: float(v) for k, v in d.items() if k not in ("status", "seconds")}
+            out[arm] = ArmResult(arm, "ok", metrics, float(d.get("seconds", 0.0)))
+    return out
+
+
 def _status(arm: str, exc: Exception) -> str:
     if isinstance(exc, FileNotFoundError):
         return "not prepared" if arm == "zero-shot" else "not trained" if "policy" in str(exc) else f"missing: {exc}"
@@ -57,7 +73,7 @@ def _status(arm: str, exc: Exception) -> str:
 
 def evaluate(cfg: AIGQConfig, arms: Sequence[str] = ARMS, say: Say = print) -> tuple[list[ArmResult], pl.DataFrame]:
     """Lists + metrics for every arm; an arm that cannot run gets a status instead of figures (the others go on)."""
-    test = test_frame(cfg)
+    test = eval_frame(cfg)
     k = cfg.eval.k
     mapper = CategoryMapper.from_world(cfg.world_dir(), cfg.eval.category_threshold, cfg.eval.category_use_items)
     embed = M.Embedder(cfg.eval.sem_sim)

@@ -37,6 +37,12 @@ def _engine_kind(cfg: AIGQConfig) -> str:
     return cfg.eval.engine or cfg.rollout.engine
 
 
+def _engine(cfg: AIGQConfig, folder: Path, variant: str):
+    kind = _engine_kind(cfg)
+    kw = {"seed": cfg.eval.seed} if kind == "vllm" else {}  # transformers: Sampling.seed seeds each call
+    return make_engine(kind, folder, variant=variant, **kw)
+
+
 def arm_prompts(cfg: AIGQConfig, arm: str, keys: pl.DataFrame) -> list[str]:
     """The arm's own test prompts (its samples' prompt format) for ``keys`` (user_id, day), in order."""
     path = suite.samples_dir(cfg, arm) / "test.parquet"
@@ -74,7 +80,7 @@ def policy_lists(cfg: AIGQConfig, arm: str, test_frame: pl.DataFrame, k: int, sa
     variant = suite.variant_of(arm)
     if say:
         say(f"{arm}: generating for {len(prompts)} user-days from {folder} ({_engine_kind(cfg)})")
-    engine = make_engine(_engine_kind(cfg), folder, variant=variant, seed=cfg.eval.seed)
+    engine = _engine(cfg, folder, variant)
     try:
         max_tokens = cfg.eval.think_max_tokens if variant == "think" else cfg.eval.max_tokens
         return generate_lists(engine, prompts, cfg, max_tokens, k)
@@ -131,7 +137,7 @@ def zero_shot_lists(cfg: AIGQConfig, test_frame: pl.DataFrame, k: int, say: Say 
         prompts.append(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True).rstrip("\n"))
     if say:
         say(f"zero-shot: {len(prompts)} user-days, {folder.name} ({_engine_kind(cfg)})")
-    engine = make_engine(_engine_kind(cfg), folder, variant="direct", seed=cfg.eval.seed)
+    engine = _engine(cfg, folder, "direct")
     try:
         groups = engine.generate(prompts, Sampling(n=1, temperature=0.0, max_tokens=cfg.eval.zero_shot_max_tokens))
     finally:
