@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from aigq.cli import ConfigOpt, Overrides, _config, _fail, _tracker, console
+
+wide = console if console.is_terminal else Console(width=170)  # logs and files keep whole table rows
 
 Lists = Annotated[list[str] | None, typer.Option("--lists", help="CHANNEL=FILE: a channel's arm lists (parquet: "
                                                                  "user_id, day, queries) instead of generating them.")]
@@ -78,7 +81,7 @@ def ab(config: ConfigOpt = None, lists: Lists = None,
             tracker.artifact(out["out"] / "summary.parquet", "ab")
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(exc)
-    console.print(ab_table(table, cfg.ab.control))
+    wide.print(ab_table(table, cfg.ab.control))
     console.print(f"shown texts: {out['match']} (vocabulary = exact known query; mapped = generated text → leaf "
                   f"category, popularity 0); ranker: {out['ctr_model'] or 'recall order'}; "
                   f"{time.perf_counter() - t0:.0f} s; impressions → {out['out'] / 'impressions.parquet'}")
@@ -135,8 +138,8 @@ def loop(days: Annotated[int | None, typer.Option("--days", "-n", help="Days T t
     except (FileNotFoundError, ValueError, RuntimeError, TimeoutError, LearnerConfigError) as exc:
         _fail(exc)
     per_day, fig3 = loop_tables(out["rows"])
-    console.print(per_day)
-    console.print(fig3)
+    wide.print(per_day)
+    wide.print(fig3)
     if out["note"]:
         console.print(f"note: {out['note']}")
     console.print(f"loop: {len(out['rows'])} arm-days in {time.perf_counter() - t0:.0f} s wall; folders under "

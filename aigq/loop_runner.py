@@ -98,8 +98,16 @@ def ensure_loop_ray(cfg: AIGQConfig) -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only cluster
     extra = pipeline_cpus(cfg) - cfg.learner.num_workers * cfg.learner.cpus_per_worker + SERVE_CPUS
-    ray.init(num_cpus=(os.cpu_count() or 1) + math.ceil(extra), include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    for attempt in range(3):  # Ray gives a new raylet 30 s to register; an overloaded machine can miss that
+        try:
+            ray.init(num_cpus=(os.cpu_count() or 1) + math.ceil(extra), include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+            return
+        except Exception as exc:  # noqa: BLE001 — Ray raises a bare Exception on a startup timeout
+            ray.shutdown()
+            if attempt == 2:
+                raise RuntimeError(f"could not start a local Ray (3 tries): {exc}") from None
+            time.sleep(5)
 
 
 @dataclass
@@ -141,7 +149,10 @@ def bootstrap_ctr(cfg: AIGQConfig, tracker: Tracker, source_world: Path, start: 
     from aigq.cli_rewards import ctr_root, train_ctr_stage
     from aigq.rewards.ctr_train import model_dir
 
-    src = ctr_root(cfg)
+    src, own = ctr_root(cfg), model_dir(root / "ctr", start)
+    if (own / "model.json").is_file():  # an earlier loop's cold start in this folder, same world
+        say(f"CTR model at the start: {own} (an earlier loop's cold start)")
+        return own, True
     for day, is_start in ((start, True), (start - 1, False)):
         if (model_dir(src, day) / "model.json").is_file():
             say(f"CTR model at the start: {model_dir(src, day)}")
