@@ -91,3 +91,16 @@ def test_zero_shot_prompt_and_lenient_parsing():
     text = natural_prompt(prompt)
     assert "searched recently: oak desk." in text and "looked at recently: red lamp." in text and "10" in text
     assert parse_free_list('1. oak desk, 2. "red lamp"\n- rug ; 3. 4. 5.') == ["oak desk", "red lamp", "rug"]
+
+
+def test_offline_evaluation_never_reads_the_hidden_model():
+    """Metrics, baselines and policy arms see only public tables and samples (the A/B evaluator and ctr_oracle are the
+    only readers of world/hidden)."""
+    import pathlib
+
+    import aigq.evaluation as pkg
+
+    root = pathlib.Path(pkg.__file__).parent
+    for name in ("categories", "metrics", "baselines", "ebr", "policy", "recommend", "suite", "offline", "report"):
+        src = (root / f"{name}.py").read_text()
+        assert "aigq.data.hidden" not in src and "HiddenModel" not in src and '"hidden"' not in src, name
