@@ -81,6 +81,9 @@ def _print(cmp: Comparison) -> None:
     console.print(runs)
     console.print(_grid("final metrics", "metric", cmp.labels, [(k, [fmt(v) for v in vals]) for k, vals in cmp.metrics],
                         right=True))
+    if not cmp.params:
+        console.print("params: all equal")
+        return
     shown = cmp.params[:TERMINAL_PARAMS]
     title = f"params that differ ({len(cmp.params)})" + (f", first {len(shown)}" if len(shown) < len(cmp.params)
                                                          else "")

@@ -18,6 +18,8 @@ def _pyplot():
 def plot_curves(hist: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> Path:
     """One panel per metric (e.g. ``reward/query.total``), one line per run, x = step (IL-GRPO iteration, SFT step)."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     n = len(hist)
     cols = min(3, n)
     rows = math.ceil(n / cols)
@@ -29,6 +31,7 @@ def plot_curves(hist: dict[str, dict[str, list[tuple[int, float]]]], path: Path)
                 ax.plot(xs, ys, marker="o" if len(pts) < 30 else None, markersize=3, label=label)
         ax.set_title(key, fontsize=10)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations, SFT steps, days
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")

@@ -65,7 +65,7 @@ class LocalHead:
     proc: subprocess.Popen
     env: dict[str, str]
     log: Path
-    started_s: float = 0.0  # seconds from `ray start` until the dashboard answered
+    started_s: float = 0.0  # seconds from `ray start` until the head was ready
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -93,11 +93,35 @@ def _answering(url: str) -> bool:
         return False
 
 
+READY = b"Ray runtime started."  # printed by `ray start` once the GCS, raylet and dashboard are up
+
+
 @contextmanager
-def local_head(num_cpus: int, timeout_s: float = 120.0, env: dict[str, str] | None = None) -> Iterator[LocalHead]:
+def local_head(num_cpus: int, timeout_s: float = 180.0, env: dict[str, str] | None = None,
+               attempts: int = 2) -> Iterator[LocalHead]:
     """Start a private ``ray start --head --block`` with the dashboard (job server) on free ports; stop it (and
     only it) on exit. The head's PATH starts with this interpreter's bin folder, as after ``source
-    .venv/bin/activate``, so job entrypoints find ``aigq`` and Ray's workers run this .venv's Python."""
+    .venv/bin/activate``, so job entrypoints find ``aigq`` and Ray's workers run this .venv's Python.
+
+    Ready = ``ray start`` printed "Ray runtime started." and the dashboard answers (the dashboard answers before the
+    raylet has registered). Ray gives a raylet a fixed 30 s to register; on an overloaded machine that can fail, so a
+    head that exits during startup is retried once with fresh ports and temp dir."""
+    for attempt in range(1, attempts + 1):
+        head = _start_head(num_cpus, env)
+        try:
+            _wait_ready(head, timeout_s)
+            break
+        except JobError:
+            stop_head(head)
+            if attempt == attempts:
+                raise
+    try:
+        yield head
+    finally:
+        stop_head(head)
+
+
+def _start_head(num_cpus: int, env: dict[str, str] | None) -> LocalHead:
     temp = Path(tempfile.mkdtemp(prefix="aigq-ray-", dir="/tmp"))  # short: Ray's unix socket paths are ≤ 107 chars
     ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
     head_env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "disabled",
@@ -107,22 +131,20 @@ def local_head(num_cpus: int, timeout_s: float = 120.0, env: dict[str, str] | No
            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1",
            "--disable-usage-stats", *[x for flag, port in ports.items() for x in (flag, str(port))]]
     log = temp / "ray-start.log"
-    t0 = time.perf_counter()
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=head_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    head = LocalHead(temp_dir=temp, ports=ports, proc=proc, env=head_env, log=log)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not _answering(f"{head.dashboard}/api/version"):
-            if proc.poll() is not None:
-                raise JobError(f"`ray start --head` exited with {proc.returncode}:\n{head.log_tail()}")
-            if time.monotonic() > deadline:
-                raise JobError(f"the Ray dashboard did not answer within {timeout_s:.0f} s:\n{head.log_tail()}")
-            time.sleep(0.5)
-        head.started_s = time.perf_counter() - t0
-        yield head
-    finally:
-        stop_head(head)
+    return LocalHead(temp_dir=temp, ports=ports, proc=proc, env=head_env, log=log, started_s=time.perf_counter())
+
+
+def _wait_ready(head: LocalHead, timeout_s: float) -> None:
+    t0, deadline = head.started_s, time.monotonic() + timeout_s
+    while not (READY in head.log.read_bytes() and _answering(f"{head.dashboard}/api/version")):
+        if head.proc.poll() is not None:
+            raise JobError(f"`ray start --head` exited with {head.proc.returncode}:\n{head.log_tail()}")
+        if time.monotonic() > deadline:
+            raise JobError(f"the Ray head was not ready within {timeout_s:.0f} s:\n{head.log_tail()}")
+        time.sleep(0.5)
+    head.started_s = time.perf_counter() - t0
 
 
 def stop_head(head: LocalHead, grace_s: float = 20.0) -> None:
@@ -172,8 +194,9 @@ def submit(head: LocalHead, entrypoint: list[str], runtime_env: Path, cwd: Path,
     sid = submission_id or f"aigq-{int(time.time() * 1000)}"
     cmd = [ray_cli(), "job", "submit", "--address", head.dashboard, "--runtime-env", str(runtime_env),
            "--submission-id", sid, "--", *entrypoint]
-    client_env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    client_env.pop("RAY_ADDRESS", None)
+    client_env = dict(os.environ)  # a plain shell: no token needed against a head started with auth disabled
+    for var in ("RAY_ADDRESS", "RAY_AUTH_MODE"):
+        client_env.pop(var, None)
     lines: list[str] = []
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=client_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -189,14 +212,30 @@ def submit(head: LocalHead, entrypoint: list[str], runtime_env: Path, cwd: Path,
         proc.wait()
     except BaseException:
         proc.kill()
-        JobSubmissionClient(head.dashboard).stop_job(sid)
+        try:
+            JobSubmissionClient(head.dashboard).stop_job(sid)
+        except Exception:  # the head is going away anyway (stop_head); keep the original error
+            pass
         raise
     wall = time.perf_counter() - t0
-    try:
-        info = JobSubmissionClient(head.dashboard).get_job_info(sid)
-    except Exception as exc:  # the submission itself failed (bad runtime env, server down)
-        raise JobError(f"`{shlex.join(cmd)}` exited with {proc.returncode}:\n" + "\n".join(lines[-30:])) from exc
+    info = _job_info(head, sid, f"`{shlex.join(cmd)}` exited with {proc.returncode}:\n" + "\n".join(lines[-30:]))
     run_s = (info.end_time - info.start_time) / 1000 if info.end_time and info.start_time else None
     return JobResult(submission_id=sid, status=str(getattr(info.status, "value", info.status)),
                      returncode=proc.returncode, wall_s=wall, run_s=run_s, logs="\n".join(lines),
                      message=info.message or "")
+
+
+def _job_info(head: LocalHead, sid: str, context: str, attempts: int = 6):
+    """The job's final record from the job server; a loaded machine can make the dashboard refuse a request for a
+    moment, so retry a few times before reporting what the CLI printed and the head's own log."""
+    from ray.job_submission import JobSubmissionClient
+
+    for i in range(attempts):
+        try:
+            return JobSubmissionClient(head.dashboard).get_job_info(sid)
+        except Exception as exc:  # ConnectionError from requests, RuntimeError for an unknown submission id
+            last = exc
+            time.sleep(2 * (i + 1))
+    alive = "running" if head.proc.poll() is None else f"exited with {head.proc.returncode}"
+    raise JobError(f"no status for job {sid} from {head.dashboard} ({type(last).__name__}: {last}); the head is "
+                   f"{alive}.\n{context}\n--- ray start log ---\n{head.log_tail()}") from last
