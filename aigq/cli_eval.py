@@ -71,7 +71,7 @@ def eval_cmd(config: ConfigOpt = None,
         png = report.bar_plot(results, k, out / "table1.png")
         for r in fresh.values():
             if r.status == "ok":
-                tracker.metrics({f"eval.{r.arm}.{m}": v for m, v in r.metrics.items() if v == v})
+                tracker.metrics({f"eval.{r.arm.replace('+', '__')}.{m}": v for m, v in r.metrics.items() if v == v})
         tracker.text(md, "eval/table1.md")
         tracker.artifact(out / "metrics.json", "eval")
         if png:

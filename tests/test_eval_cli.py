@@ -30,7 +30,8 @@ def test_eval_table_with_baselines_policy_arm_and_missing_rows(world, tiny_polic
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tmp, base = world
     tiny_policy(tmp / "out" / "sft" / "policy")  # the demo's IL-SFT folder: direct-il-sft reuses it
-    arms = "popularity,co-click,ebr,zero-shot,direct-sft,direct-il-sft"
+    tiny_policy(tmp / "out" / "variants" / "direct-il-sft+grpo" / "grpo" / "policy")  # a --suite variant folder
+    arms = "popularity,co-click,ebr,zero-shot,direct-sft,direct-il-sft,direct-il-sft+grpo"
     res = runner.invoke(app, ["eval", *base, *FAST, f"eval.zero_shot_model={tmp / 'none'}", "--arms", arms])
     assert res.exit_code == 0, res.output
     md = (tmp / "out" / "eval" / "table1.md").read_text()
@@ -39,7 +40,7 @@ def test_eval_table_with_baselines_policy_arm_and_missing_rows(world, tiny_polic
     rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
     assert "not prepared" in rows["Zero-shot SmolLM2-135M-Instruct"]
     assert "not trained" in rows["AIGQ-Direct_SFT"]
-    for name in ("Popularity", "Co-click", "EBR (two-tower)", "AIGQ-Direct_IL-SFT"):
+    for name in ("Popularity", "Co-click", "EBR (two-tower)", "AIGQ-Direct_IL-SFT", "AIGQ-Direct_IL-SFT+GRPO"):
         assert name in rows and "0." in rows[name], rows.get(name)
     figures = json.loads((tmp / "out" / "eval" / "metrics.json").read_text())
     assert figures["co-click"]["user_days"] == 6 and 0 <= figures["co-click"]["cate_hr"] <= 1
@@ -50,6 +51,7 @@ def test_eval_table_with_baselines_policy_arm_and_missing_rows(world, tiny_polic
     run = mlflow.search_runs(experiment_names=["eval-cli"], filter_string="tags.`aigq.stage` = 'eval'",
                              output_format="list")[0]
     assert "eval.co-click.cate_hr" in run.data.metrics
+    assert "eval.direct-il-sft__grpo.query_hr" in run.data.metrics  # MLflow names allow no "+"
     assert "table1.md" in str(mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="eval"))
     # a second call adds one arm and keeps the earlier rows
     res = runner.invoke(app, ["eval", *base, *FAST, "tracking.enabled=false", "--arms", "popularity"])
