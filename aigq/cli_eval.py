@@ -69,7 +69,7 @@ def eval_cmd(config: ConfigOpt = None,
         (out / "metrics.json").write_text(json.dumps({r.arm: {"status": r.status, "seconds": r.seconds,
                                                               **r.metrics} for r in results}, indent=2))
         png = report.bar_plot(results, k, out / "table1.png")
-        for r in fresh.values():
+        for r in results:  # the whole table shown (kept rows too), so the run holds every figure
             if r.status == "ok":
                 tracker.metrics({f"eval.{r.arm.replace('+', '__')}.{m}": v for m, v in r.metrics.items() if v == v})
         tracker.text(md, "eval/table1.md")
