@@ -145,7 +145,8 @@ def stats(path: Annotated[Path | None, typer.Argument(help="A world or samples f
 @app.command()
 def demo(config: ConfigOpt = Path("configs/tiny_cpu.yaml"), overrides: Overrides = None) -> None:
     """End to end on the embedded default, one MLflow parent run: simulate → validate → samples → IL-SFT → CTR model
-    → IL-GRPO → Think index + Serve apps → HintQ answers for a few users."""
+    → IL-GRPO → Think index + Serve apps → HintQ answers for a few users → Table-1 evaluation of baselines and the
+    demo's policies."""
     import polars as pl
 
     cfg = _config(config, overrides)
@@ -179,6 +180,9 @@ def demo(config: ConfigOpt = Path("configs/tiny_cpu.yaml"), overrides: Overrides
         from aigq.cli_serve import demo_serve  # issue 6: think index, Serve apps up, HintQ answers a few users
 
         demo_serve(cfg, tracker, _table)
+        from aigq.cli_eval import demo_eval  # issue 7: Table-1 metrics for baselines and the demo's policies
+
+        demo_eval(cfg, tracker)
     if tracker.enabled:
         console.print(f"MLflow: mlflow ui --backend-store-uri {tracker.uri}")
 

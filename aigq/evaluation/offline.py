@@ -89,7 +89,7 @@ def evaluate(cfg: AIGQConfig, arms: Sequence[str] = ARMS, say: Say = print) -> t
             results.append(ArmResult(arm, _status(arm, exc), seconds=time.perf_counter() - t0))
             say(f"{arm}: {results[-1].status}")
             continue
-        lists.write_parquet(lists_dir / f"{arm}.parquet")
+        lists.write_parquet(lists_dir / f"{arm.replace('/', '_')}.parquet")  # arm@folder: one file name
         summary = M.summarise(M.per_row(lists, test, mapper, embed, k, cfg.eval.novelty_types))
         results.append(ArmResult(arm, "ok", summary, time.perf_counter() - t0))
         say(f"{arm}: Cate HR@{k} {summary['cate_hr']:.4f}, Query HR@{k} {summary['query_hr']:.4f} "

@@ -71,8 +71,12 @@ def generate_lists(engine, prompts: list[str], cfg: AIGQConfig, max_tokens: int,
     return [dedup(m, k) for m in merged]
 
 
-def policy_lists(cfg: AIGQConfig, arm: str, test_frame: pl.DataFrame, k: int, say: Say | None = None) -> list[list[str]]:
-    folder = suite.policy_dir(cfg, arm)
+def policy_lists(cfg: AIGQConfig, arm: str, test_frame: pl.DataFrame, k: int, say: Say | None = None,
+                 folder: Path | None = None) -> list[list[str]]:
+    """The arm's lists from its suite folder, or from ``folder`` when given (must hold a policy)."""
+    if folder is not None and not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{arm}: no policy in {folder}")
+    folder = folder or suite.policy_dir(cfg, arm)
     if folder is None:
         raise FileNotFoundError(f"{arm}: no policy under {suite.variants_dir(cfg) / arm} (train it with "
                                 "`aigq eval --suite`)")

@@ -12,7 +12,7 @@
 
 ``arm_lists(cfg, arm, test_frame, k)`` builds one arm's frame. ``test_frame`` is ``samples/test.parquet`` (or any
 frame with ``user_id, day, prompt``). Arms: ``ARMS`` below; policy arms (``direct-il-sft+il-grpo`` …) resolve their
-policy folder with ``aigq.evaluation.suite.policy_dir``. A missing policy folder or samples file is a
+policy folder with ``aigq.evaluation.suite.policy_dir``, or take it explicitly as ``<arm>@<folder>``. A missing policy folder or samples file is a
 ``FileNotFoundError`` with a message saying what to run.
 """
 
@@ -84,8 +84,12 @@ def arm_lists(cfg: AIGQConfig, arm: str, test_frame: pl.DataFrame, k: int | None
         from aigq.evaluation import policy
 
         return arm_frame(keys, policy.zero_shot_lists(cfg, test_frame, k, say=say), k)
-    if arm in POLICY_ARMS:
+    base, _, folder = arm.partition("@")  # "<policy arm>@<folder>": that arm's prompts, an explicit policy folder
+    if base in POLICY_ARMS:
+        from pathlib import Path
+
         from aigq.evaluation import policy
 
-        return arm_frame(keys, policy.policy_lists(cfg, arm, test_frame, k, say=say), k)
+        return arm_frame(keys, policy.policy_lists(cfg, base, test_frame, k, say=say,
+                                                   folder=Path(folder) if folder else None), k)
     raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")

@@ -23,7 +23,18 @@ COLUMNS = (("cate_hr", "Cate HR@{k}", "{:.4f}"), ("sem_sim", "Sem. Sim.", "{:.4f
 
 
 def row_name(arm: str) -> str:
-    return ROW_NAMES.get(arm, arm)
+    """``direct-il-sft`` → the paper's row name; ``<arm>@<folder>`` (a policy arm from an explicit folder) → the row
+    name with the folder."""
+    base, _, folder = arm.partition("@")
+    return ROW_NAMES.get(base, base) + (f" ({folder})" if folder else "")
+
+
+def metric_key(arm: str) -> str:
+    """An arm as an MLflow metric-name part (MLflow rejects '+' and '@'): ``direct-il-sft__il-grpo``,
+    ``direct-il-sft__il-grpo_at_<folder with / as .>``."""
+    base, _, folder = arm.partition("@")
+    key = base.replace("+", "__")
+    return key + (f"_at_{folder.strip('/').replace('/', '.')}" if folder else "")
 
 
 def headers(k: int) -> list[str]:
