@@ -47,7 +47,15 @@ class Tracker:
 
             self._mlflow = mlflow
             self.uri = tracking_uri(cfg)
+            user_uri = os.environ.get("MLFLOW_TRACKING_URI")
             mlflow.set_tracking_uri(self.uri)
+            # mlflow.set_tracking_uri also exports $MLFLOW_TRACKING_URI; put the user's value back, or the next
+            # Tracker of this process (and every child process: Ray heads, jobs) would follow this store instead of
+            # its own tracking config
+            if user_uri is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = user_uri
             if mlflow.get_experiment_by_name(cfg.experiment) is None:
                 artifacts = None
                 if self.uri.startswith("sqlite:"):

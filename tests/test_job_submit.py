@@ -23,7 +23,10 @@ CHECK = ("import os, sys, ray, aigq; from aigq.config import load_config; from a
 
 
 @pytest.mark.slow
-def test_ray_job_submit_runs_an_aigq_command_on_a_private_head(tmp_path):
+def test_ray_job_submit_runs_an_aigq_command_on_a_private_head(tmp_path, monkeypatch):
+    # mlflow.set_tracking_uri (any earlier Tracker in this test process) exports $MLFLOW_TRACKING_URI; the head and
+    # its job would inherit it and log elsewhere than tracking.root
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out, ml = tmp_path / "out", tmp_path / "ml"
     simulate = ["aigq", "simulate", "-c", "configs/tiny_cpu.yaml", "world.users=50", "world.days=6",
                 f"run.output_dir={out}", f"tracking.root={ml}", "tracking.experiment=job"]

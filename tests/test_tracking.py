@@ -19,6 +19,13 @@ def test_default_store_is_project_local_sqlite_with_explicit_artifacts(cfg, tmp_
     Tracker(cfg.tracking)
     exp = mlflow.get_experiment_by_name("t")
     assert exp.artifact_location == (tmp_path / "ml" / "artifacts").as_uri()
+    # a Tracker does not leave its store in the environment (mlflow.set_tracking_uri exports it): a second config
+    # in the same process, or a child process, uses its own tracking.root
+    import os
+
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    other = load_config(None, [f"tracking.root={tmp_path / 'other'}"])
+    assert tracking_uri(other.tracking) == f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"
 
 
 def test_nested_stage_runs_log_flat_params_config_and_metrics(cfg, tmp_path):
