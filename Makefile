@@ -6,7 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIPQ   := $(BIN)/pip install -qq
 
-.PHONY: install demo test bench lint clean smollm2 bench-sft redis-server bench-serve bench-rollout bench-trl
+.PHONY: install demo test bench lint clean smollm2 bench-sft redis-server bench-serve bench-rollout bench-trl \
+	bench-loop bench-job
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,3 +74,12 @@ bench-rollout: smollm2
 
 bench-trl: install .venv-trl/.installed
 	.venv-trl/bin/python benchmarks/trl_grpo_bench.py --policy outputs/tiny/sft/policy --ctr $$(ls -d outputs/tiny/ctr/day-* | tail -1)
+
+# The daily closed loop (issue 7) on the demo's trained run: `aigq loop --days 3` (both arms, through Serve), and the
+# same loop submitted as a Ray job to a private `ray start --head` (runtime_env: configs/runtime_env.yaml). Run
+# `make demo` first. Each takes ~30 min on a busy 2-core box.
+bench-loop: install
+	$(BIN)/python benchmarks/daily_loop.py --days 3 -c configs/tiny_cpu.yaml --out outputs/loop-tiny
+
+bench-job: install
+	$(BIN)/python benchmarks/job_submit.py --days 3
