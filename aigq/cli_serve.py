@@ -183,7 +183,7 @@ def demo_serve(cfg, tracker, table, users: int = 3) -> None:
     import time
 
     import requests
-
+    from rich.markup import escape  # the [source score] tags are text, not rich markup
 
     day = cfg.world.days - cfg.samples.test_days
     cap = min(cfg.serve.think_users_per_day or 200, 200)
@@ -211,7 +211,7 @@ def demo_serve(cfg, tracker, table, users: int = 3) -> None:
             body = r.json()
             shown = "; ".join(f"{s['query']} [{s['source']} {s['score']:.3f}]" for s in body.get("queries", []))
             console.print(f"[bold]HintQ user {u}[/bold] ({r.status_code}, ranker {body.get('ranker')}, "
-                          f"fallback {body.get('fallback')}): {shown}", markup=True, highlight=False)
+                          f"fallback {body.get('fallback')}): {escape(shown)}", markup=True, highlight=False)
     finally:
         from ray import serve
 
