@@ -114,8 +114,7 @@ class LearnerWorker:
         from aigq.rollout.native_sync import NCCLSender
 
         self.nccl_close()
-        self.sender = NCCLSender(self.trainer.model, rollout_handles, inference_ranks,
-                                 ray.util.get_node_ip_address())
+        self.sender = NCCLSender(self.trainer.model, rollout_handles, inference_ranks, *self.address())
 
     def nccl_send(self) -> None:
         self.sender.send()

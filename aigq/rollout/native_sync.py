@@ -23,7 +23,6 @@ machine was available to run it, so it is untested (README, "IL-GRPO on Ray").
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 
@@ -49,24 +48,18 @@ def resolve_route(requested: str, engine: str, rollout_gpus: float, learner_gpus
     return requested
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 class NCCLSender:
     """Trainer side of the NCCL route, held by learner rank 0: one transfer group with ``n_inference_ranks`` vLLM
     workers (the sum of every rollout engine's tensor-parallel size)."""
 
     def __init__(self, model: Any, rollout_handles: list[Any], n_inference_ranks: int, master_address: str,
-                 master_port: int | None = None):
+                 master_port: int):
         from vllm.distributed.weight_transfer.base import ModuleSource
         from vllm.distributed.weight_transfer.clients import RayVLLMWeightSyncClient
         from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
 
         module = getattr(model, "module", model)  # unwrap DDP: vLLM wants the checkpoint names
-        info = NCCLTrainerInitInfo(master_address=master_address, master_port=master_port or free_port(),
+        info = NCCLTrainerInitInfo(master_address=master_address, master_port=master_port,
                                    world_size=1 + n_inference_ranks, rank=0)
         self.engine = NCCLTrainerWeightTransferEngine.trainer_init(
             info, client=RayVLLMWeightSyncClient(list(rollout_handles)), source=ModuleSource(module))
