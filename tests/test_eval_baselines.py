@@ -6,9 +6,8 @@ from collections import Counter
 import numpy as np
 import polars as pl
 import pytest
-from typer.testing import CliRunner
+from cli_world import cli_world
 
-from aigq.cli import app
 from aigq.config import load_config
 from aigq.data import prompt as P
 from aigq.evaluation import baselines as B
@@ -24,10 +23,7 @@ FAST_EBR = ["eval.ebr_epochs=3", "eval.ebr_buckets=16384", "eval.ebr_dim=32", "e
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("evalbase")
-    base = [f"run.output_dir={tmp / 'out'}", "tracking.enabled=false", "world.users=300", "world.days=12"]
-    for cmd in ("simulate", "build-samples"):
-        res = CliRunner().invoke(app, [cmd, *base])
-        assert res.exit_code == 0, res.output
+    base = cli_world(tmp / "out", 300, 12, "tracking.enabled=false")
     return load_config(None, [*base, *FAST_EBR])
 
 

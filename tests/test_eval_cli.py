@@ -6,6 +6,7 @@ import json
 import mlflow
 import polars as pl
 import pytest
+from cli_world import cli_world
 from typer.testing import CliRunner
 
 from aigq.cli import app
@@ -18,12 +19,7 @@ FAST = ["eval.max_user_days=6", "eval.ebr_epochs=1", "eval.ebr_buckets=16384", "
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("evalcli")
-    base = [f"run.output_dir={tmp / 'out'}", f"tracking.root={tmp / 'ml'}", "tracking.experiment=eval-cli",
-            "world.users=120", "world.days=8"]
-    for cmd in ("simulate", "build-samples"):
-        res = runner.invoke(app, [cmd, *base, "tracking.enabled=false"])
-        assert res.exit_code == 0, res.output
-    return tmp, base
+    return tmp, cli_world(tmp / "out", 120, 8, f"tracking.root={tmp / 'ml'}", "tracking.experiment=eval-cli")
 
 
 def test_eval_table_with_baselines_policy_arm_and_missing_rows(world, tiny_policy, monkeypatch):

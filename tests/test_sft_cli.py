@@ -6,6 +6,7 @@ import json
 import mlflow
 import polars as pl
 import pytest
+from cli_world import cli_world
 from typer.testing import CliRunner
 
 from aigq.cli import app
@@ -26,12 +27,7 @@ FAST = ["learner.num_workers=1", "sft.global_batch=4", "sft.micro_batch=4", "sft
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sftcli")
-    base = [f"run.output_dir={tmp / 'out'}", f"tracking.root={tmp / 'ml'}", "tracking.experiment=sft-cli",
-            "world.users=150", "world.days=8"]
-    for cmd in ("simulate", "build-samples"):
-        res = runner.invoke(app, [cmd, *base])
-        assert res.exit_code == 0, res.output
-    return tmp, base
+    return tmp, cli_world(tmp / "out", 150, 8, f"tracking.root={tmp / 'ml'}", "tracking.experiment=sft-cli")
 
 
 def test_sft_trains_logs_registers_and_resumes(ray_local, world, monkeypatch):
