@@ -144,6 +144,14 @@ def test_sample_schema_and_config_checks(tmp_path):
         D.split_eval(df, 99)
 
 
+def test_full_lists_keeps_only_long_enough_labels():
+    df = pl.DataFrame({"sample_id": ["a", "b", "c"], "target": [["x"] * 10, ["x"] * 9, ["x"] * 12]})
+    assert D.full_lists(df, None).height == 3
+    assert D.full_lists(df, 10)["sample_id"].to_list() == ["a", "c"]
+    with pytest.raises(D.SampleSchemaError, match="longest 12"):
+        D.full_lists(df, 13)
+
+
 def test_missing_or_incomplete_model_folder_fails_fast(tmp_path):
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         load_policy(tmp_path / "nope")

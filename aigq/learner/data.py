@@ -59,6 +59,18 @@ def check_samples_config(samples_dir: Path, cfg: SamplesConfig) -> None:
                                 "with `aigq build-samples` and the same overrides, or use another run.output_dir")
 
 
+def full_lists(df: pl.DataFrame, min_queries: int | None) -> pl.DataFrame:
+    """The samples whose label list holds at least ``min_queries`` queries (all when None); an empty result is an
+    error that names the knob."""
+    if min_queries is None:
+        return df
+    kept = df.filter(pl.col("target").list.len() >= min_queries)
+    if kept.height == 0 and df.height:
+        raise SampleSchemaError(f"sft.min_label_queries={min_queries}: no sample's label list is that long "
+                                f"(longest {df['target'].list.len().max()}); lower it or set it to null")
+    return kept
+
+
 def split_eval(df: pl.DataFrame, eval_days: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(train, eval): the last ``eval_days`` days of the train samples are held out for the eval loss."""
     if df.height == 0:
