@@ -301,7 +301,7 @@ class RolloutConfig(_Section):
     # Paper §5.1.4 sampling: 8 responses per input, temperature 1.0, top-k 100.
     temperature: float = Field(1.0, ge=0)
     top_k: int = 100
-    max_tokens: int = Field(128, ge=1)  # one generated list ([GAP], ours: a numbered 10-query list, ≤ ~105 tiny tokens)
+    max_tokens: int = Field(128, ge=1)  # one generated list ([GAP], ours: a marked 10-query list, ≤ ~92 tiny tokens)
 
 
 class GRPOConfig(_Section):

@@ -120,7 +120,7 @@ PROFILE_1 = "User Profile: { Gender: F, Age: 44, Occupation: Medical Staff, City
 
 def test_target_round_trip_and_lenient_parse():
     qs = ["winter boots", "frying pan", "lego set"]
-    assert P.format_target(qs) == "1. winter boots ; 2. frying pan ; 3. lego set"
+    assert P.format_target(qs) == "<q1> winter boots ; <q2> frying pan ; <q3> lego set ;"
     assert P.parse_target(P.format_target(qs)) == qs
     assert P.parse_target(" a;b ;  ; c ") == ["a", "b", "c"]
     assert P.parse_target("") == []

@@ -54,7 +54,7 @@ def build_policy(folder: Path, samples: Path, tie: bool = False, seed: int = 0) 
     cfg = TINY.model_copy(update={"tie_embeddings": tie})
     tok = train_tokenizer(corpus(samples, cfg.corpus_texts), cfg.vocab_size)
     model = build_tiny(cfg, tok, seed)
-    add_special_tokens(model, tok, P.special_tokens(SCFG) + P.output_special_tokens())
+    add_special_tokens(model, tok, P.special_tokens(SCFG) + P.output_special_tokens(SCFG.label_cap, think=True))
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

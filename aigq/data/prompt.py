@@ -37,8 +37,10 @@ from aigq.config import SamplesConfig
 from aigq.data.schema import EVENT_TYPES
 
 QUERY_SEP = " ; "  # separator of the output query list (training targets, generation parsing)
-ITEM_NUMBER = "{}. "  # each output item starts with its 1-based slot number: "1. q1 ; 2. q2 ; …"
-_ITEM_NUMBER = re.compile(r"\d+\.(?:\s+|$)")
+QUERY_END = " ;"  # ends the list: every item is closed by ";" ("<q1> q1 ; <q2> q2 ;"), so stopping is decided after it
+ITEM_MARK = "<q{}>"  # each output item starts with its 1-based slot marker, one added token: "<q1> q1 ; <q2> q2 ; …"
+# A leading slot marker, or the earlier "3." item number (old checkpoints' lists still parse).
+_ITEM_NUMBER = re.compile(r"(?:<q\d+>|\d+\.)(?:\s+|$)")
 BEHAVIOUR_SEP = ";; "  # separator of behaviour lines in the prompt
 PROFILE_FIELDS = (("Gender", "gender"), ("Age", "age"), ("Occupation", "occupation"), ("City", "city"))
 UNKNOWN = "unknown"
@@ -48,21 +50,33 @@ UNKNOWN = "unknown"
 
 
 def format_target(queries: Sequence[str], start: int = 1) -> str:
-    """The label list as text: numbered items ``1. q1 ; 2. q2 ; …`` (numbers from ``start``) joined by
-    ``QUERY_SEP``. A ``;`` inside a query becomes ``,`` and surrounding whitespace is stripped, so
-    ``parse_target(format_target(q)) == q`` for clean queries.
+    """The label list as text: marked items ``<q1> q1 ; <q2> q2 ;`` (slots from ``start``) joined by
+    ``QUERY_SEP`` and closed by ``QUERY_END``. A ``;`` inside a query becomes ``,`` and surrounding whitespace is
+    stripped, so ``parse_target(format_target(q)) == q`` for clean queries.
 
-    The numbers are our output serialisation ([GAP]: the paper does not show the list format): each item says
+    The slot markers are our output serialisation ([GAP]: the paper does not show the list format): each item says
     which slot it fills, so a small policy can count to ``label_cap`` and stop instead of tracking the count of
-    separators over a long span (measured: benchmarks/RESULTS.md, IL-SFT parse rate)."""
-    return QUERY_SEP.join(ITEM_NUMBER.format(j) + q.replace(";", ",").strip() for j, q in enumerate(queries, start))
+    separators over a long span. Each marker is one added token (``slot_tokens``), not digits: digits also occur
+    inside queries ("ge top loading washer 4.5") and "10" is two digit tokens; with ``3.``-style numbers a tiny
+    policy sampled wrong numbers far more often. The closing ``;`` moves the decision to stop from the end of the
+    last query's words (where a tiny policy often stopped one item early or ran on) to the item boundary, where
+    it reads the last marker like every "which slot next" decision (measured: benchmarks/RESULTS.md, IL-SFT parse
+    rate)."""
+    body = QUERY_SEP.join(ITEM_MARK.format(j) + " " + q.replace(";", ",").strip() for j, q in enumerate(queries, start))
+    return body + QUERY_END if body else body
+
+
+def slot_tokens(n: int) -> list[str]:
+    """The slot markers ``<q1>`` … ``<q{n}>`` of a list of up to ``n`` queries (added to every policy's vocabulary)."""
+    return [ITEM_MARK.format(j) for j in range(1, n + 1)]
 
 
 def item_spans(text: str) -> list[tuple[int, int]]:
     """``(start, end)`` character span in ``text`` of every item between ``;`` separators, empty items kept
-    (``(s, s)``): the piece without surrounding whitespace and without one leading item number (``3.`` followed by
-    whitespace or the end of the piece). Un-numbered items (the earlier format) are taken whole, so old
-    checkpoints' lists still parse; ``2.5 inch caster`` keeps its ``2.5``. The one rule behind ``parse_target``,
+    (``(s, s)``): the piece without surrounding whitespace and without one leading slot marker (``<q3>``) or item
+    number (``3.``, the earlier format) followed by whitespace or the end of the piece. Un-marked items (the first
+    format) are taken whole, so old checkpoints' lists still parse; ``2.5 inch caster`` keeps its ``2.5``. A blank
+    piece after the last ``;`` is the list's closing ``QUERY_END``, not an item. The one rule behind ``parse_target``,
     the format reward's item checks and IL-GRPO's token → slot roles."""
     spans, pos, sep = [], 0, QUERY_SEP.strip()
     for piece in text.split(sep):
@@ -73,17 +87,19 @@ def item_spans(text: str) -> list[tuple[int, int]]:
             start, core = start + m.end(), core[m.end():]
         spans.append((start, start + len(core)))
         pos += len(piece) + len(sep)
+    if len(spans) > 1 and not text.rsplit(sep, 1)[1].strip():
+        spans.pop()  # the closing ";"
     return spans
 
 
 def list_items(text: str) -> list[str]:
-    """Every item of a list text (numbers removed), empty ones kept (``parse_target`` drops them)."""
+    """Every item of a list text (markers / numbers removed), empty ones kept (``parse_target`` drops them)."""
     return [text[a:b] for a, b in item_spans(text)]
 
 
 def parse_target(text: str) -> list[str]:
-    """Inverse of ``format_target``; lenient: splits on ``;`` (any spacing), removes one leading item number per
-    item (numbered or not, any numbering) and drops empty items."""
+    """Inverse of ``format_target``; lenient: splits on ``;`` (any spacing), removes one leading slot marker or item
+    number per item (marked or not, any numbering) and drops empty items."""
     return [q for q in list_items(text) if q]
 
 
@@ -190,10 +206,10 @@ def prompt_expr(profile: pl.Expr, sequence: pl.Expr, cfg: SamplesConfig) -> pl.E
 # trace followed by the structured prediction, one interest point (T_k → Q_k) per line ([GAP]: serialisation ours):
 #
 #     <think> #1 search pool floats: same interest. </think>
-#     1 => 1. pool floats ; 2. outdoor lawn games
-#     - => 3. round kids wall décor
+#     1 => <q1> pool floats ; <q2> outdoor lawn games
+#     - => <q3> round kids wall décor
 #
-# ``T_k`` is the trigger behaviour indices (``-`` when none), ``Q_k`` a ``format_target`` list whose item numbers
+# ``T_k`` is the trigger behaviour indices (``-`` when none), ``Q_k`` a ``format_target`` list whose slot markers
 # continue across lines (the position in the whole ordered list, IL-GRPO's slot).
 
 OUTPUT_PREFIX = "\nOutput: "  # the paper's "Output:" marker; the model writes its list after it
@@ -208,9 +224,10 @@ def model_input(prompt: str) -> str:
     return prompt + OUTPUT_PREFIX
 
 
-def output_special_tokens() -> list[str]:
-    """Tokens of the output format added to the vocabulary next to ``special_tokens`` (Think's reasoning span)."""
-    return [THINK_OPEN, THINK_CLOSE]
+def output_special_tokens(label_cap: int, think: bool) -> list[str]:
+    """Tokens of the output format added to the policy's vocabulary next to ``special_tokens``: the slot markers
+    (every policy) and, for Think, the reasoning span."""
+    return slot_tokens(label_cap) + ([THINK_OPEN, THINK_CLOSE] if think else [])
 
 
 def interest_groups(queries: Sequence[str], triggers: Sequence[Sequence[int]]) -> list[Group]:

@@ -3,11 +3,10 @@ per-query advantage reaches only that query's tokens and Eq. 17's trigger advant
 
 The rule mirrors the parsers exactly (``prompt.parse_target`` / ``parse_think_target``), so slot j here is query j
 of the list the reward actors scored: characters of the j-th non-empty parsed query → slot j; characters of the
-trigger indices of the k-th parsed interest point → trigger k; everything else (separators, item numbers such as
-``3.``, whitespace, the Think
-reasoning span, EOS, text after an unclosed ``<think>``) → ``SEP``. A token takes the role of its characters: any
-trigger character → that trigger, else the first query slot among its characters, else ``SEP``. Token → character
-spans come from decoding growing prefixes of the generated ids.
+trigger indices of the k-th parsed interest point → trigger k; everything else (separators, slot markers such as
+``<q3>``, whitespace, the Think reasoning span, EOS, text after an unclosed ``<think>``) → ``SEP``. A token takes
+the role of its characters: any trigger character → that trigger, else the first query slot among its characters,
+else ``SEP``. Token → character spans come from decoding growing prefixes of the generated ids.
 """
 
 from __future__ import annotations
@@ -21,8 +20,8 @@ NO_TRIGGER = -1
 
 
 def _query_chars(text: str, offset: int, first_slot: int, slots: list[int]) -> int:
-    """Assign slots to the non-empty items of ``text`` (``prompt.item_spans``, the rule ``parse_target`` uses: item
-    numbers such as ``3.`` are not part of the query and stay SEP); returns the next free slot index."""
+    """Assign slots to the non-empty items of ``text`` (``prompt.item_spans``, the rule ``parse_target`` uses:
+    slot markers such as ``<q3>`` are not part of the query and stay SEP); returns the next free slot index."""
     j = first_slot
     for a, b in P.item_spans(text):
         if b > a:

@@ -93,10 +93,10 @@ def load_policy(path: Path, dtype: str = "float32"):
 
 
 def policy_tokens(cfg: AIGQConfig) -> list[str]:
-    """The tokens added to the base vocabulary: the prompt's (Eq. 1) when compression is on, and the Think
-    output's reasoning span for the Think variant."""
+    """The tokens added to the base vocabulary: the prompt's (Eq. 1) when compression is on, the output list's slot
+    markers (every variant) and the Think output's reasoning span for the Think variant."""
     tokens = P.special_tokens(cfg.samples) if cfg.samples.compress else []
-    return tokens + (P.output_special_tokens() if cfg.sft.variant == "think" else [])
+    return tokens + P.output_special_tokens(cfg.samples.label_cap, cfg.sft.variant == "think")
 
 
 def init_policy(cfg: AIGQConfig, base: Path, out: Path) -> Path:

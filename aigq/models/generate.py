@@ -9,7 +9,7 @@ from aigq.data import prompt as P
 
 def parse_stats(texts: Sequence[str], expected: int, variant: str = "direct") -> dict[str, float]:
     """``parse_rate``: share of outputs that parse into exactly ``expected`` non-empty queries (Direct; an
-    item number alone, ``3.``, is an empty item); for Think,
+    slot marker alone, ``<q3>``, is an empty item); for Think,
     share with a closed reasoning span (when present) and at least one interest point. ``at_least_rate``: share
     with at least ``expected`` queries (a consumer taking the first ``expected`` gets a full list). Plus the mean
     count and the share of outputs with duplicate queries."""

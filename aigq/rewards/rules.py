@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from aigq.data.prompt import QUERY_SEP, list_items
+from aigq.data.prompt import QUERY_END, QUERY_SEP, list_items
 from aigq.rewards.text import REPLACEMENT, length_units, ngram_cosine, ngram_ids, to_text, tokens
 
 # similarity(list of texts) → (n, n) matrix of pairwise similarities in [0, 1]
@@ -98,8 +98,8 @@ def trigger_reward(generated: Sequence[int], reference: Sequence[int]) -> float:
 
 
 def split_items(text: str) -> list[str]:
-    """Every item between ``;`` separators, item numbers removed, empty ones kept (``parse_target`` drops them;
-    format checks need them): ``prompt.list_items``."""
+    """Every item between ``;`` separators, slot markers / item numbers removed, empty ones kept (``parse_target``
+    drops them; format checks need them): ``prompt.list_items``."""
     return list_items(text)
 
 
@@ -113,8 +113,8 @@ def format_reward(raw: Any, expected: int, max_chars: int) -> float:
     """R_fmt (Eq. 10; checks ours): −1 if the output is not text or no query parses; else
     1 − 0.25·[separators inconsistent] − 0.25·[empty items] − 0.25·[garbage items] − 0.5·min(1, |n − expected|/expected).
 
-    *Separators consistent*: every ``;`` of the text belongs to an exact ``QUERY_SEP`` (" ; ") and no line break
-    splits the list. *Garbage item*: see :func:`is_garbage`."""
+    *Separators consistent*: every ``;`` of the text belongs to an exact ``QUERY_SEP`` (" ; ") or is the closing
+    ``QUERY_END`` (" ;" at the very end), and no line break splits the list. *Garbage item*: see :func:`is_garbage`."""
     if isinstance(raw, list | tuple):
         text = QUERY_SEP.join(to_text(q) for q in raw)
     elif isinstance(raw, str | bytes | bytearray):
@@ -126,7 +126,9 @@ def format_reward(raw: Any, expected: int, max_chars: int) -> float:
     if not queries:
         return -1.0
     r = 1.0
-    if text.count(";") != text.count(QUERY_SEP) or "\n" in text.strip():
+    body = text.rstrip()
+    body = body[: -len(QUERY_END)] if body.endswith(QUERY_END) else body
+    if body.count(";") != body.count(QUERY_SEP) or "\n" in text.strip():
         r -= 0.25
     if len(queries) < len(items):
         r -= 0.25
