@@ -242,9 +242,10 @@ class SFTConfig(_Section):
     # Rationale teacher (Eq. 7): "template" writes a short rationale from the observed behaviours only; or
     # "package.module:function" taking (prompt, groups) and returning one rationale per group.
     teacher: str = "template"
-    # Train only on samples whose label list has at least this many queries (None = all). [GAP], ours: ~5 % of the
-    # tiny world's labels hold 7–9 queries (the day's ranker top-10 had fewer distinct queries), which teaches the
-    # policy to stop early; label_cap (10) keeps only full lists (parse rate: benchmarks/RESULTS.md).
+    # Direct only: train on samples whose label list has at least this many queries (None = all). [GAP], ours: ~5 %
+    # of the tiny world's Direct labels hold 7–9 queries (the day's ranker top-10 had fewer distinct queries), which
+    # teaches the policy to stop early; label_cap (10) keeps only full lists (parse rate: benchmarks/RESULTS.md).
+    # Think keeps every sample: its lists vary in length by design.
     min_label_queries: int | None = Field(None, ge=1)
     epochs: float = Field(2.0, gt=0)  # paper: 2 epochs
     max_steps: int | None = Field(None, ge=1)  # stop after this many optimizer steps (None = run all epochs)

@@ -150,6 +150,13 @@ def test_full_lists_keeps_only_long_enough_labels():
     assert D.full_lists(df, 10)["sample_id"].to_list() == ["a", "c"]
     with pytest.raises(D.SampleSchemaError, match="longest 12"):
         D.full_lists(df, 13)
+    from aigq.actors.sft import _full_lists
+    from aigq.config import AIGQConfig
+
+    cfg = AIGQConfig().model_copy(update={"sft": SFTConfig(min_label_queries=10)})
+    assert _full_lists(cfg, df).height == 2  # Direct: full lists only
+    think = cfg.model_copy(update={"sft": SFTConfig(min_label_queries=10, variant="think")})
+    assert _full_lists(think, df).height == 3  # Think lists vary in length by design
 
 
 def test_missing_or_incomplete_model_folder_fails_fast(tmp_path):

@@ -41,6 +41,12 @@ def _resume_path(cfg: AIGQConfig) -> Path | None:
     return read_checkpoint(Path(cfg.sft.resume)).path
 
 
+def _full_lists(cfg: AIGQConfig, df: pl.DataFrame) -> pl.DataFrame:
+    """Direct samples with at least ``sft.min_label_queries`` label queries; Think lists vary in length by design
+    (interest points), so Think keeps every sample."""
+    return D.full_lists(df, cfg.sft.min_label_queries if cfg.sft.variant == "direct" else None)
+
+
 def check_inputs(cfg: AIGQConfig, samples_dir: Path) -> pl.DataFrame:
     """Everything that can be wrong before any model is built or worker started: the samples (schema, prompt
     settings, eval split), the resume checkpoint and the cluster's room for the learner group."""
@@ -48,7 +54,7 @@ def check_inputs(cfg: AIGQConfig, samples_dir: Path) -> pl.DataFrame:
 
     D.check_samples_config(samples_dir, cfg.samples)
     df = D.read_samples(samples_dir / f"{cfg.sft.variant}.parquet")
-    D.split_eval(D.full_lists(df, cfg.sft.min_label_queries), cfg.sft.eval_days)
+    D.split_eval(_full_lists(cfg, df), cfg.sft.eval_days)
     if cfg.sft.sample_prompts:
         D.read_samples(samples_dir / "test.parquet")
     if cfg.sft.global_batch < cfg.learner.num_workers:
@@ -60,7 +66,7 @@ def check_inputs(cfg: AIGQConfig, samples_dir: Path) -> pl.DataFrame:
 
 def prepare_data(cfg: AIGQConfig, df: pl.DataFrame, tokenizer) -> dict[str, Any]:
     """Train/eval examples of the configured variant (see ``aigq.learner.data``)."""
-    train, held = D.split_eval(D.full_lists(df, cfg.sft.min_label_queries), cfg.sft.eval_days)
+    train, held = D.split_eval(_full_lists(cfg, df), cfg.sft.eval_days)
     held = held.head(cfg.sft.eval_max_samples)
     teacher = load_teacher(cfg.sft.teacher) if cfg.sft.variant == "think" and cfg.sft.reasoning else None
     out: dict[str, Any] = {}
