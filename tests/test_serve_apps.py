@@ -227,6 +227,16 @@ def test_hot_policy_rollout_under_load(served):
     assert len(codes) > 20 and set(codes) <= {200, 202}, sorted(set(codes))
     assert after["pid"] == before["pid"] and after["loads"] == before["loads"] + 1  # reconfigured, not restarted
     assert requests.get(f"{url}/think/status", timeout=10).json()["pid"] == think_before["pid"]
+    # the load filled the generator's queue (max_queued_requests: Serve drops what does not fit, by design); a
+    # probe event posted before the queue drains is dropped too, so wait for the backlog first
+    def drained():  # /direct/status asks the generator too: it waits (or answers 503) while the queue is full
+        try:
+            r = requests.get(f"{url}/direct/status", timeout=10)
+        except requests.RequestException:
+            return False
+        return r.status_code == 200 and r.json()["pending"] == 0
+
+    _wait(drained, timeout=300)
     requests.post(f"{url}/direct/events", json={"events": [{"user_id": 777, "type": "search", "content": "mirror"}]},
                   timeout=10)
     runs = _wait(lambda: requests.get(f"{url}/direct/cache/777", timeout=10).json()["runs"])
