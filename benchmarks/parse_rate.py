@@ -19,16 +19,16 @@ from pathlib import Path
 
 from aigq.data import prompt as P
 from aigq.learner import data as D
-from aigq.models.generate import parse_stats
+from aigq.models.generate import full_list, parse_stats
 from aigq.rollout.engine import Sampling, make_engine
 
 _MARK = re.compile(r"<q(\d+)>|(?:^|; )(\d+)\.")
 
 
 def failure_kind(text: str, expected: int) -> str | None:
-    items = P.list_items(text)
-    if len(items) == expected and all(items):
+    if full_list(text, expected):
         return None
+    items = P.list_items(text)
     marks = [int(a or b) for a, b in _MARK.findall(text)]
     if marks != list(range(1, len(marks) + 1)):
         return "markers"
@@ -47,8 +47,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     a = ap.parse_args()
 
-    test = D.read_samples(a.samples / "test.parquet").sort("user_id", "day")
-    prompts = test.unique("user_id", keep="first", maintain_order=True).head(a.n)["prompt"].to_list()
+    prompts = D.first_test_day_per_user(D.read_samples(a.samples / "test.parquet"), a.n)["prompt"].to_list()
     engine = make_engine("transformers", a.policy, variant="direct", dtype="float32")
     total, ok, kinds = 0, 0, Counter()
     for seed in (int(s) for s in a.seeds.split(",")):

@@ -159,6 +159,20 @@ def test_full_lists_keeps_only_long_enough_labels():
     assert _full_lists(think, df).height == 3  # Think lists vary in length by design
 
 
+def test_every_policy_vocabulary_gets_the_slot_markers():
+    from aigq.config import AIGQConfig
+    from aigq.models.factory import policy_tokens
+
+    direct = AIGQConfig()
+    think = direct.model_copy(update={"sft": SFTConfig(variant="think")})
+    plain = direct.model_copy(update={"samples": direct.samples.model_copy(update={"compress": False})})
+    marks = P.slot_tokens(direct.samples.label_cap)
+    assert marks == [f"<q{j}>" for j in range(1, 11)]
+    assert set(marks) <= set(policy_tokens(direct)) and P.THINK_OPEN not in policy_tokens(direct)
+    assert set(marks) | {P.THINK_OPEN, P.THINK_CLOSE} <= set(policy_tokens(think))
+    assert policy_tokens(plain) == marks  # no prompt compression: only the output format's tokens
+
+
 def test_missing_or_incomplete_model_folder_fails_fast(tmp_path):
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         load_policy(tmp_path / "nope")
@@ -173,7 +187,7 @@ def test_sft_config_defaults_follow_the_paper():
 
 
 def test_parse_stats_counts_exact_and_at_least():
-    from aigq.models.generate import parse_stats
+    from aigq.models.generate import full_list, parse_stats
 
     texts = ["a ; b ; c", "a ; b", "a ; b ; c ; d", "a ;  ; b ; c", "x ; x ; y"]
     s = parse_stats(texts, 3)
@@ -182,3 +196,4 @@ def test_parse_stats_counts_exact_and_at_least():
     assert s["duplicate_share"] == pytest.approx(1 / 5)
     think = ["<think> r </think>\n1 => a ; b", "<think> never closed", "- => a"]
     assert parse_stats(think, 3, "think")["parse_rate"] == pytest.approx(2 / 3)
+    assert full_list("<q1> a ; <q2> b ; <q3> c ;", 3) and not full_list("<q1> a ; <q2> ; <q3> c ;", 3)

@@ -49,12 +49,13 @@ def _full_lists(cfg: AIGQConfig, df: pl.DataFrame) -> pl.DataFrame:
 
 def check_inputs(cfg: AIGQConfig, samples_dir: Path) -> pl.DataFrame:
     """Everything that can be wrong before any model is built or worker started: the samples (schema, prompt
-    settings, eval split), the resume checkpoint and the cluster's room for the learner group."""
+    settings, eval split), the resume checkpoint and the cluster's room for the learner group. Returns the
+    variant's training samples (``sft.min_label_queries`` applied)."""
     from aigq.actors.learner import check_resources, ensure_ray
 
     D.check_samples_config(samples_dir, cfg.samples)
-    df = D.read_samples(samples_dir / f"{cfg.sft.variant}.parquet")
-    D.split_eval(_full_lists(cfg, df), cfg.sft.eval_days)
+    df = _full_lists(cfg, D.read_samples(samples_dir / f"{cfg.sft.variant}.parquet"))
+    D.split_eval(df, cfg.sft.eval_days)
     if cfg.sft.sample_prompts:
         D.read_samples(samples_dir / "test.parquet")
     if cfg.sft.global_batch < cfg.learner.num_workers:
@@ -65,8 +66,8 @@ def check_inputs(cfg: AIGQConfig, samples_dir: Path) -> pl.DataFrame:
 
 
 def prepare_data(cfg: AIGQConfig, df: pl.DataFrame, tokenizer) -> dict[str, Any]:
-    """Train/eval examples of the configured variant (see ``aigq.learner.data``)."""
-    train, held = D.split_eval(_full_lists(cfg, df), cfg.sft.eval_days)
+    """Train/eval examples of ``df`` (``check_inputs``' samples; see ``aigq.learner.data``)."""
+    train, held = D.split_eval(df, cfg.sft.eval_days)
     held = held.head(cfg.sft.eval_max_samples)
     teacher = load_teacher(cfg.sft.teacher) if cfg.sft.variant == "think" and cfg.sft.reasoning else None
     out: dict[str, Any] = {}
@@ -177,9 +178,7 @@ def sample_lists(cfg: AIGQConfig, policy: Path, samples_dir: Path, tracker: Trac
     sc = cfg.sft
     if sc.sample_prompts == 0:
         return {}
-    test = D.read_samples(samples_dir / "test.parquet").sort("user_id", "day").unique("user_id", keep="first",
-                                                                                       maintain_order=True)
-    test = test.head(sc.sample_prompts)
+    test = D.first_test_day_per_user(D.read_samples(samples_dir / "test.parquet"), sc.sample_prompts)
     if test.height == 0:
         return {}
     say(f"sampling {test.height} lists from the trained policy")

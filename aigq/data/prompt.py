@@ -40,7 +40,7 @@ QUERY_SEP = " ; "  # separator of the output query list (training targets, gener
 QUERY_END = " ;"  # ends the list: every item is closed by ";" ("<q1> q1 ; <q2> q2 ;"), so stopping is decided after it
 ITEM_MARK = "<q{}>"  # each output item starts with its 1-based slot marker, one added token: "<q1> q1 ; <q2> q2 ; …"
 # A leading slot marker, or the earlier "3." item number (old checkpoints' lists still parse).
-_ITEM_NUMBER = re.compile(r"(?:<q\d+>|\d+\.)(?:\s+|$)")
+_ITEM_LEAD = re.compile(r"(?:<q\d+>|\d+\.)(?:\s+|$)")
 BEHAVIOUR_SEP = ";; "  # separator of behaviour lines in the prompt
 PROFILE_FIELDS = (("Gender", "gender"), ("Age", "age"), ("Occupation", "occupation"), ("City", "city"))
 UNKNOWN = "unknown"
@@ -82,7 +82,7 @@ def item_spans(text: str) -> list[tuple[int, int]]:
     for piece in text.split(sep):
         core = piece.strip()
         start = pos + len(piece) - len(piece.lstrip())
-        m = _ITEM_NUMBER.match(core)
+        m = _ITEM_LEAD.match(core)
         if m:
             start, core = start + m.end(), core[m.end():]
         spans.append((start, start + len(core)))

@@ -71,6 +71,12 @@ def full_lists(df: pl.DataFrame, min_queries: int | None) -> pl.DataFrame:
     return kept
 
 
+def first_test_day_per_user(test: pl.DataFrame, n: int) -> pl.DataFrame:
+    """One test sample per user (their first test day), the ``n`` lowest user ids: the prompts ``aigq sft``
+    samples its parse-rate lists from (and ``benchmarks/parse_rate.py`` re-samples)."""
+    return test.sort("user_id", "day").unique("user_id", keep="first", maintain_order=True).head(n)
+
+
 def split_eval(df: pl.DataFrame, eval_days: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(train, eval): the last ``eval_days`` days of the train samples are held out for the eval loss."""
     if df.height == 0:
