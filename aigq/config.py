@@ -355,6 +355,10 @@ class ServeConfig(_Section):
     think_max_new_tokens: int = Field(160, ge=1)  # a Think output (reasoning + groups) ([GAP], ours)
     # AIGQ-Direct nearline (u2q)
     direct_runs_kept: int = Field(3, ge=1)  # M, inference runs kept per user ([GAP], ours)
+    # one run = the greedy list + this many sampled lists (temperature 1.0, top-k 100) merged by how many lists hold
+    # each query (aigq/rollout/consensus.py); 0 = the greedy list alone ([GAP], ours). The simulated A/B's policy
+    # channels decode the same way.
+    direct_samples: int = Field(0, ge=0)
     direct_ttl_s: int = Field(7 * 86400, ge=60)  # cache entries older than this are not served ([GAP], ours)
     history_kept: int = Field(50, ge=1)  # behaviours kept per user in the store ([GAP], ours)
     signal_types: list[Literal["search", "click", "cart", "buy"]] = ["search"]  # any such event triggers ([GAP], ours)
@@ -404,10 +408,14 @@ class EvalConfig(_Section):
     ebr_batch: int = Field(256, ge=2)  # in-batch negatives ([GAP], ours)
     ebr_lr: float = Field(3e-3, gt=0)  # ([GAP], ours)
     ebr_temperature: float = Field(0.05, gt=0)  # softmax temperature of the cosine logits ([GAP], ours)
-    # Policy arms: one greedy list plus `sampled_lists` sampled ones (paper rollout settings), merged unique in order.
+    # Policy arms: one greedy list plus `sampled_lists` sampled ones (paper rollout settings), merged by `merge`.
     engine: Literal["vllm", "transformers"] | None = None  # None → rollout.engine
     greedy_lists: int = Field(1, ge=0)  # ([GAP], ours)
     sampled_lists: int = Field(4, ge=0)  # ([GAP], ours: 1 + 4 lists of 10 fill K = 30 after de-duplication)
+    # concat: the lists in order, first occurrence kept (Table 1: the greedy list fills the top slots); consensus:
+    # ranked by how many lists hold each query (the Direct cache's decoding, aigq/rollout/consensus.py; the A/B's
+    # policy channels use it with sampled_lists = serve.direct_samples)
+    merge: Literal["concat", "consensus"] = "concat"
     temperature: float = Field(1.0, ge=0)  # paper §5.1.4 sampling
     top_k: int = 100
     max_tokens: int = Field(128, ge=1)  # one Direct list ([GAP], ours = rollout.max_tokens)
@@ -440,9 +448,6 @@ class ABConfig(_Section):
     requests: Literal["exposures", "user_day"] = "exposures"
     k: int = Field(3, ge=1, le=10)  # queries shown (paper: 3)
     recall_per_channel: int = Field(20, ge=1)  # candidates taken from each channel ([GAP], ours = serve's)
-    # policy channels: sampled lists added to the greedy one (eval.sampled_lists for these lists) ([GAP], ours: the
-    # Direct cache holds greedy runs, so one greedy list per user-day)
-    policy_sampled_lists: int = Field(0, ge=0)
     ranker: Literal["ctr", "recall"] = "ctr"  # ctr = HintQ's CTR model; recall = channel order (no model)
     ctr_model: str | None = None  # None → newest CTR model of a day ≤ the last train day
     category_threshold: float = Field(0.5, gt=0, le=1)  # generated text → leaf category (mapper) ([GAP], ours)
@@ -465,6 +470,7 @@ class LoopConfig(_Section):
     grpo_iterations: int = Field(2, ge=1)  # IL-GRPO iterations per day ([GAP], ours)
     grpo_prompts: int | None = Field(None, ge=1)  # prompts per iteration; None → grpo.prompts_per_iteration
     rollout_engine: Literal["vllm", "transformers"] | None = None  # the loop's IL-GRPO engine; None → rollout.engine
+    direct_samples: int | None = Field(None, ge=0)  # the daily Direct refresh's decoding; None → serve.direct_samples
     # the daily IL-GRPO's actor counts (the update is the same for 1 or 2 learners); None → learner.num_workers /
     # rewards.num_actors ([GAP], ours: fewer actor starts per day on a small machine)
     grpo_learner_workers: int | None = Field(None, ge=1)
@@ -473,9 +479,9 @@ class LoopConfig(_Section):
     think_users: int | None = Field(200, ge=1)  # Think index: active users run per day ([GAP], ours)
     think: bool = True  # run serve.think_policy over day T's triggers daily (false or no think policy: empty index)
     serve: bool = True  # true: Ray Serve apps, hot rollout by reconfigure; false: HintQCore in-process (tests)
-    # the first day's CTR model when the source run has none for day T or T−1: a cold start on a short window
-    ctr_cold_window_days: int = Field(10, ge=1)  # ([GAP], ours = the demo's)
-    ctr_pretrain_pairs: int = Field(20_000, ge=2)  # ([GAP], ours = the demo's)
+    # the first day's CTR model when the source run has none for day T or T−1: a cold start on this window
+    ctr_cold_window_days: int | None = Field(None, ge=1)  # None → ctr.cold_window_days (the demo's) ([GAP], ours)
+    ctr_pretrain_pairs: int | None = Field(None, ge=2)  # None → ctr.pretrain_pairs ([GAP], ours)
     init_policy: str | None = None  # policy at the start; None → <run.output_dir>/grpo/policy, else sft/policy
     samples_dir: str | None = None  # IL-GRPO prompts; None → <run.output_dir>/samples
     seed: int = 0  # common random numbers of the simulated clicks (the same for every arm)

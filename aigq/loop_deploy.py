@@ -69,9 +69,11 @@ class LocalDeployment:
         for lo in range(0, len(users), batch):
             part = users[lo:lo + batch]
             prompts = [user_prompt(self.records, u, self.cfg.samples) for u in part]
-            rollouts, version = self.holder.generate(prompts, self.cfg.serve.max_new_tokens)
-            for u, r in zip(part, rollouts, strict=True):
-                self.records.push_direct(u, DirectRun(r.queries, version, time.time(), "loop: daily refresh"))
+            sc = self.cfg.serve
+            lists, version = self.holder.direct_lists(prompts, sc.max_new_tokens, sc.direct_samples,
+                                                      sc.recall_per_channel)
+            for u, queries in zip(part, lists, strict=True):
+                self.records.push_direct(u, DirectRun(queries, version, time.time(), "loop: daily refresh"))
         return len(users)
 
     def answer(self, users: list[int]) -> pl.DataFrame:

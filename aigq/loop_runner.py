@@ -21,7 +21,7 @@ simulates days 30–32 (day 30 is also the last IL-SFT / IL-GRPO training day: n
 loop needs a world simulated with more days (``world.days``) and a pipeline trained on its first days.
 
 **The first CTR model**: the source run's φ_start is used when it exists (``<run>/ctr/day-<start>``), else φ_{start−1}
-(retrained warm on day start), else one cold start on ``loop.ctr_cold_window_days``; both arms start from it.
+(retrained warm on day start), else one cold start on ``loop.ctr_cold_window_days`` (default ``ctr.cold_window_days``); both arms start from it.
 
 ``loop.serve=false`` replaces Serve by the same HintQ code in-process (:class:`LocalDeployment`: HintQCore and a
 PolicyHolder on the arm's store); everything else is identical. Ray: ``learner.ray_address`` / $RAY_ADDRESS, else
@@ -135,12 +135,17 @@ class Arm:
         return cfg.model_copy(update={
             "ctr": cfg.ctr.model_copy(update={"dir": str(self.ctr_dir)}),
             "serve": cfg.serve.model_copy(update={"sqlite_path": str(self.store.resolve()), "store": "sqlite",
-                                                  "think_users_per_day": cfg.loop.think_users, "clock": "world"})})
+                                                  "think_users_per_day": cfg.loop.think_users, "clock": "world",
+                                                  "direct_samples": _direct_samples(cfg)})})
 
-    def overrides(self) -> list[str]:
+    def overrides(self, cfg: AIGQConfig) -> list[str]:
         """The same, as overrides for the Serve applications' args."""
         return [f"ctr.dir={self.ctr_dir.resolve()}", f"serve.sqlite_path={self.store.resolve()}",
-                "serve.store=sqlite", "serve.clock=world"]
+                "serve.store=sqlite", "serve.clock=world", f"serve.direct_samples={_direct_samples(cfg)}"]
+
+
+def _direct_samples(cfg: AIGQConfig) -> int:
+    return cfg.serve.direct_samples if cfg.loop.direct_samples is None else cfg.loop.direct_samples
 
 
 def bootstrap_ctr(cfg: AIGQConfig, tracker: Tracker, source_world: Path, start: int, root: Path,
@@ -157,10 +162,10 @@ def bootstrap_ctr(cfg: AIGQConfig, tracker: Tracker, source_world: Path, start: 
         if (model_dir(src, day) / "model.json").is_file():
             say(f"CTR model at the start: {model_dir(src, day)}")
             return model_dir(src, day), is_start
-    say(f"no CTR model for day {start} or {start - 1} under {src}: cold start on the last "
-        f"{cfg.loop.ctr_cold_window_days} days")
-    short = cfg.ctr.model_copy(update={"dir": str(root / "ctr"), "cold_window_days": cfg.loop.ctr_cold_window_days,
-                                       "pretrain_pairs": cfg.loop.ctr_pretrain_pairs})
+    window = cfg.loop.ctr_cold_window_days or cfg.ctr.cold_window_days
+    say(f"no CTR model for day {start} or {start - 1} under {src}: cold start on the last {window} days")
+    short = cfg.ctr.model_copy(update={"dir": str(root / "ctr"), "cold_window_days": window,
+                                       "pretrain_pairs": cfg.loop.ctr_pretrain_pairs or cfg.ctr.pretrain_pairs})
     out = train_ctr_stage(cfg.model_copy(update={"ctr": short}), tracker, start, source_world, cold=True, oracle=False)
     return Path(out["folder"]), True
 
@@ -221,7 +226,7 @@ def run_loop(cfg: AIGQConfig, tracker: Tracker, days: int, config_path: Path | N
         arms = []
         for name in cfg.loop.arms:
             arm = _new_arm(name, root, policy0, v.tables, v.meta, ctr0, start, ctr0_is_start)
-            dep = (ServeDeployment(arm.cfg(cfg), config_path, [*(overrides or []), *arm.overrides()])
+            dep = (ServeDeployment(arm.cfg(cfg), config_path, [*(overrides or []), *arm.overrides(cfg)])
                    if cfg.loop.serve else LocalDeployment(arm.cfg(cfg)))
             try:
                 with tracker.run(f"loop-{name}", cfg, tags={"aigq.loop.arm": name}):

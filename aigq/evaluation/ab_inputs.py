@@ -118,7 +118,10 @@ def channel_lists(cfg: AIGQConfig, test: pl.DataFrame, given: dict[str, Path], n
 
     out, cache = {}, ab_dir(cfg) / "lists"
     keys = test.select("user_id", "day")
-    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"sampled_lists": cfg.ab.policy_sampled_lists})})
+    # policy channels decode like the Direct cache: greedy + serve.direct_samples sampled lists, by consensus
+    n = cfg.serve.direct_samples
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"greedy_lists": 1, "sampled_lists": n,
+                                                                     "merge": "consensus"})})
     for ch in needed:
         if ch in given:
             out[ch] = read_lists(given[ch])
@@ -126,7 +129,7 @@ def channel_lists(cfg: AIGQConfig, test: pl.DataFrame, given: dict[str, Path], n
         if ch not in cfg.ab.channels:
             raise ValueError(f"channel {ch!r} has no source: add ab.channels.{ch}=<eval arm> or --lists {ch}=FILE")
         tag = re.sub(r"[^\w.-]+", "_", cfg.ab.channels.get(ch, ch))
-        f = cache / f"{ch}-{tag}-s{cfg.ab.policy_sampled_lists}.parquet"
+        f = cache / f"{ch}-{tag}-c{n}.parquet"
         if f.is_file() and not fresh:
             df = read_lists(f)
             if df.select("user_id", "day").equals(keys):
@@ -144,8 +147,8 @@ def channel_lists(cfg: AIGQConfig, test: pl.DataFrame, given: dict[str, Path], n
 
 
 def policy_folder_lists(cfg: AIGQConfig, source: str, test: pl.DataFrame, k: int) -> pl.DataFrame:
-    """``policy:<direct|think>:<folder>`` → that policy's lists for the test prompts (eval's generation: greedy,
-    plus ``ab.policy_sampled_lists`` sampled lists)."""
+    """``policy:<direct|think>:<folder>`` → that policy's lists for the test prompts (the Direct cache's decoding:
+    greedy + ``serve.direct_samples`` sampled lists merged by consensus, set by :func:`channel_lists`)."""
     from aigq.evaluation.policy import generate_lists
     from aigq.evaluation.recommend import arm_frame
     from aigq.rollout.engine import make_engine

@@ -4,7 +4,8 @@
 ``eval.greedy_lists`` greedy lists, then ``eval.sampled_lists`` lists sampled with the paper's rollout settings
 (temperature ``eval.temperature`` = 1.0, top-k ``eval.top_k`` = 100), concatenated in that order and de-duplicated:
 the greedy list (the policy's best guess, interest order kept) fills the top slots and samples add the long tail up
-to K ([GAP], ours: a 10-query policy has to be asked several times to fill K = 30). Think arms parse the
+to K ([GAP], ours: a 10-query policy has to be asked several times to fill K = 30). ``eval.merge=consensus`` ranks
+the queries by how many of the lists hold them instead (``aigq.rollout.consensus``, the Direct cache's decoding). Think arms parse the
 ``T_k => Q_k`` groups after the reasoning span (``prompt.parse_output(text, "think")``) and get
 ``eval.think_max_tokens``. Each arm reads its prompts from the test split of the samples it was trained on (plain
 prompts for the plain-SFT rows), matched to the evaluated user-days by (user_id, day).
@@ -26,6 +27,7 @@ from aigq.config import AIGQConfig
 from aigq.evaluation import suite
 from aigq.evaluation.recommend import dedup
 from aigq.rewards.context import context_from_prompt
+from aigq.rollout.consensus import consensus
 from aigq.rollout.engine import Sampling, make_engine
 
 Say = Callable[[str], None]
@@ -57,18 +59,19 @@ def arm_prompts(cfg: AIGQConfig, arm: str, keys: pl.DataFrame) -> list[str]:
 
 
 def generate_lists(engine, prompts: list[str], cfg: AIGQConfig, max_tokens: int, k: int) -> list[list[str]]:
-    """Greedy list(s) first, then sampled ones, merged unique in order (see the module docstring)."""
+    """Greedy list(s) first, then sampled ones, merged by ``eval.merge`` (see the module docstring)."""
     e = cfg.eval
-    merged: list[list[str]] = [[] for _ in prompts]
+    lists: list[list[list[str]]] = [[] for _ in prompts]
     if e.greedy_lists:
         for i, group in enumerate(engine.generate(prompts, Sampling(n=1, temperature=0.0, max_tokens=max_tokens))):
-            merged[i] += group[0].queries
+            lists[i].append(group[0].queries)
     if e.sampled_lists:
         s = Sampling(n=e.sampled_lists, temperature=e.temperature, top_k=e.top_k, max_tokens=max_tokens, seed=e.seed)
         for i, group in enumerate(engine.generate(prompts, s)):
-            for r in group:
-                merged[i] += r.queries
-    return [dedup(m, k) for m in merged]
+            lists[i] += [r.queries for r in group]
+    if e.merge == "consensus":
+        return [consensus(ls, k) for ls in lists]
+    return [dedup([q for lst in ls for q in lst], k) for ls in lists]
 
 
 def policy_lists(cfg: AIGQConfig, arm: str, test_frame: pl.DataFrame, k: int, say: Say | None = None,

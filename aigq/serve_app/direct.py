@@ -93,12 +93,14 @@ class DirectGenerator:
         if self.holder.current is None:
             await self.reconfigure({})
         prompts = [user_prompt(self.ctx.records, u, self.ctx.cfg.samples) for u, _ in jobs]
-        rollouts, version = await asyncio.to_thread(self.holder.generate, prompts, self.ctx.cfg.serve.max_new_tokens)
+        sc = self.ctx.cfg.serve
+        lists, version = await asyncio.to_thread(self.holder.direct_lists, prompts, sc.max_new_tokens,
+                                                 sc.direct_samples, sc.recall_per_channel)
         out = []
-        for (user, reason), r in zip(jobs, rollouts, strict=True):
-            run = DirectRun(r.queries, version, time.time(), reason)
+        for (user, reason), queries in zip(jobs, lists, strict=True):
+            run = DirectRun(queries, version, time.time(), reason)
             self.ctx.records.push_direct(user, run)
-            out.append({"user_id": user, "queries": r.queries, "policy_version": version})
+            out.append({"user_id": user, "queries": queries, "policy_version": version})
         self.generated += len(jobs)
         return out
 

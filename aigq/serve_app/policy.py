@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aigq.rollout.consensus import direct_lists
 from aigq.rollout.engine import Sampling, make_engine
 
 
@@ -84,3 +85,11 @@ class PolicyHolder:
             raise RuntimeError("no policy loaded")
         groups = live.engine.generate(prompts, Sampling(n=1, temperature=0.0, max_tokens=max_tokens))
         return [g[0] for g in groups], live.version
+
+    def direct_lists(self, prompts: list[str], max_tokens: int, samples: int, k: int) -> tuple[list[list[str]], str]:
+        """The Direct cache's decoding (``consensus.direct_lists``: greedy + ``samples`` sampled lists, merged by
+        consensus) with the engine live at call time; returns (query lists, version)."""
+        live = self.current
+        if live is None:
+            raise RuntimeError("no policy loaded")
+        return direct_lists(live.engine, prompts, samples, max_tokens, k), live.version
