@@ -112,9 +112,9 @@ def read_lists(path: Path) -> pl.DataFrame:
 def channel_lists(cfg: AIGQConfig, test: pl.DataFrame, given: dict[str, Path], needed: list[str],
                   say: Callable[[str], None], fresh: bool = False) -> dict[str, pl.DataFrame]:
     """Each needed channel's arm lists: a given file, else the cached ``<ab dir>/lists/<channel>-<arm>.parquet``
-    (same test rows; ``fresh`` ignores it), else generated with ``aigq.evaluation.recommend.arm_lists`` for
+    (``…-c<serve.direct_samples>.parquet`` for policy channels; same test rows; ``fresh`` ignores it), else generated with ``aigq.evaluation.recommend.arm_lists`` for
     ``ab.channels[channel]`` and cached."""
-    from aigq.evaluation.recommend import arm_lists
+    from aigq.evaluation.recommend import POLICY_ARMS, arm_lists
 
     out, cache = {}, ab_dir(cfg) / "lists"
     keys = test.select("user_id", "day")
@@ -128,15 +128,16 @@ def channel_lists(cfg: AIGQConfig, test: pl.DataFrame, given: dict[str, Path], n
             continue
         if ch not in cfg.ab.channels:
             raise ValueError(f"channel {ch!r} has no source: add ab.channels.{ch}=<eval arm> or --lists {ch}=FILE")
-        tag = re.sub(r"[^\w.-]+", "_", cfg.ab.channels.get(ch, ch))
-        f = cache / f"{ch}-{tag}-c{n}.parquet"
+        src = cfg.ab.channels[ch]
+        tag = re.sub(r"[^\w.-]+", "_", src)
+        policy = src.startswith("policy:") or src.partition("@")[0] in POLICY_ARMS
+        f = cache / (f"{ch}-{tag}-c{n}.parquet" if policy else f"{ch}-{tag}.parquet")
         if f.is_file() and not fresh:
             df = read_lists(f)
             if df.select("user_id", "day").equals(keys):
                 say(f"{ch}: cached lists {f}")
                 out[ch] = df
                 continue
-        src = cfg.ab.channels[ch]
         say(f"{ch}: generating lists with {src} for {keys.height} user-days")
         df = (policy_folder_lists(cfg, src, test, cfg.ab.recall_per_channel) if src.startswith("policy:")
               else arm_lists(cfg, src, test, cfg.ab.recall_per_channel, say=say))
