@@ -20,8 +20,9 @@ hidden model covers the world's days only), so ``--days 3`` on the 32-day tiny w
 simulates days 30–32 (day 30 is also the last IL-SFT / IL-GRPO training day: noted in the output). A longer
 loop needs a world simulated with more days (``world.days``) and a pipeline trained on its first days.
 
-**The first CTR model**: the source run's φ_start is used when it exists (``<run>/ctr/day-<start>``), else φ_{start−1}
-(retrained warm on day start), else one cold start on ``loop.ctr_cold_window_days`` (default ``ctr.cold_window_days``); both arms start from it.
+**The first CTR model**: the source run's φ_start is used when it exists (``<run>/ctr/day-<start>``), else
+φ_{start−1} (retrained warm on day start), else one cold start on ``loop.ctr_cold_window_days`` (default
+``ctr.cold_window_days``); both arms start from it.
 
 ``loop.serve=false`` replaces Serve by the same HintQ code in-process (:class:`LocalDeployment`: HintQCore and a
 PolicyHolder on the arm's store); everything else is identical. Ray: ``learner.ray_address`` / $RAY_ADDRESS, else

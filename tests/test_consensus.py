@@ -49,3 +49,32 @@ def test_eval_generate_lists_concat_or_consensus():
     assert generate_lists(eng, ["p"], concat, 32, k=10) == [["a", "b", "c", "d"]]  # greedy first, then samples
     vote = load_config(None, ["eval.sampled_lists=3", "eval.merge=consensus"])
     assert generate_lists(eng, ["p"], vote, 32, k=10) == [["c", "b", "a", "d"]]
+
+
+def test_ab_policy_channels_decode_like_the_direct_cache(tmp_path, monkeypatch):
+    import polars as pl
+
+    from aigq.config import load_config
+    from aigq.evaluation import ab_inputs, recommend
+
+    seen = {}
+    test = pl.DataFrame({"user_id": [1, 2], "day": [31, 31], "prompt": ["p1", "p2"]},
+                        schema={"user_id": pl.Int64, "day": pl.Int32, "prompt": pl.String})
+
+    def fake_policy(cfg, src, frame, k):
+        seen["policy"] = (src, cfg.eval.greedy_lists, cfg.eval.sampled_lists, cfg.eval.merge)
+        return recommend.arm_frame(frame, [["a"], ["b"]], k)
+
+    def fake_arm(cfg, arm, frame, k, say=None):
+        return recommend.arm_frame(frame, [["x"], ["y"]], k)
+
+    monkeypatch.setattr(ab_inputs, "policy_folder_lists", fake_policy)
+    monkeypatch.setattr(recommend, "arm_lists", fake_arm)
+    cfg = load_config(None, [f"ab.out_dir={tmp_path}", "serve.direct_samples=3", "eval.sampled_lists=4"])
+    cfg = cfg.model_copy(update={"ab": cfg.ab.model_copy(update={"channels": {**cfg.ab.channels,
+                                                                             "direct": "policy:direct:somewhere"}})})
+    out = ab_inputs.channel_lists(cfg, test, {}, ["direct", "coclick"], lambda _m: None)
+    assert seen["policy"] == ("policy:direct:somewhere", 1, 3, "consensus")  # serve's decoding, not eval's 1 + 4
+    assert out["direct"]["queries"].to_list() == [["a"], ["b"]]
+    names = sorted(p.name for p in (tmp_path / "lists").iterdir())
+    assert names == ["coclick-co-click.parquet", "direct-policy_direct_somewhere-c3.parquet"]

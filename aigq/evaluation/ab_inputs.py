@@ -112,8 +112,8 @@ def read_lists(path: Path) -> pl.DataFrame:
 def channel_lists(cfg: AIGQConfig, test: pl.DataFrame, given: dict[str, Path], needed: list[str],
                   say: Callable[[str], None], fresh: bool = False) -> dict[str, pl.DataFrame]:
     """Each needed channel's arm lists: a given file, else the cached ``<ab dir>/lists/<channel>-<arm>.parquet``
-    (``…-c<serve.direct_samples>.parquet`` for policy channels; same test rows; ``fresh`` ignores it), else generated with ``aigq.evaluation.recommend.arm_lists`` for
-    ``ab.channels[channel]`` and cached."""
+    (``…-c<serve.direct_samples>.parquet`` for policy channels; same test rows; ``fresh`` ignores it), else
+    generated with ``aigq.evaluation.recommend.arm_lists`` for ``ab.channels[channel]`` and cached."""
     from aigq.evaluation.recommend import POLICY_ARMS, arm_lists
 
     out, cache = {}, ab_dir(cfg) / "lists"

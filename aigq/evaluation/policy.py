@@ -4,9 +4,9 @@
 ``eval.greedy_lists`` greedy lists, then ``eval.sampled_lists`` lists sampled with the paper's rollout settings
 (temperature ``eval.temperature`` = 1.0, top-k ``eval.top_k`` = 100), concatenated in that order and de-duplicated:
 the greedy list (the policy's best guess, interest order kept) fills the top slots and samples add the long tail up
-to K ([GAP], ours: a 10-query policy has to be asked several times to fill K = 30). ``eval.merge=consensus`` ranks
-the queries by how many of the lists hold them instead (``aigq.rollout.consensus``, the Direct cache's decoding). Think arms parse the
-``T_k => Q_k`` groups after the reasoning span (``prompt.parse_output(text, "think")``) and get
+to K ([GAP], ours: a 10-query policy has to be asked several times to fill K = 30). ``eval.merge=consensus``
+ranks the queries by how many of the lists hold them instead (``aigq.rollout.consensus``, the Direct cache's
+decoding). Think arms parse the ``T_k => Q_k`` groups after the reasoning span (``prompt.parse_output(text, "think")``) and get
 ``eval.think_max_tokens``. Each arm reads its prompts from the test split of the samples it was trained on (plain
 prompts for the plain-SFT rows), matched to the evaluated user-days by (user_id, day).
 

@@ -16,9 +16,9 @@ def full_list(text: str, expected: int) -> bool:
 
 def parse_stats(texts: Sequence[str], expected: int, variant: str = "direct") -> dict[str, float]:
     """``parse_rate``: share of outputs that parse into exactly ``expected`` non-empty queries (Direct:
-    :func:`full_list`); for Think, share with a closed reasoning span (when present) and at least one interest point. ``at_least_rate``: share
-    with at least ``expected`` queries (a consumer taking the first ``expected`` gets a full list). Plus the mean
-    count and the share of outputs with duplicate queries."""
+    :func:`full_list`); for Think, share with a closed reasoning span (when present) and at least one interest
+    point. ``at_least_rate``: share with at least ``expected`` queries (a consumer taking the first ``expected``
+    gets a full list). Plus the mean count and the share of outputs with duplicate queries."""
     if not texts:
         return {"parse_rate": 0.0, "at_least_rate": 0.0, "mean_queries": 0.0, "duplicate_share": 0.0}
     ok, counts, dups = 0, [], 0

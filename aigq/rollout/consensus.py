@@ -12,14 +12,10 @@ The Direct serve app (nearline cache) and the simulated A/B's policy channels de
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
+from aigq.data.vocabulary import normalise_query
 from aigq.rollout.engine import Engine, Sampling
-
-
-def _key(text: object) -> str:
-    return re.sub(r"\s+", " ", str(text or "")).strip().lower()
 
 
 def consensus(lists: Sequence[Sequence[str | None]], k: int) -> list[str]:
@@ -31,7 +27,7 @@ def consensus(lists: Sequence[Sequence[str | None]], k: int) -> list[str]:
     for i, lst in enumerate(lists):
         seen: set[str] = set()
         for j, q in enumerate(lst):
-            key = _key(q)
+            key = normalise_query(str(q or ""))
             if not key or key in seen:
                 continue
             seen.add(key)
