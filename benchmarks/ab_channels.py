@@ -1,19 +1,23 @@
 """How much of a HintQ channel's simulated UCTR comes from its candidates and how much from the ranker.
 
-For each channel (an arm-lists parquet, e.g. ``<run>/ab/lists/*.parquet``; ``A+B`` = the union of several, the first
-keeping a query) this shows the top 3 of its candidates (≤ ``ab.recall_per_channel`` per channel) to the world's
-HintQ requests on the test days, ordered three ways:
+Channels: arm-lists parquet files (``NAME=FILE``, e.g. ``<run>/ab/lists/*.parquet``; ``NAME=A+B`` = the union of
+several, the first keeping a query), and/or Direct policies decoded here as the Direct cache decodes them
+(``--policy NAME=FOLDER``: greedy + N sampled lists merged by consensus, ``aigq.rollout.consensus.direct_lists``,
+once per N of ``--samples``; channel ``NAME-cN``), and/or ``--truth`` (the test user-days' true queries, a ceiling
+for imitation). Each channel's top 3 of its ≤ ``ab.recall_per_channel`` candidates are shown to the world's HintQ
+requests of the test days, ordered three ways:
 
-* ``ctr``    — HintQ's CTR model (``--ctr``; default: the run's newest model of the last train day), as ``aigq ab``;
-* ``recall`` — the channel's own order;
-* ``oracle`` — the hidden click probability at slot 0 (an upper bound for any ranker over these candidates);
+* ``ctr``    — HintQ's CTR model (``--ctr``; default: the A/B's ranker, the run's model of the last train day);
+* ``recall`` — the channel's own order (for a policy: its list order, i.e. the list's first 3);
+* ``oracle`` — the hidden click probability at slot 0 (an upper bound for any ranker over these candidates).
 
-and prints the **expected** UCTR — mean over the requesting users of 1 − Π(1 − p) over their shown slots, p from the
-hidden click model with position bias — which has no sampling noise (``aigq ab`` draws the clicks) — plus the
-mean hidden p of a shown slot and the distinct candidates per user-day. Reads ``world/hidden``: an evaluator.
+Per ordering it prints the **expected** UCTR (mean over the requesting users of 1 − Π(1 − p) over their shown
+slots, p from the hidden click model with position bias: no click-sampling noise, unlike ``aigq ab``), the mean p of
+a shown slot and ``int``, the share of shown queries whose leaf category is one of the user's current interests
+(hidden interest > 0). Reads ``world/hidden``: an evaluator, like ``aigq ab``.
 
-    .venv/bin/python benchmarks/ab_channels.py -c configs/tiny_cpu.yaml coclick=outputs/tiny/ab/lists/coclick-co-click-c16.parquet \
-        direct=outputs/tiny/ab/lists/direct-direct-il-sft+il-grpo-c16.parquet [--ctr outputs/tiny/ctr/day-030]
+    .venv/bin/python benchmarks/ab_channels.py -c configs/tiny_cpu.yaml --truth \\
+        coclick=outputs/tiny/ab/lists/coclick-co-click.parquet --policy demo=outputs/tiny/grpo/policy --samples 0,16
 """
 
 from __future__ import annotations
@@ -28,10 +32,29 @@ import typer
 app = typer.Typer(add_completion=False)
 
 
+def policy_channels(cfg, test: pl.DataFrame, name: str, folder: Path, samples: list[int]) -> dict[str, pl.DataFrame]:
+    """``NAME-cN`` → the policy's lists for the test prompts, decoded like the Direct cache with N samples."""
+    from aigq.evaluation.recommend import arm_frame
+    from aigq.rollout.consensus import direct_lists
+    from aigq.rollout.engine import make_engine
+
+    kind = cfg.eval.engine or cfg.rollout.engine
+    engine = make_engine(kind, folder, variant="direct", **({"seed": cfg.eval.seed} if kind == "vllm" else {}))
+    try:
+        prompts, k = test["prompt"].to_list(), cfg.ab.recall_per_channel
+        return {f"{name}-c{n}": arm_frame(test, direct_lists(engine, prompts, n, cfg.eval.max_tokens, k,
+                                                             seed=cfg.eval.seed), k) for n in samples}
+    finally:
+        engine.close()
+
+
 @app.command()
-def main(channels: Annotated[list[str], typer.Argument(help="NAME=LISTS.parquet[+MORE.parquet] …")],
+def main(channels: Annotated[list[str] | None, typer.Argument(help="NAME=LISTS.parquet[+MORE.parquet] …")] = None,
          config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/tiny_cpu.yaml"),
          ctr: Annotated[Path | None, typer.Option(help="CTR model folder (default: the A/B's ranker)")] = None,
+         policy: Annotated[list[str] | None, typer.Option(help="NAME=POLICY_FOLDER, decoded here")] = None,
+         samples: Annotated[str, typer.Option(help="sampled lists per decoding of --policy, comma-separated")] = "0,16",
+         truth: Annotated[bool, typer.Option(help="add the test user-days' true queries as a channel")] = False,
          overrides: Annotated[list[str] | None, typer.Option("--set", help="config override key=value")] = None
          ) -> None:
     from aigq.config import load_config
@@ -46,33 +69,44 @@ def main(channels: Annotated[list[str], typer.Argument(help="NAME=LISTS.parquet[
     world = cfg.world_dir()
     hidden, v = HiddenModel(world), validate_world(world, write_quarantine=False)
     start, n_days = str(v.meta["start_date"])[:10], int(v.meta["days"])
-    test = pl.read_parquet(cfg.samples_dir() / "test.parquet").sort("user_id", "day")
+    test = pl.read_parquet(cfg.samples_dir() / "test.parquet").sort("user_id", "day").with_columns(
+        pl.col("user_id").cast(pl.Int64), pl.col("day").cast(pl.Int32))
     requests = window_requests(v.tables, start, test.select("user_id", "day"), cfg.ab.requests)
     model = ctr or ranker_model(cfg, n_days - cfg.samples.test_days)
     ranker = CTRRanker(CTRScorer.load(model), v.tables, start)
     resolver = ab.QueryResolver.for_hidden(hidden, CategoryMapper.from_world(world, cfg.ab.category_threshold).map)
     users = requests["user_id"].n_unique()
-    print(f"{requests.height} requests of {users} users; ranker {model}")
-    print(f"{'channel':24s} {'cands/ud':>8s}   " + "   ".join(f"{o:>6s} UCTR  p" for o in ("ctr", "recall", "oracle")))
 
-    def expected(shown: pl.DataFrame) -> tuple[float, float]:
-        imp = shown.select("user_id", "day", "query", "slot").join(requests, on=["user_id", "day"])
-        p = ab.click_probabilities(imp.select("user_id", "day", "query", "slot"), hidden, resolver)
-        per_user = imp.with_columns(p=pl.Series(p)).group_by("user_id").agg(miss=(1 - pl.col("p")).product())
-        return float((1 - per_user["miss"]).sum() / users), float(np.mean(p)) if len(p) else float("nan")
-
-    for spec in channels:
+    sets: dict[str, dict[str, pl.DataFrame]] = {}
+    if truth:
+        sets["truth"] = {"truth": test.select("user_id", "day", queries=pl.col("target"))}
+    for spec in channels or []:
         name, _, files = spec.partition("=")
-        lists = {f"{name}{i}": read_lists(Path(f)) for i, f in enumerate(files.split("+"))}
+        sets[name] = {f"{name}{i}": read_lists(Path(f)) for i, f in enumerate(files.split("+"))}
+    for spec in policy or []:
+        name, _, folder = spec.partition("=")
+        for ch, frame in policy_channels(cfg, test, name, Path(folder), [int(s) for s in samples.split(",")]).items():
+            sets[ch] = {ch: frame}
+
+    def shown_figures(shown: pl.DataFrame) -> str:
+        imp = shown.select("user_id", "day", "query", "slot").join(requests, on=["user_id", "day"])
+        res = resolver.resolve(imp["query"].to_list()).select("query", "category", "pop")
+        f = hidden.category_features(imp.join(res, on="query", how="left", maintain_order="left"))
+        p = ab.click_probabilities(imp.select("user_id", "day", "query", "slot"), hidden, resolver)
+        miss = imp.with_columns(p=pl.Series(p)).group_by("user_id").agg(m=(1 - pl.col("p")).product())["m"]
+        return f"{float((1 - miss).sum() / users):6.3f} {np.mean(p):5.3f} {float((f['interest'] > 0).mean()):4.2f}"
+
+    print(f"{requests.height} requests of {users} users; ranker {model}")
+    print(f"{'channel':24s} {'cands/ud':>8s}   " + "   ".join(f"{o:>6s} UCTR  p     int" for o in
+                                                             ("ctr", "recall", "oracle")))
+    for name, lists in sets.items():
         cands = ab.candidates(lists, list(lists), cfg.ab.recall_per_channel)
         slot0 = cands.select("user_id", "day", "query").with_columns(slot=pl.lit(0, pl.Int64))
-        truth = pl.Series(ab.click_probabilities(slot0, hidden, resolver))
-        row = []
-        for rk in (ranker, None, lambda _c, t=truth: t.to_numpy()):
-            u, p = expected(ab.rank_and_show(cands, rk, cfg.ab.k))
-            row.append(f"{u:6.3f} {p:5.3f}")
+        truth_p = pl.Series(ab.click_probabilities(slot0, hidden, resolver))
+        row = [shown_figures(ab.rank_and_show(cands, rk, cfg.ab.k))
+               for rk in (ranker, None, lambda _c, t=truth_p: t.to_numpy())]
         per_ud = cands.group_by("user_id", "day").len()["len"].mean()
-        print(f"{name:24s} {per_ud:8.1f}   " + "   ".join(row))
+        print(f"{name:24s} {per_ud:8.1f}   " + "   ".join(row), flush=True)
 
 
 if __name__ == "__main__":
