@@ -138,6 +138,10 @@ class CTRConfig(_Section):
     history_len: int = Field(20, ge=1)  # behaviours attended (DIN) per user ([GAP], ours; = samples.history_len)
     history_days: int = Field(30, ge=1)  # behaviours older than this are ignored ([GAP], ours)
     behaviour_types: list[Literal["search", "click", "cart", "buy"]] = ["search", "click", "cart", "buy"]
+    # DIN's category side information: query and behaviours resolved to leaf / parent category through the world's
+    # public catalogue (``rewards.ctr_categories``); adds same-leaf / sibling-leaf features. Off = text only.
+    category_features: bool = True  # ([GAP], ours; the paper's production ranker is not described)
+    category_threshold: float = Field(0.5, gt=0, le=1)  # text → leaf: trigram cosine floor (as eval's mapper)
     # Training (Adam); cold = no previous day's model, warm = Eq. 15 continuation from day T-1's model.
     lr: float = Field(3e-3, gt=0)  # ([GAP], ours)
     weight_decay: float = Field(1e-5, ge=0)  # ([GAP], ours; 1e-5 beat 1e-6 on held-out AUC and Spearman)

@@ -20,7 +20,8 @@ def test_train_ctr_cold_then_warm_logs_to_mlflow(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "eval.popularity_auc" in res.output and "test-only evaluator" in res.output
     day6 = tmp_path / "out/ctr/day-006"
-    assert sorted(p.name for p in day6.iterdir()) == ["model.json", "model.safetensors"]
+    assert sorted(p.name for p in day6.iterdir()) == ["categories.parquet", "category_parents.parquet", "model.json",
+                                                    "model.safetensors"]
     assert json.loads((day6 / "model.json").read_text())["meta"]["warm_start"] is None
 
     res = runner.invoke(app, ["train-ctr", "--day", "7", *base])

@@ -5,6 +5,7 @@ import ast
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
@@ -13,7 +14,9 @@ from aigq.data.prompt import format_prompt
 from aigq.data.simulate import simulate_world
 from aigq.data.validate import validate_world
 from aigq.evaluation.ctr_oracle import oracle_spearman
-from aigq.rewards.ctr import CTRScorer, load_model
+from aigq.rewards.context import UserContext
+from aigq.rewards.ctr import CTRScorer, Featurizer, load_categories, load_model
+from aigq.rewards.ctr_categories import CategoryIndex, match_features
 from aigq.rewards.ctr_train import auc, log_loss, rankdata, spearman, train_day
 
 CFG = CTRConfig(hash_buckets=1 << 15, epochs_cold=3, epochs_warm=2, eval_days=2)
@@ -59,12 +62,14 @@ def test_held_out_auc_beats_popularity_and_ranks_like_the_hidden_model(trained):
 def test_safetensors_json_round_trip_and_no_pickle(trained):
     _, v, res, _ = trained
     files = sorted(p.name for p in res.folder.iterdir())
-    assert files == ["model.json", "model.safetensors"]
+    assert files == ["categories.parquet", "category_parents.parquet", "model.json", "model.safetensors"]
     model, cfg, meta = load_model(res.folder)
     assert cfg == CFG and meta["day"] == 10 and meta["metrics"]["eval.auc"] == pytest.approx(res.metrics["eval.auc"])
-    scorer = CTRScorer(model, cfg)
+    assert model.categories
+    with pytest.raises(ValueError, match="category features"):
+        CTRScorer(model, cfg)  # the lookup travels with the model; scoring without it would silently differ
+    scorer = CTRScorer(model, cfg, load_categories(res.folder, model, cfg))
     qs = ["velvet sofa", "desk lamp", "a query never seen in any log 42"]
-    from aigq.rewards.context import UserContext
 
     ctx = UserContext({"gender": "Female", "age": "30"}, [(0, "search", "velvet sofa"), (1, "click", "blue chair")])
     again = CTRScorer.load(res.folder).score_one(ctx, qs)
@@ -74,7 +79,7 @@ def test_safetensors_json_round_trip_and_no_pickle(trained):
 def test_scores_any_text_and_prompt_context_equals_structured_context(trained):
     _, _, res, _ = trained
     scorer = CTRScorer.load(res.folder)
-    from aigq.rewards.context import UserContext, context_from_prompt
+    from aigq.rewards.context import context_from_prompt
 
     ctx = UserContext({"gender": "Male", "age": "25", "city": "Hangzhou"},
                       [(0, "search", "outdoor lawn games"), (2, "click", "oak dining table by Latitude")])
@@ -118,3 +123,40 @@ def test_nothing_that_trains_or_scores_reads_the_hidden_model():
                 if "aigq.data.hidden" in (mod or "") or any("hidden" in n or "ctr_oracle" in n for n in names):
                     offenders.append(f.name)
     assert offenders == []
+
+
+def test_category_match_features_hand_worked():
+    """Query leaves [Sofas, Desks, unknown]; one context with behaviours [Sofas, Chairs (Sofas' sibling), unknown]."""
+    q_leaf, q_par = np.array([0, 1, -1]), np.array([0, 1, -1])
+    h_leaf, h_par = np.array([[0, 2, -1]]), np.array([[0, 0, -1]])
+    f = match_features(q_leaf, q_par, h_leaf, h_par, np.zeros(3, np.int64))
+    assert f[..., 0].tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 0]]  # same leaf; unknown never matches unknown
+    assert f[..., 1].tolist() == [[0, 1, 0], [0, 0, 0], [0, 0, 0]]  # same parent, other leaf
+
+
+def test_category_index_from_public_tables_and_featuriser(trained):
+    _, v, res, _ = trained
+    idx = CategoryIndex.from_tables(v.tables, 0.5)
+    q = v.tables["queries"].head(1)
+    item = v.tables["items"].filter(pl.col("category") == q["category"][0]).row(0, named=True)
+    leaf, par = idx.ids([q["query"][0], item["description"], "zzzz qqqq", None])
+    assert leaf[0] == leaf[1] >= 0 and par[0] == par[1] >= 0  # a query and an item of one leaf
+    assert leaf[2] == leaf[3] == par[2] == par[3] == -1
+    parent = item["category_path"].split(">")[-2].strip()
+    assert idx.parents.filter(pl.col("category") == item["category"])["parent"].to_list() == [parent]
+    # the featuriser flags the behaviours of the query's leaf; the saved lookup reproduces the same flags
+    ctx = UserContext({}, [(0, "click", item["description"]), (1, "search", "zzzz qqqq")])
+    b = Featurizer(CFG, idx).batch([ctx], [0, 0], [q["query"][0], "zzzz"])
+    assert b.cat[0, :2, 0].tolist() == [1.0, 0.0] and b.cat[1].sum() == 0
+    model, cfg, _ = load_model(res.folder)
+    b2 = Featurizer(cfg, load_categories(res.folder, model, cfg)).batch([ctx], [0, 0], [q["query"][0], "zzzz"])
+    assert torch.equal(b.cat, b2.cat)
+
+
+def test_text_only_model_has_no_category_files(trained, tmp_path):
+    _, v, _, _ = trained
+    cfg = CFG.model_copy(update={"category_features": False, "epochs_cold": 1, "pretrain_epochs": 0})
+    res = train_day(v.tables, v.meta["start_date"], 12, 10, cfg, tmp_path)
+    assert sorted(p.name for p in res.folder.iterdir()) == ["model.json", "model.safetensors"]
+    assert not load_model(res.folder)[0].categories
+    assert CTRScorer.load(res.folder).score_one(UserContext(), ["velvet sofa"]).shape == (1,)

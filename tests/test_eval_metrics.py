@@ -28,6 +28,18 @@ def test_mapper_exact_then_nearest_trigram_then_none():
     assert normalise("  Kids' Wall-Décor ") == "kids wall décor"
 
 
+def test_mapper_memo_is_bounded(monkeypatch):
+    import aigq.evaluation.categories as C
+
+    monkeypatch.setattr(C, "MEMO_CAP", 4)
+    m = CategoryMapper(KNOWN, threshold=0.5)
+    texts = [f"velvet sofas {i}" for i in range(10)] + ["Velvet  Sofa!"]
+    first = m.map(texts)
+    assert len(m._memo) <= 4 + len(texts)  # pruned to the exact entries before adding one call's texts
+    m.map(["oak desks"])
+    assert len(m._memo) <= 4 and m.map(texts) == first  # answers do not depend on what was forgotten
+
+
 def test_mapper_from_tables_uses_items_only_as_a_fallback():
     q = pl.DataFrame({"query": ["oak desk"], "category": ["Desks"]})
     items = pl.DataFrame({"description": ["oak desk by Zipcode", "blue wool rug by Orren"],

@@ -37,6 +37,7 @@ import polars as pl
 _PUNCT = re.compile(r"[^\w\s]+", re.UNICODE)
 _WS = re.compile(r"\s+")
 BUCKETS = 1 << 20  # trigram hash space (collisions negligible at this size)
+MEMO_CAP = 200_000  # memoised fuzzy lookups kept at most (the CTR model maps every scored text)
 
 
 def normalise(text: object) -> str:
@@ -120,7 +121,10 @@ class CategoryMapper:
 
     def map(self, queries: Sequence[str | None]) -> list[str | None]:
         """Leaf category per query (``None`` = unknown); see the module docstring for the three steps."""
-        todo = [q for q in dict.fromkeys(normalise(q) for q in queries) if q not in self._memo]
+        keys = [normalise(q) for q in queries]
+        todo = [q for q in dict.fromkeys(keys) if q not in self._memo]
+        if len(self._memo) + len(todo) > MEMO_CAP:  # a long-lived server maps unbounded request text
+            self._memo = {q: c for q, c in self._memo.items() if q in self._exact}
         fuzzy = []
         for q in todo:
             if not q:
@@ -141,7 +145,7 @@ class CategoryMapper:
         else:
             for q in fuzzy:
                 self._memo[q] = None
-        return [self._memo[normalise(q)] for q in queries]
+        return [self._memo[q] for q in keys]
 
     def map_lists(self, lists: Sequence[Sequence[str]]) -> list[list[str | None]]:
         """``map`` over a list of query lists (one flat lookup)."""

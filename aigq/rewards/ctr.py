@@ -8,7 +8,11 @@ Architecture (all text through one shared hashed-n-gram embedding, so *any* quer
   softmax-normalised over the valid ones, u = Σ a_i·b_i. s_i is a fixed (not learned) feature: the n-gram cosine
   between the query and behaviour i — an exact-match prior that a small log cannot learn from scratch;
 * **profile** p = Σ hashed embeddings of gender, age bucket, occupation, city;
-* **head** MLP([q, u, p, q⊙u, q⊙p, max s, mean s, max s over today+yesterday, log(1+n)]) → relevance logit r.
+* **categories** (``ctr.category_features``, DIN's category side information; ``ctr_categories``): c_i = two fixed
+  flags, behaviour i is in the query's leaf category / in a sibling leaf (same parent), resolved through the world's
+  public catalogue; c_i joins s_i in the attention input, and the head gets their shares over all behaviours and
+  over today's and yesterday's;
+* **head** MLP([q, u, p, q⊙u, q⊙p, max s, mean s, max s over today+yesterday, log(1+n) (, c shares)]) → logit r.
 
 A cold-started model first pre-trains the text embedding on the logs' **session co-occurrence** (InfoNCE: two
 behaviours of one session — a search and a clicked item, two searches — against in-batch negatives), so texts of
@@ -17,8 +21,8 @@ one shopping intent sit together before the sparse click signal is fitted (``ctr
 **Position bias** (PAL, Guo et al. 2019): p(click | slot) = σ(r)·e(slot), with e(0) = 1 and e(1), e(2) = σ(θ) learned.
 Training fits the product to the logged clicks; scoring returns σ(r) = p(click | examined), free of slot bias.
 
-Artefacts: ``model.safetensors`` (weights) + ``model.json`` (architecture, featuriser settings, training meta).
-Never pickle.
+Artefacts: ``model.safetensors`` (weights) + ``model.json`` (architecture, featuriser settings, training meta), and
+with categories the lookup ``categories.parquet`` + ``category_parents.parquet``. Never pickle.
 """
 
 from __future__ import annotations
@@ -37,12 +41,14 @@ from torch import nn
 
 from aigq.config import CTRConfig
 from aigq.rewards.context import UserContext
+from aigq.rewards.ctr_categories import CategoryIndex, match_features
 from aigq.rewards.text import hash_token, ngram_ids, pair_cosines, to_text
 
 TYPES = ("search", "click", "cart", "buy")
 AGE_BUCKETS = (0, 1, 2, 3, 7, 14, 30)  # days-ago bucket edges for the recency embedding
 N_SLOTS = 3
 N_SIM = 4
+N_CAT = 2  # same leaf, sibling leaf (``ctr_categories.match_features``)
 PROFILE_BUCKETS = 4096
 FORMAT_VERSION = 1
 
@@ -91,11 +97,12 @@ class Batch:
     ctx: torch.Tensor  # (N,)
     sim: torch.Tensor  # (N, L) fixed query–behaviour n-gram cosine
     slot: torch.Tensor  # (N,) shown slot (0 when unknown)
+    cat: torch.Tensor | None = None  # (N, L, 2) fixed same-leaf / sibling-leaf flags (``ctr_categories``)
 
 
 class Featurizer:
-    def __init__(self, cfg: CTRConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: CTRConfig, categories: CategoryIndex | None = None):
+        self.cfg, self.categories = cfg, categories
 
     def ids(self, text: Any) -> np.ndarray:
         c = self.cfg
@@ -119,18 +126,20 @@ class Featurizer:
         h_type = np.zeros((C, L), np.int64)
         h_age = np.zeros((C, L), np.int64)
         h_mask = np.zeros((C, L), bool)
-        p_sets = []
+        p_sets, h_text = [], []
         for c, uc in enumerate(contexts):
             behs = [b for b in uc.behaviours if b[0] <= self.cfg.history_days][:L]
             for i in range(L):
                 if i < len(behs):
                     d, t, content = behs[i]
                     h_sets.append(self.ids(content))
+                    h_text.append(content)
                     h_type[c, i] = TYPES.index(t) + 1 if t in TYPES else 0
                     h_age[c, i] = _age_bucket(int(d))
                     h_mask[c, i] = len(h_sets[-1]) > 0
                 else:
                     h_sets.append(np.zeros(0, np.int64))
+                    h_text.append(None)
             toks = _profile_tokens(uc.profile)
             p_sets.append(np.array([hash_token(t, PROFILE_BUCKETS) for t in toks], dtype=np.int64))
         q_sets = [self.ids(q) for q in queries]
@@ -142,9 +151,14 @@ class Featurizer:
         hi, ho, hw = self._bags(h_sets)
         pi, po, _ = self._bags(p_sets)
         slot = np.zeros(len(q_sets), np.int64) if slots is None else np.clip(np.asarray(slots, np.int64), 0, N_SLOTS - 1)
+        cat = None
+        if self.categories is not None:
+            ql, qp = self.categories.ids(list(queries))
+            hl, hp = self.categories.ids(h_text)
+            cat = torch.from_numpy(match_features(ql, qp, hl.reshape(C, L), hp.reshape(C, L), ctx_index))
         return Batch(qi, qo, qw, hi, ho, hw, torch.from_numpy(h_type), torch.from_numpy(h_age),
                      torch.from_numpy(h_mask), pi, po, torch.from_numpy(ctx_index), torch.from_numpy(sim),
-                     torch.from_numpy(slot))
+                     torch.from_numpy(slot), cat)
 
 
 def _mlp(i: int, h: int, o: int) -> nn.Sequential:
@@ -152,15 +166,18 @@ def _mlp(i: int, h: int, o: int) -> nn.Sequential:
 
 
 class CTRModel(nn.Module):
-    def __init__(self, hash_buckets: int, dim: int, hidden: int, history_len: int):
+    def __init__(self, hash_buckets: int, dim: int, hidden: int, history_len: int, categories: bool = False):
         super().__init__()
-        self.arch = {"hash_buckets": hash_buckets, "dim": dim, "hidden": hidden, "history_len": history_len}
+        self.arch = {"hash_buckets": hash_buckets, "dim": dim, "hidden": hidden, "history_len": history_len,
+                     "categories": categories}
+        self.categories = categories
+        n_cat = N_CAT if categories else 0
         self.text = nn.EmbeddingBag(hash_buckets, dim, mode="sum", sparse=True)  # few rows touched per step
         self.btype = nn.Embedding(len(TYPES) + 1, dim)
         self.age = nn.Embedding(len(AGE_BUCKETS) + 1, dim)
         self.profile = nn.EmbeddingBag(PROFILE_BUCKETS, dim, mode="sum")
-        self.att = _mlp(4 * dim + 1, hidden, 1)
-        self.head = _mlp(5 * dim + N_SIM, hidden, 1)
+        self.att = _mlp(4 * dim + 1 + n_cat, hidden, 1)
+        self.head = _mlp(5 * dim + N_SIM + 2 * n_cat, hidden, 1)
         self.exam = nn.Parameter(torch.full((N_SLOTS - 1,), 1.5))  # logit of e(slot), slots 1..2
         for emb in (self.text, self.profile):
             nn.init.normal_(emb.weight, std=0.05)
@@ -176,7 +193,12 @@ class CTRModel(nn.Module):
         p = self.profile(b.p_ids, b.p_off)
         hq, mask = h[b.ctx], b.h_mask[b.ctx]  # (N, L, d), (N, L)
         qe = q[:, None, :].expand_as(hq)
-        score = self.att(torch.cat([qe, hq, qe * hq, qe - hq, b.sim[..., None]], -1)).squeeze(-1)
+        fixed = [b.sim[..., None]]
+        if self.categories:
+            if b.cat is None:
+                raise ValueError("this CTR model uses category features: featurise with a CategoryIndex")
+            fixed.append(b.cat)
+        score = self.att(torch.cat([qe, hq, qe * hq, qe - hq, *fixed], -1)).squeeze(-1)
         score = score.masked_fill(~mask, -1e4)
         a = torch.softmax(score, -1) * mask
         u = (a[..., None] * hq).sum(1)
@@ -185,6 +207,10 @@ class CTRModel(nn.Module):
         recent = (b.h_age[b.ctx] <= 2) & mask
         feats = torch.stack([s.max(1).values, s.sum(1) / n, (s * recent).max(1).values,
                              torch.log1p(mask.sum(1).float())], -1)
+        if self.categories:  # share of all / of today's and yesterday's behaviours in the query's leaf, its parent
+            cm = b.cat * mask[..., None]
+            rc = recent.float()[..., None]
+            feats = torch.cat([feats, cm.sum(1) / n[:, None], (cm * rc).sum(1) / rc.sum(1).clamp(min=1)], -1)
         pu = p[b.ctx]
         return self.head(torch.cat([q, u, pu, q * u, q * pu, feats], -1)).squeeze(-1)
 
@@ -199,10 +225,16 @@ class CTRModel(nn.Module):
         return -(clicked * logp + (1 - clicked) * log1mp).mean()
 
 
-def save_model(model: CTRModel, cfg: CTRConfig, folder: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """``folder/model.safetensors`` + ``folder/model.json`` (architecture, featuriser config, meta)."""
+def save_model(model: CTRModel, cfg: CTRConfig, folder: str | Path, meta: dict[str, Any] | None = None,
+               categories: CategoryIndex | None = None) -> Path:
+    """``folder/model.safetensors`` + ``folder/model.json`` (architecture, featuriser config, meta), + the category
+    lookup (``ctr_categories``) for a model with category features."""
+    if model.categories and categories is None:
+        raise ValueError("a CTR model with category features is saved with its CategoryIndex")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if model.categories:
+        categories.save(folder)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     info = {"format_version": FORMAT_VERSION, "arch": model.arch, "featurizer": cfg.model_dump(), "meta": meta or {}}
     (folder / "model.json").write_text(json.dumps(info, indent=2, default=str))
@@ -222,16 +254,24 @@ def load_model(folder: str | Path) -> tuple[CTRModel, CTRConfig, dict[str, Any]]
     return model, CTRConfig.model_validate(info["featurizer"]), info.get("meta", {})
 
 
+def load_categories(folder: str | Path, model: CTRModel, cfg: CTRConfig) -> CategoryIndex | None:
+    """The model folder's category lookup, or None for a model without category features."""
+    return CategoryIndex.load(folder, cfg.category_threshold) if model.categories else None
+
+
 class CTRScorer:
     """Batched, gradient-free scoring of (context, queries) with a trained model: p̂ = p(click | examined)."""
 
-    def __init__(self, model: CTRModel, cfg: CTRConfig, chunk: int = 4096):
-        self.model, self.cfg, self.feat, self.chunk = model.eval(), cfg, Featurizer(cfg), chunk
+    def __init__(self, model: CTRModel, cfg: CTRConfig, categories: CategoryIndex | None = None, chunk: int = 4096):
+        if model.categories and categories is None:
+            raise ValueError("this CTR model uses category features: pass its CategoryIndex (CTRScorer.load does)")
+        self.model, self.cfg, self.chunk = model.eval(), cfg, chunk
+        self.feat = Featurizer(cfg, categories if model.categories else None)
 
     @classmethod
     def load(cls, folder: str | Path) -> CTRScorer:
         model, cfg, _ = load_model(folder)
-        return cls(model, cfg)
+        return cls(model, cfg, load_categories(folder, model, cfg))
 
     @torch.inference_mode()
     def logits(self, contexts: list[UserContext], ctx_index: Any, queries: list[Any]) -> np.ndarray:

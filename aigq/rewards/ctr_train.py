@@ -28,6 +28,7 @@ import torch
 from aigq.config import CTRConfig
 from aigq.rewards.context import UserContext, contexts_of, exposure_impressions
 from aigq.rewards.ctr import Batch, CTRModel, CTRScorer, Featurizer, examination, load_model, save_model
+from aigq.rewards.ctr_categories import CategoryIndex
 
 # ---------------------------------------------------------------- metrics (pure numpy)
 
@@ -164,11 +165,12 @@ def pretrain_text(model: CTRModel, pairs: pl.DataFrame, cfg: CTRConfig, log: Any
     return losses
 
 
-def fit(model: CTRModel, data: ClickData, cfg: CTRConfig, epochs: int, log: Any = None) -> list[float]:
+def fit(model: CTRModel, data: ClickData, cfg: CTRConfig, epochs: int, log: Any = None,
+        categories: CategoryIndex | None = None) -> list[float]:
     """Adam on the PAL click likelihood; returns the mean training loss per epoch."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    batches = _batches(data, Featurizer(cfg), cfg.batch_size, rng)
+    batches = _batches(data, Featurizer(cfg, categories if model.categories else None), cfg.batch_size, rng)
     opts = _optimisers(model, cfg)
     model.train()
     losses = []
@@ -190,11 +192,12 @@ def fit(model: CTRModel, data: ClickData, cfg: CTRConfig, epochs: int, log: Any 
     return losses
 
 
-def evaluate(model: CTRModel, cfg: CTRConfig, data: ClickData, pop: dict[str, int]) -> dict[str, float]:
+def evaluate(model: CTRModel, cfg: CTRConfig, data: ClickData, pop: dict[str, int],
+             categories: CategoryIndex | None = None) -> dict[str, float]:
     """Held-out AUC / log-loss of the model and AUC of the popularity-only scorer on the same impressions."""
     if len(data) == 0:
         return {"eval.impressions": 0}
-    scorer = CTRScorer(model, cfg)
+    scorer = CTRScorer(model, cfg, categories)
     y = data.imp["clicked"].to_numpy()
     rel = scorer.score(data.contexts, data.imp["ctx"].to_numpy(), data.imp["query"].to_list())
     exam = np.asarray(examination(model))[data.imp["slot"].to_numpy()]
@@ -254,15 +257,17 @@ def _train_day(tables: dict[str, pl.DataFrame], start_date: str, n_days: int, da
         raise ValueError(f"no HintQ exposures on days {train_days[0]}..{train_days[-1]}: nothing to train on")
     if warm:
         model, prev_cfg, _ = load_model(warm)
-        if prev_cfg.model_dump(include={"hash_buckets", "dim", "hidden", "history_len"}) != cfg.model_dump(
-            include={"hash_buckets", "dim", "hidden", "history_len"}):
+        arch = {"hash_buckets", "dim", "hidden", "history_len"}
+        if prev_cfg.model_dump(include=arch) != cfg.model_dump(include=arch) or model.categories != cfg.category_features:
             raise ValueError(f"{warm}: architecture differs from the config; retrain cold (--cold)")
     else:
         torch.manual_seed(cfg.seed)
-        model = CTRModel(cfg.hash_buckets, cfg.dim, cfg.hidden, cfg.history_len)
+        model = CTRModel(cfg.hash_buckets, cfg.dim, cfg.hidden, cfg.history_len, cfg.category_features)
         pre = pretrain_text(model, session_pairs(tables, start_date, train_days, cfg), cfg)
     t1 = time.perf_counter()
-    losses = fit(model, train, cfg, cfg.epochs_warm if warm else cfg.epochs_cold, log)
+    # the category lookup is rebuilt from today's catalogue (new queries and items get their category)
+    cats = CategoryIndex.from_tables(tables, cfg.category_threshold) if cfg.category_features else None
+    losses = fit(model, train, cfg, cfg.epochs_warm if warm else cfg.epochs_cold, log, cats)
     t2 = time.perf_counter()
     metrics: dict[str, float] = {"train.impressions": len(train), "train.ctr": float(train.imp["clicked"].mean()),
                                  "train.final_loss": losses[-1], "train.warm_start": float(warm is not None)}
@@ -270,11 +275,11 @@ def _train_day(tables: dict[str, pl.DataFrame], start_date: str, n_days: int, da
         metrics["pretrain.final_loss"] = pre[-1]
     if eval_days:
         held = click_data(tables, start_date, eval_days, cfg)
-        metrics.update(evaluate(model, cfg, held, popularity(tables, start_date, train_days)))
+        metrics.update(evaluate(model, cfg, held, popularity(tables, start_date, train_days), cats))
     for s, e in enumerate(examination(model)):
         metrics[f"model.examination_slot{s}"] = e
     metrics.update({"seconds.data": t1 - t0, "seconds.train": t2 - t1, "seconds.eval": time.perf_counter() - t2})
-    folder = save_model(model, cfg, model_dir(root, day), meta={
+    folder = save_model(model, cfg, model_dir(root, day), categories=cats, meta={
         "day": day, "train_days": train_days, "eval_days": eval_days, "warm_start": str(warm) if warm else None,
         "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}})
     return TrainResult(day, folder, warm, train_days, eval_days, metrics, losses)
