@@ -69,6 +69,14 @@ def served(ray_local, tiny_policy, tmp_path_factory):
     serve.shutdown()
 
 
+def _generator(url, version_prefix=""):
+    """/direct/status's generator part once its policy version starts with ``version_prefix``; else None."""
+    r = requests.get(f"{url}/direct/status", timeout=10)
+    assert r.status_code == 200, r.text  # never a 5xx or a hang, even with the generator's queue full
+    g = r.json()["generator"]
+    return g if (g.get("policy_version") or "").startswith(version_prefix) else None
+
+
 def _wait(fn, timeout=60.0, every=0.2):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -193,7 +201,7 @@ def test_overload_gets_429(served):
 
 def test_hot_policy_rollout_under_load(served):
     url, cfg = served["url"], json.loads(json.dumps(served["cfg"]))
-    before = requests.get(f"{url}/direct/status", timeout=10).json()["generator"]
+    before = _wait(lambda: _generator(url))
     think_before = requests.get(f"{url}/think/status", timeout=10).json()
     stop, codes, lock = threading.Event(), [], threading.Lock()
 
@@ -214,10 +222,10 @@ def test_hot_policy_rollout_under_load(served):
     for t in threads:
         t.start()
     time.sleep(1.0)
+    _generator(url)  # answers while the load fills the generator's queue
     D.set_policy(cfg, str(served["v2"]))
     D.deploy(cfg)
-    after = _wait(lambda: (lambda g: g if g["policy_version"].startswith("policy-v2@") else None)(
-        requests.get(f"{url}/direct/status", timeout=10).json()["generator"]), timeout=120)
+    after = _wait(lambda: _generator(url, "policy-v2@"), timeout=120)
     _wait(lambda: requests.get(f"{url}/think/status", timeout=10).json()["policy_version"].startswith("policy-v2@"),
           timeout=120)
     time.sleep(1.0)
@@ -229,12 +237,8 @@ def test_hot_policy_rollout_under_load(served):
     assert requests.get(f"{url}/think/status", timeout=10).json()["pid"] == think_before["pid"]
     # the load filled the generator's queue (max_queued_requests: Serve drops what does not fit, by design); a
     # probe event posted before the queue drains is dropped too, so wait for the backlog first
-    def drained():  # /direct/status asks the generator too: it waits (or answers 503) while the queue is full
-        try:
-            r = requests.get(f"{url}/direct/status", timeout=10)
-        except requests.RequestException:
-            return False
-        return r.status_code == 200 and r.json()["pending"] == 0
+    def drained():  # pending = the ingress's nearline tasks still waiting for the generator
+        return requests.get(f"{url}/direct/status", timeout=10).json()["pending"] == 0
 
     _wait(drained, timeout=300)
     requests.post(f"{url}/direct/events", json={"events": [{"user_id": 777, "type": "search", "content": "mirror"}]},
@@ -252,10 +256,9 @@ def test_cli_status_and_rollout(served, ray_local):
     st = subprocess.run([aigq, "serve", "status", "--address", gcs], capture_output=True, text=True, timeout=120)
     assert st.returncode == 0, st.stderr[-2000:]
     assert all(a in st.stdout for a in ("hintq", "direct", "think")) and "RUNNING" in st.stdout
-    before = requests.get(f"{served['url']}/direct/status", timeout=10).json()["generator"]
+    before = _wait(lambda: _generator(served["url"]))
     ro = subprocess.run([aigq, "serve", "rollout", "--policy", str(served["v1"]), "--address", gcs],
                         capture_output=True, text=True, timeout=300)
     assert ro.returncode == 0, ro.stderr[-2000:]
-    after = _wait(lambda: (lambda g: g if g["policy_version"].startswith("policy-v1@") else None)(
-        requests.get(f"{served['url']}/direct/status", timeout=10).json()["generator"]), timeout=120)
+    after = _wait(lambda: _generator(served["url"], "policy-v1@"), timeout=120)
     assert after["pid"] == before["pid"]

@@ -85,6 +85,10 @@ def test_records_direct_cache_think_index_fallback(store):
     assert store.get("think:d1:q:sofa") is None  # the previous version is dropped
     rec.write_fallback([("sofa", 1.0)], {"Sofa": [("couch", 1.0)]})
     assert rec.popular() == [("sofa", 1.0)] and rec.coclick(["SOFA "]) == {"sofa": [("couch", 1.0)]}
+    assert rec.generator_status() == {}  # nothing published yet
+    rec.put_generator_status({"pid": 7, "policy_version": "v1", "loads": 1})
+    rec.put_generator_status({"pid": 7, "policy_version": "v2", "loads": 2})
+    assert rec.generator_status() == {"pid": 7, "policy_version": "v2", "loads": 2}
 
 
 def _writer(path: str, worker: int, n: int) -> None:

@@ -86,6 +86,7 @@ class DirectGenerator:
         spec = spec if spec.startswith("models:/") else str(self.ctx.path(spec))
         engine = user_config.get("engine") or self.ctx.cfg.serve.engine
         await asyncio.to_thread(self.holder.load, spec, engine, self.ctx.tracking_uri())
+        self.ctx.records.put_generator_status(self.status())
         log.info("direct policy %s live", self.holder.current.version)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
@@ -102,6 +103,7 @@ class DirectGenerator:
             self.ctx.records.push_direct(user, run)
             out.append({"user_id": user, "queries": queries, "policy_version": version})
         self.generated += len(jobs)
+        self.ctx.records.put_generator_status(self.status())
         return out
 
     def status(self) -> dict[str, Any]:
@@ -170,7 +172,9 @@ class DirectIngress:
 
     @app.get("/status")
     async def status(self) -> dict[str, Any]:
-        gen = await self.generator.status.remote()
+        """The generator's live policy as it last published it to the store (on every policy load and batch): asking
+        the generator itself would wait behind a queue of generations that a burst of signals can fill."""
+        gen = self.ctx.records.generator_status()
         return {"generator": gen, "pending": len(self.tasks), "started": self.started, "failed": self.failed,
                 "store": self.ctx.store.describe()}
 

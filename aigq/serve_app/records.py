@@ -124,6 +124,15 @@ class Records:
     def put_signal_state(self, user: int, state: dict) -> None:
         self.store.set(f"u:{user}:signal", json.dumps(state, ensure_ascii=False))
 
+    # ------------------------------------------------------------ Direct generator status
+    def put_generator_status(self, status: dict) -> None:
+        """The Direct generator's live policy etc., published so that status reads never queue behind generation."""
+        self.store.set("direct:generator", json.dumps(status, ensure_ascii=False))
+
+    def generator_status(self) -> dict:
+        v = self.store.get("direct:generator")
+        return json.loads(v) if v else {}
+
     # ------------------------------------------------------------ Direct cache
     def push_direct(self, user: int, run: DirectRun) -> None:
         self.store.push(f"d:{user}", json.dumps(asdict(run), ensure_ascii=False), self.runs_kept, self.runs_ttl_s)
