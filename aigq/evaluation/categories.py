@@ -75,6 +75,15 @@ def _matrix(sets: Sequence[np.ndarray]):
     return sparse.csr_matrix((norm, flat, np.concatenate([[0], np.cumsum(lens)])), shape=(len(sets), BUCKETS))
 
 
+def known_texts(queries: pl.DataFrame, items: pl.DataFrame | None = None) -> pl.DataFrame:
+    """(text, category) in the mapper's priority order: the ``queries`` table's queries, then ``items``' descriptions
+    and titles (when given)."""
+    parts = [queries.select(text="query", category="category")]
+    if items is not None and items.height:
+        parts += [items.select(text=c, category="category") for c in ("description", "title") if c in items.columns]
+    return pl.concat(parts)
+
+
 class CategoryMapper:
     """See the module docstring. ``known``: (text, category) pairs in priority order (queries before items)."""
 
@@ -99,12 +108,7 @@ class CategoryMapper:
     def from_tables(cls, queries: pl.DataFrame, items: pl.DataFrame | None = None,
                     threshold: float = 0.5) -> CategoryMapper:
         """From the public ``queries`` (query, category) and optionally ``items`` (description/title, category)."""
-        known = list(zip(queries["query"].to_list(), queries["category"].to_list(), strict=True))
-        if items is not None and items.height:
-            for col in ("description", "title"):
-                if col in items.columns:
-                    known += list(zip(items[col].to_list(), items["category"].to_list(), strict=True))
-        return cls(known, threshold)
+        return cls(known_texts(queries, items).iter_rows(), threshold)
 
     @classmethod
     def from_world(cls, world: str | Path, threshold: float = 0.5, use_items: bool = True) -> CategoryMapper:
@@ -124,7 +128,7 @@ class CategoryMapper:
         keys = [normalise(q) for q in queries]
         todo = [q for q in dict.fromkeys(keys) if q not in self._memo]
         if len(self._memo) + len(todo) > MEMO_CAP:  # a long-lived server maps unbounded request text
-            self._memo = {q: c for q, c in self._memo.items() if q in self._exact}
+            self._memo.clear()
         fuzzy = []
         for q in todo:
             if not q:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from aigq.evaluation.categories import CategoryMapper
+from aigq.evaluation.categories import CategoryMapper, known_texts
 
 TEXTS_FILE, PARENTS_FILE = "categories.parquet", "category_parents.parquet"
 
@@ -29,7 +29,7 @@ class CategoryIndex:
     """``ids(texts)`` → (leaf id, parent id) arrays, −1 = unknown. ``known``: (text, category) in priority order."""
 
     def __init__(self, known: pl.DataFrame, parents: pl.DataFrame, threshold: float):
-        self.known, self.parents, self.threshold = known.select("text", "category"), parents, float(threshold)
+        self.known, self.parents = known.select("text", "category"), parents
         self.mapper = CategoryMapper(self.known.iter_rows(), threshold)
         leaves = sorted(set(self.known["category"].drop_nulls().to_list()))
         self._leaf = {c: i for i, c in enumerate(leaves)}
@@ -41,11 +41,8 @@ class CategoryIndex:
     @classmethod
     def from_tables(cls, tables: dict[str, pl.DataFrame], threshold: float) -> CategoryIndex:
         """From the world's public ``queries`` and ``items`` tables (queries first: their labels are exact)."""
-        parts = [tables["queries"].select(text="query", category="category")]
         items = tables.get("items")
-        if items is not None and items.height:
-            parts += [items.select(text=c, category="category") for c in ("description", "title") if c in items.columns]
-        known = pl.concat(parts).drop_nulls()
+        known = known_texts(tables["queries"], items).drop_nulls()
         parents = pl.DataFrame(schema={"category": pl.String, "parent": pl.String})
         if items is not None and "category_path" in items.columns:
             parents = items.select(
