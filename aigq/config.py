@@ -59,6 +59,9 @@ class WorldConfig(_Section):
     interests_mean: float = Field(2.5, gt=0)
     interests_max: int = Field(5, ge=1)
     drift_per_day: float = Field(0.04, ge=0, le=1)  # chance per interest per day to move to another category
+    # Demographics shape interests: strength a of the hidden gender / age skew of each category (simulate.py's
+    # docstring). 0 = interests ignore the profile (the world as before the knob). ([GAP], ours)
+    profile_affinity: float = Field(0.0, ge=0)
     serendipity: float = Field(0.12, ge=0, le=1)  # chance a session explores a related (sibling) category
     sessions_per_day: float = Field(0.45, gt=0)  # mean sessions per active user-day (gamma-distributed per user)
     cold_start_share: float = Field(0.15, ge=0, le=1)  # users who appear only in the last days with few behaviours

@@ -7,6 +7,10 @@ its own parquet part, so a million users never sit in memory at once. The world 
 Hidden user model (``hidden.py`` has the click model; the mixture is written to ``world/hidden/interests``):
 - each user has a mixture over 1..``interests_max`` leaf categories (Dirichlet weights, categories drawn by a Zipf
   category popularity); each interest drifts on geometric days to a sibling category (half the time) or a new one;
+- with ``profile_affinity`` a > 0, demographics shape interests: each leaf category c has hidden skews G_c, A_c ~
+  N(0, 1), and a user's interest categories (first and drifted-to) are drawn ∝ pop_c · exp(a·(g·G_c + z·A_c)), g = ±1
+  by gender, z = (age − 34)/11 — a signal in the profile that co-occurrence of behaviours cannot see (a = 0: the
+  categories ignore the profile, and every table is byte-identical to one simulated before the knob existed);
 - a session explores a sibling of its intent category with probability ``serendipity``;
 - cold-start users arrive in the last ``cold_start_days`` days with few sessions;
 - queries inside a category and items inside a category follow Zipf popularity (real queries first).
@@ -85,6 +89,8 @@ class _Static:
     sib_off: np.ndarray
     sib_cnt: np.ndarray
     parent_id: np.ndarray
+    cat_p: np.ndarray  # category popularity (sums to 1)
+    cat_skew: np.ndarray  # (C, 2) hidden gender / age skew per category (used when world.profile_affinity > 0)
 
 
 def _zipf(n: int, s: float) -> np.ndarray:
@@ -132,11 +138,28 @@ def _build_static(wc: WorldConfig, seed: int) -> _Static:
         sib_off=np.cumsum([0] + [len(s) for s in sibs[:-1]]),
         sib_cnt=np.array([len(s) for s in sibs]),
         parent_id=parent_id,
+        cat_p=cat_p,
+        cat_skew=np.random.default_rng([seed, 7]).standard_normal((C, 2)),
     )
 
 
 def _sample_cat(st: _Static, u: np.ndarray) -> np.ndarray:
     return np.minimum(np.searchsorted(st.cat_cum, u, side="right"), len(st.cat_cum) - 1)
+
+
+def _user_cat_cum(st: _Static, affinity: float, gender: np.ndarray, age: np.ndarray) -> np.ndarray:
+    """(n, C) per-user category CDF ∝ pop_c · exp(affinity·(g·G_c + z·A_c)) (module docstring)."""
+    g, z = np.where(gender == 0, 1.0, -1.0), (age - 34.0) / 11.0
+    logit = np.log(st.cat_p)[None, :] + affinity * (g[:, None] * st.cat_skew[None, :, 0] + z[:, None] * st.cat_skew[None, :, 1])
+    w = np.exp(logit - logit.max(1, keepdims=True))
+    cum = np.cumsum(w / w.sum(1, keepdims=True), 1)
+    cum[:, -1] = 1.0
+    return cum
+
+
+def _sample_user_cat(cum: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Categories for draws ``u`` (n, K) from each user's own CDF ``cum`` (n, C)."""
+    return np.minimum((cum[:, None, :] < u[..., None]).sum(-1), cum.shape[1] - 1)
 
 
 def _sample_query(st: _Static, cat: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -182,16 +205,24 @@ def _chunk(
     late = rng.integers(1, max(D - wc.cold_start_days, 1) + 1, n)
     first = np.where(cold, rng.integers(D - wc.cold_start_days + 1, D + 1, n), np.where(rng.random(n) < 0.7, 1, late))
     # interests: mixture weights and drifting categories (S segments per interest)
+    # demographics: their own stream, so that profile_affinity = 0 leaves every other draw as it was
+    prof = np.random.default_rng([seed, 3000 + ci])
+    gender, age = prof.integers(0, 2, n), np.clip(prof.normal(34, 11, n), 16, 75).astype(np.int32)
+    if wc.profile_affinity > 0:
+        ucum = _user_cat_cum(st, wc.profile_affinity, gender, age)
+        draw_cat = lambda u: _sample_user_cat(ucum, u)  # noqa: E731
+    else:
+        draw_cat = lambda u: _sample_cat(st, u)  # noqa: E731
     k = np.clip(1 + rng.poisson(max(wc.interests_mean - 1, 0), n), 1, K)
     g = rng.gamma(1.0, size=(n, K)) * (np.arange(K)[None, :] < k[:, None])
     w = g / g.sum(1, keepdims=True)
     gaps = rng.geometric(wc.drift_per_day, (n, K, S - 1)) if wc.drift_per_day > 0 else np.full((n, K, S - 1), 10 * D)
     chg = first[:, None, None] + np.cumsum(gaps, axis=2)
     segs = np.empty((n, K, S), dtype=np.int64)
-    segs[..., 0] = _sample_cat(st, rng.random((n, K)))
+    segs[..., 0] = draw_cat(rng.random((n, K)))
     for s in range(1, S):
         sib = _sibling(st, segs[..., s - 1], rng.random((n, K)))
-        segs[..., s] = np.where(rng.random((n, K)) < 0.5, sib, _sample_cat(st, rng.random((n, K))))
+        segs[..., s] = np.where(rng.random((n, K)) < 0.5, sib, draw_cat(rng.random((n, K))))
     # sessions, sorted by (user, day, start second)
     lam = rng.gamma(1.5, wc.sessions_per_day / 1.5, n) * np.where(cold, 0.6, 1.0)
     ns = rng.poisson(lam[:, None] * (np.arange(1, D + 1)[None, :] >= first[:, None]))
@@ -291,11 +322,15 @@ def _chunk(
             .list.drop_nulls(),
         }
     )
+    # always drawn, so that the stream stays as it was; with profile_affinity the profile the interests came from
+    gender_col, age_col = rng.integers(0, 2, n), np.clip(rng.normal(34, 11, n), 16, 75).astype(np.int32)
+    if wc.profile_affinity > 0:
+        gender_col, age_col = gender, age
     users = pl.DataFrame(
         {
             "user_id": uid,
-            "gender": np.array(GENDERS)[rng.integers(0, 2, n)],
-            "age": np.clip(rng.normal(34, 11, n), 16, 75).astype(np.int32),
+            "gender": np.array(GENDERS)[gender_col],
+            "age": age_col,
             "city": np.array(CITIES)[rng.integers(0, len(CITIES), n)],
             "occupation": np.array(OCCUPATIONS)[rng.integers(0, len(OCCUPATIONS), n)],
             "first_seen": pl.Series(start_us + (first - 1) * DAY_S * 1_000_000).cast(schema.TS),
@@ -391,6 +426,7 @@ def simulate_world(
         "categories": st.vocab.n_categories,
         "queries": len(st.vocab.queries),
         "items": st.vocab.n_categories * wc.items_per_category,
+        "profile_affinity": wc.profile_affinity,
         "injected_malformed": injected,
         **counts,
     }
