@@ -44,7 +44,6 @@ category → interest 0, related 0, popularity 0, i.e. p = bias[s]·σ(base).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from statistics import NormalDist
 
@@ -52,6 +51,7 @@ import numpy as np
 import polars as pl
 
 from aigq.data.hidden import HiddenModel, click_probability
+from aigq.data.vocabulary import normalise_query
 
 Mapper = Callable[[Sequence[str]], list[str | None]]  # texts → leaf category (None = unknown)
 Ranker = Callable[[pl.DataFrame], np.ndarray]  # candidates (user_id, day, query) → score, higher = shown first
@@ -60,7 +60,7 @@ AIGQ_CHANNELS = ("direct", "think")
 
 def norm(text: object) -> str:
     """Case- and whitespace-insensitive key of a query (de-duplication and the vocabulary match)."""
-    return re.sub(r"\s+", " ", str(text or "")).strip().lower()
+    return normalise_query(str(text or ""))
 
 
 def norm_expr(col: str | pl.Expr) -> pl.Expr:
