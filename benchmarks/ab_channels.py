@@ -9,6 +9,9 @@ requests of the test days, ordered three ways:
 
 * ``ctr``    — HintQ's CTR model (``--ctr``; default: the A/B's ranker, the run's model of the last train day);
 * ``recall`` — the channel's own order (for a policy: its list order, i.e. the list's first 3);
+* ``share``  — a transparent rule over the same public information as the CTR model: the share of the user's
+  morning behaviours in the query's leaf category (a sibling leaf counts ``--sibling``), each weighted
+  exp(−days ago / ``--tau``), ties broken by the CTR model — what the behaviours reveal of the user's categories;
 * ``oracle`` — the hidden click probability at slot 0 (an upper bound for any ranker over these candidates).
 
 Per ordering it prints the **expected** UCTR (mean over the requesting users of 1 − Π(1 − p) over their shown
@@ -48,6 +51,34 @@ def policy_channels(cfg, test: pl.DataFrame, name: str, folder: Path, samples: l
         engine.close()
 
 
+class CategoryShareRanker:
+    """The ``share`` ordering (module docstring); ``ctr`` is a ``CTRRanker`` (its behaviours and tie-break)."""
+
+    def __init__(self, ctr, index, tau: float, sibling: float):
+        self.ctr, self.index, self.tau, self.sibling = ctr, index, tau, sibling
+
+    def __call__(self, cands: pl.DataFrame) -> np.ndarray:
+        from aigq.evaluation.ab_inputs import morning_contexts
+        from aigq.rewards.ctr_categories import match_features
+
+        c = self.ctr.cfg
+        pairs = cands.select("user_id", "day").unique(maintain_order=True).with_row_index("ctx")
+        ctxs = morning_contexts(self.ctr.beh, self.ctr.users, pairs.drop("ctx"), c.history_len, c.history_days)
+        L = c.history_len
+        texts: list[str | None] = [None] * (len(ctxs) * L)
+        weight = np.zeros((len(ctxs), L))
+        for k, uc in enumerate(ctxs):
+            for i, (days_ago, _, content) in enumerate(uc.behaviours[:L]):
+                texts[k * L + i], weight[k, i] = content, np.exp(-days_ago / self.tau)
+        hl, hp = self.index.ids(texts)
+        idx = cands.join(pairs, on=["user_id", "day"], how="left", maintain_order="left")["ctx"].to_numpy()
+        ql, qp = self.index.ids(cands["query"].to_list())
+        m = match_features(ql, qp, hl.reshape(-1, L), hp.reshape(-1, L), idx)  # (N, L, 2): same leaf, sibling
+        w = weight[idx]
+        share = (w * (m[..., 0] + self.sibling * m[..., 1])).sum(1) / np.maximum(w.sum(1), 1e-9)
+        return share + 1e-3 * self.ctr(cands)
+
+
 @app.command()
 def main(channels: Annotated[list[str] | None, typer.Argument(help="NAME=LISTS.parquet[+MORE.parquet] …")] = None,
          config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/tiny_cpu.yaml"),
@@ -55,6 +86,8 @@ def main(channels: Annotated[list[str] | None, typer.Argument(help="NAME=LISTS.p
          policy: Annotated[list[str] | None, typer.Option(help="NAME=POLICY_FOLDER, decoded here")] = None,
          samples: Annotated[str, typer.Option(help="sampled lists per decoding of --policy, comma-separated")] = "0,16",
          truth: Annotated[bool, typer.Option(help="add the test user-days' true queries as a channel")] = False,
+         tau: Annotated[float, typer.Option(help="``share`` ordering: recency scale in days")] = 7.0,
+         sibling: Annotated[float, typer.Option(help="``share`` ordering: weight of a sibling-leaf behaviour")] = 0.3,
          overrides: Annotated[list[str] | None, typer.Option("--set", help="config override key=value")] = None
          ) -> None:
     from aigq.config import load_config
@@ -64,6 +97,7 @@ def main(channels: Annotated[list[str] | None, typer.Argument(help="NAME=LISTS.p
     from aigq.evaluation.ab_inputs import CTRRanker, ranker_model, read_lists, window_requests
     from aigq.evaluation.categories import CategoryMapper
     from aigq.rewards.ctr import CTRScorer
+    from aigq.rewards.ctr_categories import CategoryIndex
 
     cfg = load_config(config, overrides or [])
     world = cfg.world_dir()
@@ -74,6 +108,7 @@ def main(channels: Annotated[list[str] | None, typer.Argument(help="NAME=LISTS.p
     requests = window_requests(v.tables, start, test.select("user_id", "day"), cfg.ab.requests)
     model = ctr or ranker_model(cfg, n_days - cfg.samples.test_days)
     ranker = CTRRanker(CTRScorer.load(model), v.tables, start)
+    share = CategoryShareRanker(ranker, CategoryIndex.from_tables(v.tables, cfg.ctr.category_threshold), tau, sibling)
     resolver = ab.QueryResolver.for_hidden(hidden, CategoryMapper.from_world(world, cfg.ab.category_threshold).map)
     users = requests["user_id"].n_unique()
 
@@ -98,13 +133,13 @@ def main(channels: Annotated[list[str] | None, typer.Argument(help="NAME=LISTS.p
 
     print(f"{requests.height} requests of {users} users; ranker {model}")
     print(f"{'channel':24s} {'cands/ud':>8s}   " + "   ".join(f"{o:>6s} UCTR  p     int" for o in
-                                                             ("ctr", "recall", "oracle")))
+                                                             ("ctr", "recall", "share", "oracle")))
     for name, lists in sets.items():
         cands = ab.candidates(lists, list(lists), cfg.ab.recall_per_channel)
         slot0 = cands.select("user_id", "day", "query").with_columns(slot=pl.lit(0, pl.Int64))
         truth_p = pl.Series(ab.click_probabilities(slot0, hidden, resolver))
         row = [shown_figures(ab.rank_and_show(cands, rk, cfg.ab.k))
-               for rk in (ranker, None, lambda _c, t=truth_p: t.to_numpy())]
+               for rk in (ranker, None, share, lambda _c, t=truth_p: t.to_numpy())]
         per_ud = cands.group_by("user_id", "day").len()["len"].mean()
         print(f"{name:24s} {per_ud:8.1f}   " + "   ".join(row), flush=True)
 
