@@ -204,7 +204,6 @@ def _chunk(
     cold = rng.random(n) < wc.cold_start_share
     late = rng.integers(1, max(D - wc.cold_start_days, 1) + 1, n)
     first = np.where(cold, rng.integers(D - wc.cold_start_days + 1, D + 1, n), np.where(rng.random(n) < 0.7, 1, late))
-    # interests: mixture weights and drifting categories (S segments per interest)
     # demographics: their own stream, so that profile_affinity = 0 leaves every other draw as it was
     prof = np.random.default_rng([seed, 3000 + ci])
     gender, age = prof.integers(0, 2, n), np.clip(prof.normal(34, 11, n), 16, 75).astype(np.int32)
@@ -213,6 +212,7 @@ def _chunk(
         draw_cat = lambda u: _sample_user_cat(ucum, u)  # noqa: E731
     else:
         draw_cat = lambda u: _sample_cat(st, u)  # noqa: E731
+    # interests: mixture weights and drifting categories (S segments per interest)
     k = np.clip(1 + rng.poisson(max(wc.interests_mean - 1, 0), n), 1, K)
     g = rng.gamma(1.0, size=(n, K)) * (np.arange(K)[None, :] < k[:, None])
     w = g / g.sum(1, keepdims=True)
