@@ -450,7 +450,7 @@ class ABConfig(_Section):
                                   "treatment": ["direct", "think", "popular", "coclick"],
                                   "coclick": ["coclick"], "direct": ["direct"], "think": ["think"]}
     control: str = "control"
-    aigq_channels: list[str] = ["direct", "think"]  # channels counted in PVR and discovery
+    aigq_channels: list[str] = ["direct", "think"]  # counted in PVR and discovery, with every policy-sourced channel
     # requests: the world's own HintQ exposure requests of the test user-days, or one per user-day ([GAP], ours)
     requests: Literal["exposures", "user_day"] = "exposures"
     k: int = Field(3, ge=1, le=10)  # queries shown (paper: 3)

@@ -78,3 +78,13 @@ def test_ab_policy_channels_decode_like_the_direct_cache(tmp_path, monkeypatch):
     assert out["direct"]["queries"].to_list() == [["a"], ["b"]]
     names = sorted(p.name for p in (tmp_path / "lists").iterdir())
     assert names == ["coclick-co-click.parquet", "direct-policy_direct_somewhere-c3.parquet"]
+
+
+def test_policy_sourced_channels_count_as_aigq_whatever_their_name():
+    from aigq.config import load_config
+    from aigq.evaluation import ab_inputs
+
+    cfg = load_config(None, [])
+    cfg = cfg.model_copy(update={"ab": cfg.ab.model_copy(update={"channels": {
+        "coclick": "co-click", "sft": "policy:direct:somewhere", "mine": "direct-il-sft"}})})
+    assert ab_inputs.aigq_channels(cfg) == ["direct", "think", "sft", "mine"]  # co-click stays legacy recall

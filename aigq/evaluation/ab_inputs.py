@@ -109,12 +109,26 @@ def read_lists(path: Path) -> pl.DataFrame:
     return check_arm_frame(df.cast({c: t for c, t in ARM_SCHEMA.items() if c in df.columns}, strict=False))
 
 
+def is_policy_source(source: str) -> bool:
+    """A channel source that decodes an AIGQ policy: ``policy:<variant>:<folder>`` or a policy arm of ``aigq eval``."""
+    from aigq.evaluation.recommend import POLICY_ARMS
+
+    return source.startswith("policy:") or source.partition("@")[0] in POLICY_ARMS
+
+
+def aigq_channels(cfg: AIGQConfig) -> list[str]:
+    """Channels counted in PVR and discovery: ``ab.aigq_channels`` + every channel whose source is a policy (an
+    arm named ``sft`` decoding a policy folder is AIGQ recall too)."""
+    a = cfg.ab
+    return list(dict.fromkeys([*a.aigq_channels, *(c for c, src in a.channels.items() if is_policy_source(src))]))
+
+
 def channel_lists(cfg: AIGQConfig, test: pl.DataFrame, given: dict[str, Path], needed: list[str],
                   say: Callable[[str], None], fresh: bool = False) -> dict[str, pl.DataFrame]:
     """Each needed channel's arm lists: a given file, else the cached ``<ab dir>/lists/<channel>-<arm>.parquet``
     (``…-c<serve.direct_samples>.parquet`` for policy channels; same test rows; ``fresh`` ignores it), else
     generated with ``aigq.evaluation.recommend.arm_lists`` for ``ab.channels[channel]`` and cached."""
-    from aigq.evaluation.recommend import POLICY_ARMS, arm_lists
+    from aigq.evaluation.recommend import arm_lists
 
     out, cache = {}, ab_dir(cfg) / "lists"
     keys = test.select("user_id", "day")
@@ -130,8 +144,7 @@ def channel_lists(cfg: AIGQConfig, test: pl.DataFrame, given: dict[str, Path], n
             raise ValueError(f"channel {ch!r} has no source: add ab.channels.{ch}=<eval arm> or --lists {ch}=FILE")
         src = cfg.ab.channels[ch]
         tag = re.sub(r"[^\w.-]+", "_", src)
-        policy = src.startswith("policy:") or src.partition("@")[0] in POLICY_ARMS
-        f = cache / (f"{ch}-{tag}-c{n}.parquet" if policy else f"{ch}-{tag}.parquet")
+        f = cache / (f"{ch}-{tag}-c{n}.parquet" if is_policy_source(src) else f"{ch}-{tag}.parquet")
         if f.is_file() and not fresh:
             df = read_lists(f)
             if df.select("user_id", "day").equals(keys):
@@ -205,7 +218,7 @@ def run_from_config(cfg: AIGQConfig, given: dict[str, Path] | None = None,
         f"{sorted(test['day'].unique().to_list())}; ranker {model or 'recall order'}")
     imp = ab.run_ab(channels, a.arms, requests, hidden, resolver, ranker, a.k, a.recall_per_channel, a.seed)
     cands = {a.control: ab.candidates(channels, a.arms[a.control], a.recall_per_channel)}
-    table = ab.summarise(imp, a.control, cands, mapper.map, a.aigq_channels, a.confidence, a.bootstrap, a.seed)
+    table = ab.summarise(imp, a.control, cands, mapper.map, aigq_channels(cfg), a.confidence, a.bootstrap, a.seed)
     out = ab_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     imp.write_parquet(out / "impressions.parquet")
