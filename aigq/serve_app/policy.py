@@ -78,18 +78,21 @@ class PolicyHolder:
             self.loads += 1
         return new
 
-    def generate(self, prompts: list[str], max_tokens: int) -> tuple[list[Any], str]:
-        """Greedy generation (one list per prompt) with the engine live at call time; returns (rollouts, version)."""
+    def live(self) -> Loaded:
+        """The policy live now (a call keeps it to the end, whatever is loaded meanwhile)."""
         live = self.current
         if live is None:
             raise RuntimeError("no policy loaded")
+        return live
+
+    def generate(self, prompts: list[str], max_tokens: int) -> tuple[list[Any], str]:
+        """Greedy generation (one list per prompt) with the engine live at call time; returns (rollouts, version)."""
+        live = self.live()
         groups = live.engine.generate(prompts, Sampling(n=1, temperature=0.0, max_tokens=max_tokens))
         return [g[0] for g in groups], live.version
 
     def direct_lists(self, prompts: list[str], max_tokens: int, samples: int, k: int) -> tuple[list[list[str]], str]:
         """The Direct cache's decoding (``consensus.direct_lists``: greedy + ``samples`` sampled lists, merged by
         consensus) with the engine live at call time; returns (query lists, version)."""
-        live = self.current
-        if live is None:
-            raise RuntimeError("no policy loaded")
+        live = self.live()
         return direct_lists(live.engine, prompts, samples, max_tokens, k), live.version
