@@ -5,7 +5,7 @@ several, the first keeping a query), and/or Direct policies decoded here as the 
 (``--policy NAME=FOLDER``: greedy + N sampled lists merged by consensus, ``aigq.rollout.consensus.direct_lists``,
 once per N of ``--samples``; channel ``NAME-cN``), and/or ``--truth`` (the test user-days' true queries, a ceiling
 for imitation). Each channel's top 3 of its ≤ ``ab.recall_per_channel`` candidates are shown to the world's HintQ
-requests of the test days, ordered three ways:
+requests of the test days, ordered four ways:
 
 * ``ctr``    — HintQ's CTR model (``--ctr``; default: the A/B's ranker, the run's model of the last train day);
 * ``recall`` — the channel's own order (for a policy: its list order, i.e. the list's first 3);
