@@ -51,32 +51,26 @@ def policy_channels(cfg, test: pl.DataFrame, name: str, folder: Path, samples: l
         engine.close()
 
 
-class CategoryShareRanker:
-    """The ``share`` ordering (module docstring); ``ctr`` is a ``CTRRanker`` (its behaviours and tie-break)."""
+def category_share(ctr, index, cands: pl.DataFrame, tau: float, sibling: float) -> np.ndarray:
+    """The ``share`` ordering's score (module docstring) per candidate row; ``ctr`` is the ``CTRRanker`` whose
+    behaviours table, users and history settings it reads."""
+    from aigq.evaluation.ab_inputs import morning_contexts
+    from aigq.rewards.ctr_categories import match_features
 
-    def __init__(self, ctr, index, tau: float, sibling: float):
-        self.ctr, self.index, self.tau, self.sibling = ctr, index, tau, sibling
-
-    def __call__(self, cands: pl.DataFrame) -> np.ndarray:
-        from aigq.evaluation.ab_inputs import morning_contexts
-        from aigq.rewards.ctr_categories import match_features
-
-        c = self.ctr.cfg
-        pairs = cands.select("user_id", "day").unique(maintain_order=True).with_row_index("ctx")
-        ctxs = morning_contexts(self.ctr.beh, self.ctr.users, pairs.drop("ctx"), c.history_len, c.history_days)
-        L = c.history_len
-        texts: list[str | None] = [None] * (len(ctxs) * L)
-        weight = np.zeros((len(ctxs), L))
-        for k, uc in enumerate(ctxs):
-            for i, (days_ago, _, content) in enumerate(uc.behaviours[:L]):
-                texts[k * L + i], weight[k, i] = content, np.exp(-days_ago / self.tau)
-        hl, hp = self.index.ids(texts)
-        idx = cands.join(pairs, on=["user_id", "day"], how="left", maintain_order="left")["ctx"].to_numpy()
-        ql, qp = self.index.ids(cands["query"].to_list())
-        m = match_features(ql, qp, hl.reshape(-1, L), hp.reshape(-1, L), idx)  # (N, L, 2): same leaf, sibling
-        w = weight[idx]
-        share = (w * (m[..., 0] + self.sibling * m[..., 1])).sum(1) / np.maximum(w.sum(1), 1e-9)
-        return share + 1e-3 * self.ctr(cands)
+    c, L = ctr.cfg, ctr.cfg.history_len
+    pairs = cands.select("user_id", "day").unique(maintain_order=True).with_row_index("ctx")
+    ctxs = morning_contexts(ctr.beh, ctr.users, pairs.drop("ctx"), L, c.history_days)
+    texts: list[str | None] = [None] * (len(ctxs) * L)
+    weight = np.zeros((len(ctxs), L))
+    for k, uc in enumerate(ctxs):
+        for i, (days_ago, _, content) in enumerate(uc.behaviours[:L]):
+            texts[k * L + i], weight[k, i] = content, np.exp(-days_ago / tau)
+    hl, hp = index.ids(texts)
+    idx = cands.join(pairs, on=["user_id", "day"], how="left", maintain_order="left")["ctx"].to_numpy()
+    ql, qp = index.ids(cands["query"].to_list())
+    m = match_features(ql, qp, hl.reshape(-1, L), hp.reshape(-1, L), idx)  # (N, L, 2): same leaf, sibling leaf
+    w = weight[idx]
+    return (w * (m[..., 0] + sibling * m[..., 1])).sum(1) / np.maximum(w.sum(1), 1e-9)
 
 
 @app.command()
@@ -108,7 +102,7 @@ def main(channels: Annotated[list[str] | None, typer.Argument(help="NAME=LISTS.p
     requests = window_requests(v.tables, start, test.select("user_id", "day"), cfg.ab.requests)
     model = ctr or ranker_model(cfg, n_days - cfg.samples.test_days)
     ranker = CTRRanker(CTRScorer.load(model), v.tables, start)
-    share = CategoryShareRanker(ranker, CategoryIndex.from_tables(v.tables, cfg.ctr.category_threshold), tau, sibling)
+    index = CategoryIndex.from_tables(v.tables, cfg.ctr.category_threshold)
     resolver = ab.QueryResolver.for_hidden(hidden, CategoryMapper.from_world(world, cfg.ab.category_threshold).map)
     users = requests["user_id"].n_unique()
 
@@ -137,9 +131,11 @@ def main(channels: Annotated[list[str] | None, typer.Argument(help="NAME=LISTS.p
     for name, lists in sets.items():
         cands = ab.candidates(lists, list(lists), cfg.ab.recall_per_channel)
         slot0 = cands.select("user_id", "day", "query").with_columns(slot=pl.lit(0, pl.Int64))
-        truth_p = pl.Series(ab.click_probabilities(slot0, hidden, resolver))
-        row = [shown_figures(ab.rank_and_show(cands, rk, cfg.ab.k))
-               for rk in (ranker, None, share, lambda _c, t=truth_p: t.to_numpy())]
+        oracle = ab.click_probabilities(slot0, hidden, resolver)
+        ctr_s = ranker(cands)  # scored once: the ctr ordering and the share ordering's tie-break
+        share_s = category_share(ranker, index, cands, tau, sibling) + 1e-3 * ctr_s
+        row = [shown_figures(ab.rank_and_show(cands, None if sc is None else (lambda _c, sc=sc: sc), cfg.ab.k))
+               for sc in (ctr_s, None, share_s, oracle)]
         per_ud = cands.group_by("user_id", "day").len()["len"].mean()
         print(f"{name:24s} {per_ud:8.1f}   " + "   ".join(row), flush=True)
 

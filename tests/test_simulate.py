@@ -125,15 +125,24 @@ def test_custom_vocabulary_world(tmp_path):
 
 
 def test_profile_affinity_ties_interest_categories_to_demographics(tmp_path):
-    def gender_gap(affinity):  # total variation between the interest-category distributions of women and men
+    from aigq.data.simulate import _build_static
+
+    def skew_alignment(affinity):
+        """Correlation, over categories, of the hidden gender / age skew with the women's share / mean age of the
+        users interested in the category (a category's rows weigh by how many users hold it)."""
+        wc = WorldConfig(users=1500, days=4, profile_affinity=affinity)
         out = tmp_path / f"a{affinity}"
-        simulate_world(WorldConfig(users=1500, days=4, profile_affinity=affinity), 5, out)
-        users = _read(out, "users").select("user_id", "gender")
-        ints = pl.read_parquet(out / "hidden" / "interests" / "*.parquet").join(users, on="user_id")
-        p = ints.group_by("gender", "category").len().with_columns(p=pl.col("len") / pl.col("len").sum().over("gender"))
-        w = p.pivot(on="gender", index="category", values="p").fill_null(0)
-        return 0.5 * float((w["Female"] - w["Male"]).abs().sum())
+        simulate_world(wc, 5, out)
+        st = _build_static(wc, 5)
+        skew = pl.DataFrame({"category": st.vocab.categories, "G": st.cat_skew[:, 0], "A": st.cat_skew[:, 1]})
+        users = _read(out, "users").select("user_id", female=(pl.col("gender") == "Female").cast(pl.Float64), age="age")
+        ints = (pl.read_parquet(out / "hidden" / "interests" / "*.parquet").join(users, on="user_id")
+                .group_by("category").agg(pl.col("female").mean(), pl.col("age").mean(), n=pl.len())
+                .filter(pl.col("n") >= 10).join(skew, on="category"))
+        return ints.select(pl.corr("female", "G"), pl.corr("age", "A")).row(0)
 
-    assert gender_gap(0.0) < 0.25  # sampling noise only (0.14 measured)
-    assert gender_gap(1.0) > 0.45  # 0.64 measured: the users table holds the profile the interests came from
-
+    g0, a0 = skew_alignment(0.0)
+    g1, a1 = skew_alignment(1.0)
+    assert abs(g0) < 0.3 and abs(a0) < 0.3  # 0: the profile says nothing about the categories (−0.17, −0.02)
+    # 0.91, 0.91: women lean to the categories of positive gender skew, older users to those of positive age skew
+    assert g1 > 0.6 and a1 > 0.6

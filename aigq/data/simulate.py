@@ -207,11 +207,11 @@ def _chunk(
     # demographics: their own stream, so that profile_affinity = 0 leaves every other draw as it was
     prof = np.random.default_rng([seed, 3000 + ci])
     gender, age = prof.integers(0, 2, n), np.clip(prof.normal(34, 11, n), 16, 75).astype(np.int32)
-    if wc.profile_affinity > 0:
-        ucum = _user_cat_cum(st, wc.profile_affinity, gender, age)
-        draw_cat = lambda u: _sample_user_cat(ucum, u)  # noqa: E731
-    else:
-        draw_cat = lambda u: _sample_cat(st, u)  # noqa: E731
+    ucum = _user_cat_cum(st, wc.profile_affinity, gender, age) if wc.profile_affinity > 0 else None
+
+    def draw_cat(u: np.ndarray) -> np.ndarray:  # one category per draw: the user's own CDF, else the global one
+        return _sample_cat(st, u) if ucum is None else _sample_user_cat(ucum, u)
+
     # interests: mixture weights and drifting categories (S segments per interest)
     k = np.clip(1 + rng.poisson(max(wc.interests_mean - 1, 0), n), 1, K)
     g = rng.gamma(1.0, size=(n, K)) * (np.arange(K)[None, :] < k[:, None])
