@@ -106,6 +106,19 @@ class SamplesConfig(_Section):
     think_filter: Literal["overlap", "none"] = "overlap"
     trigger_max: int = Field(3, ge=1)  # behaviour indices kept per trigger set ([GAP], ours)
     test_days: int = Field(2, ge=1)  # the last N days are the test split (paper: days 31–32)
+    # Where AIGQ-Direct labels come from (issue 16). exposures: Eq. 3 (clicked HintQ queries + the ranker's top-K);
+    # next_searches: a plain search log's own next searches (no HintQ log needed); auto: exposures when the world
+    # has any HintQ exposure, else next_searches. ([GAP], ours: the paper always has an exposure log)
+    label_source: Literal["auto", "exposures", "next_searches"] = "auto"
+    # next_searches: a Direct anchor is a search session's start (the context is everything before the session) or
+    # each search (the context also holds the session's earlier searches). ([GAP], ours)
+    anchor: Literal["session", "search"] = "session"
+    # next_searches: the label is the distinct searches from the anchor up to the end of the anchor's day plus this
+    # many days (1 = the rest of that day and the next day). ([GAP], ours)
+    label_horizon_days: int = Field(1, ge=0)
+    # Hold out each user's last distinct query (the `aigq eval --protocol last-query` target, `last_query.parquet`):
+    # no train sample, label or baseline sees it or anything after it. Off = the day split alone. ([GAP], ours)
+    last_query_holdout: bool = True
     cold_start_max_behaviours: int = Field(5, ge=0)  # test user-days with ≤ this many prior behaviours
     instruction: str = "Please Recommend the next {n} queries."  # the paper's minimal instruction
     # Used when compress=false (no instruction pruning): the longer instruction of an un-tuned prompt.
@@ -116,8 +129,15 @@ class SamplesConfig(_Section):
 
 
 class ImportConfig(_Section):
-    """Column names of a plain search log (``aigq import-log``)."""
+    """Column names of a plain search log (``aigq import-log``), or a preset for a known layout."""
 
+    # columns: the names below; aol: the classic public query-log layout (tab-separated AnonID, Query, QueryTime,
+    # ItemRank, ClickURL; a clicked URL becomes the item) — the names below are then ignored.
+    preset: Literal["columns", "aol"] = "columns"
+    # Optional side tables (also `aigq import-log --items/--categories`): item id → title (and category), category
+    # id → name (and parent), so click behaviours and categories read as text instead of ids.
+    items: str | None = None
+    categories: str | None = None
     user: str = "user_id"
     query_time: str = "query_time"
     query: str = "query"
@@ -164,6 +184,19 @@ class CTRConfig(_Section):
     # 5× less CPU than 2 threads on a busy 2-core box) ([GAP], ours)
     torch_threads: int = Field(1, ge=1)
     dir: str | None = None  # model folders day-T/ live here; None → <run.output_dir>/ctr
+    # What the reward learns (issue 16). clicks: p(click | context, shown query) from HintQ exposures; next_search:
+    # p(user searches q next | context) from a plain search log's next searches against sampled negatives; auto:
+    # clicks when the world has HintQ exposures, else next_search. ([GAP], ours)
+    objective: Literal["auto", "clicks", "next_search"] = "auto"
+    neg_popular: int = Field(4, ge=0)  # next_search: popularity-sampled negatives per positive ([GAP], ours)
+    neg_popular_power: float = Field(0.75, ge=0)  # sampling ∝ count^power (word2vec's 0.75) ([GAP], ours)
+    # next_search: hard negatives per positive, drawn from queries searched in other users' sessions together with
+    # the user's latest search (what co-occurrence alone would suggest) and not searched next. ([GAP], ours)
+    neg_hard: int = Field(2, ge=0)
+    # next_search: multiply the score by the query's smoothed success rate (share of its training searches followed
+    # by an item click before the next search); off = the next-search model alone. ([GAP], ours)
+    success_rate: bool = False
+    success_prior: float = Field(5.0, ge=0)  # pseudo-searches of the global rate in that smoothing ([GAP], ours)
     log_model: bool = True  # also log the model folder (safetensors + JSON) to MLflow as artifacts
 
     @model_validator(mode="after")
@@ -397,6 +430,13 @@ class EvalConfig(_Section):
     metric formulas; ours are in ``aigq/evaluation/metrics.py``."""
 
     k: int = Field(30, ge=1)  # HR@K and list length (paper: K = 30)
+    # days: the paper's day split (test user-days of the last samples.test_days days); last-query: each user's last
+    # distinct query is the target and everything before it the context (samples/last_query.parquet; the standard
+    # next-query protocol for real logs). ([GAP], ours)
+    protocol: Literal["days", "last-query"] = "days"
+    hr_ks: list[int] = [1, 3, 10, 30]  # Query HR@k reported besides HR@K ([GAP], ours)
+    bootstrap: int = Field(1000, ge=0)  # resamples of the evaluated rows for each figure's interval (0 = none)
+    confidence: float = Field(0.95, gt=0, lt=1)  # interval level ([GAP], ours)
     max_user_days: int | None = Field(None, ge=1)  # evaluate a seeded sample of test user-days (None = all) ([GAP], ours)
     seed: int = 0
     # Query → leaf category (aigq/evaluation/categories.py): exact, else nearest known text by char-trigram cosine.

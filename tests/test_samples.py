@@ -289,8 +289,9 @@ def test_deterministic_and_chunk_independent(tables):
 def test_empty_exposures(tables):
     t = dict(tables)
     del t["exposures"]
-    s = build(t)
+    s = build(t, label_source="exposures")
     assert s.direct.height == 0 and dict(s.direct.schema) == OUTPUT_SCHEMA
+    assert build(t).direct.height > 0  # auto: a world without exposures gets next-search labels
     assert row(s.think, "t-1-3")["target"] == ["trail shoes", "frying pan"]
     assert row(s.test, "x-1-4")["target"] == ["lego set", "frying pan"]
 
@@ -300,8 +301,9 @@ def test_write_samples(tables, tmp_path):
     s = build(tables)
     write_samples(s, tmp_path / "samples", cfg)
     meta = json.loads((tmp_path / "samples" / "meta.json").read_text())
-    assert meta["rows"] == {"direct": 1, "think": 4, "test": 2}
-    assert meta["special_tokens"] == s.special_tokens and meta["samples_config"] == cfg.model_dump()
+    assert meta["rows"] == {"direct": 1, "think": 4, "test": 2, "last_query": 1}
+    assert meta["special_tokens"] == s.special_tokens
+    assert meta["samples_config"] == cfg.model_dump() | {"label_source": "exposures"}  # auto, resolved
     assert pl.read_parquet(tmp_path / "samples" / "think.parquet").equals(s.think)
     kv = pl.read_parquet_metadata(tmp_path / "samples" / "direct.parquet")
     assert json.loads(kv["aigq.special_tokens"]) == s.special_tokens
@@ -318,13 +320,95 @@ def test_streamed_build_writes_the_same_files_chunk_by_chunk(tables, tmp_path):
     for chunk in (1, 3):
         out = tmp_path / f"streamed{chunk}"
         stats = build_samples_to(tables, START, DAYS, cfg, out, chunk_size=chunk)
-        for split in ("direct", "think", "test"):
+        for split in ("direct", "think", "test", "last_query"):
             assert pl.read_parquet(out / f"{split}.parquet").equals(getattr(s, split)), (chunk, split)
         assert stats == s.stats()
-        assert json.loads((out / "meta.json").read_text())["rows"] == {"direct": 1, "think": 4, "test": 2}
+        assert json.loads((out / "meta.json").read_text())["rows"] == {"direct": 1, "think": 4, "test": 2,
+                                                                       "last_query": 1}
         assert pq.ParquetFile(out / "think.parquet").num_row_groups == -(-4 // chunk)  # one row group per chunk
     t = dict(tables)
     del t["exposures"]
-    build_samples_to(t, START, DAYS, cfg, tmp_path / "noexp")
+    build_samples_to(t, START, DAYS, cfg.model_copy(update={"label_source": "exposures"}), tmp_path / "noexp")
     empty = pl.read_parquet(tmp_path / "noexp" / "direct.parquet")
     assert empty.height == 0 and dict(empty.schema) == OUTPUT_SCHEMA
+
+
+# ---------------------------------------------------------------- a plain search log (issue 16)
+
+
+def _sev(user, ts, type_, session, query=None, item=None):
+    return {**_ev(user, ts, type_, query, item), "session_id": session}
+
+
+@pytest.fixture
+def search_log(tables) -> dict[str, pl.DataFrame]:
+    """No exposures. User 7: day 1 session 1 a (→ click) b c (→ click), day 2 session 2 d b, day 3 session 3 e,
+    day 4 (test) f. User 8: x on day 1, y on day 2 (its held-out last query lies on a train day)."""
+    ev = [
+        _sev(7, T(1, 9), "search", 1, "a"), _sev(7, T(1, 9, 1), "click", 1, item=1),
+        _sev(7, T(1, 9, 2), "search", 1, "b"), _sev(7, T(1, 9, 3), "search", 1, "c"),
+        _sev(7, T(1, 9, 4), "click", 1, item=3),
+        _sev(7, T(2, 10), "search", 2, "d"), _sev(7, T(2, 10, 5), "search", 2, "b"),
+        _sev(7, T(3, 20), "search", 3, "e"), _sev(7, T(4, 10), "search", 4, "f"),
+        _sev(8, T(1, 12), "search", 1, "x"), _sev(8, T(2, 12), "search", 1, "y"),
+    ]
+    return {**tables, "events": _frame("events", ev), "exposures": _frame("exposures", [])}
+
+
+def test_next_search_labels_session_anchor(search_log):
+    """A session start is the anchor; the label is the searches from it to the end of the next day, de-duplicated,
+    those followed by an item click first (interest-guided re-ranking), in time order otherwise."""
+    d = build(search_log).direct.filter(pl.col("user_id") == 7).sort("sample_id")
+    got = {r["metadata"]["anchor_ts"]: (r["target"], sources(r)) for r in d.to_dicts()}
+    sc, se = "search+click", "search"
+    assert got == {T(1, 9): (["a", "c", "b", "d"], [sc, sc, se, se]),
+                   T(2, 10): (["d", "b", "e"], [se, se, se]),  # f is on a test day: never a label
+                   T(3, 20): (["e"], [se])}
+    plain = build(search_log, rerank=False).direct.filter(pl.col("user_id") == 7)
+    assert plain.sort("sample_id")["target"].to_list()[0] == ["a", "b", "c", "d"]
+    horizon0 = build(search_log, label_horizon_days=0).direct.filter(pl.col("user_id") == 7).sort("sample_id")
+    assert horizon0["target"].to_list()[0] == ["a", "c", "b"]
+
+
+def test_next_search_context_strictly_before_anchor(search_log):
+    """No label behaviour leaks into its own prompt: the context is every behaviour strictly before the anchor, and
+    a user's first session (no prior behaviour) still gets a cold-start sample."""
+    d = build(search_log).direct.filter(pl.col("user_id") == 7).sort("sample_id")
+    first, second = d.to_dicts()[0], d.to_dicts()[1]
+    assert first["metadata"]["n_history"] == 0 and first["metadata"]["cold_start"]
+    assert second["metadata"]["n_history"] == 5  # a, click, b, c, click — not d, b of its own session
+    shown = [c for _, (_, _, c) in P.parse_behaviours(second["prompt"]).items()]
+    assert "d" not in shown and {"a", "b", "c"} <= set(shown)
+    for r in build(search_log, anchor="search").direct.to_dicts():
+        before = search_log["events"].filter((pl.col("user_id") == r["user_id"])
+                                             & (pl.col("ts") < r["metadata"]["anchor_ts"]))
+        assert r["metadata"]["n_history"] == before.height
+
+
+def test_next_search_each_search_anchor(search_log):
+    d = build(search_log, anchor="search").direct.filter(pl.col("user_id") == 7)
+    assert d.height == 6  # a, b, c (day 1), d, b (day 2), e (day 3)
+    at_b = d.filter(pl.col("metadata").struct.field("anchor_ts") == T(1, 9, 2)).row(0, named=True)
+    assert at_b["target"] == ["c", "b", "d"]
+
+
+def test_last_query_holdout(search_log):
+    """Each user with ≥ 2 distinct queries gets a last_query row (target: the last distinct query, context before
+    it); with the hold-out on, no train sample of any split sees it or anything after it."""
+    s = build(search_log)
+    lq = {r["user_id"]: r for r in s.last_query.to_dicts()}
+    assert set(lq) == {7, 8} and lq[8]["target"] == ["y"] and lq[7]["target"] == ["f"]
+    assert lq[8]["day"] == 2 and [c for _, (_, _, c) in P.parse_behaviours(lq[8]["prompt"]).items()] == ["x"]
+    for split in (s.direct, s.think):
+        assert all("y" not in t for t in split.filter(pl.col("user_id") == 8)["target"].to_list())
+    assert s.think.filter((pl.col("user_id") == 8) & (pl.col("day") == 2)).height == 0
+    off = build(search_log, last_query_holdout=False)
+    assert off.direct.filter(pl.col("user_id") == 8)["target"].to_list() == [["x", "y"]]  # one session
+
+
+def test_next_search_chunking_is_invisible(search_log):
+    whole = build(search_log, anchor="search")
+    for chunk in (1, 2):
+        parts = build(search_log, anchor="search", chunk_size=chunk)
+        for split in ("direct", "think", "last_query"):
+            assert getattr(parts, split).equals(getattr(whole, split)), (chunk, split)

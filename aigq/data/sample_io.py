@@ -1,7 +1,7 @@
 """Sample files: streaming parquet writer, split statistics (computed lazily, so a 10M-event build never holds its
 output in memory) and the samples folder's ``meta.json``.
 
-A samples folder holds ``direct.parquet``, ``think.parquet``, ``test.parquet`` (schema ``OUTPUT_SCHEMA`` of
+A samples folder holds ``direct.parquet``, ``think.parquet``, ``test.parquet``, ``last_query.parquet`` (schema ``OUTPUT_SCHEMA`` of
 ``aigq.data.samples``; parquet key-value metadata ``aigq.special_tokens`` and ``aigq.samples_config``) and
 ``meta.json`` (special tokens, config, row counts, statistics, separators).
 """
@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 from aigq.config import SamplesConfig
 from aigq.data import prompt as P
 
-SPLITS = ("direct", "think", "test")
-LABEL_SOURCES = ("click", "search", "rank", "gen")
+SPLITS = ("direct", "think", "test", "last_query")
+LABEL_SOURCES = ("click", "search+click", "search", "rank", "gen")
 
 
 def split_stats(name: str, lf: pl.LazyFrame) -> dict[str, float]:

@@ -7,6 +7,11 @@ behaviour leaks into its own prompt. Prompt text is ``aigq.data.prompt``'s forma
 * **Direct (Eq. 3)** one sample per train-day HintQ exposure with ≥ 1 clicked shown query. Label (rerank on):
   clicked shown queries in shown order, then ``ranker_topk[:rank_top_k]``; rerank off: the ranker's top-K only, in
   production order. De-duplicated (first occurrence kept), capped at ``label_cap``.
+* **Direct from next searches** (``label_source=next_searches``, or ``auto`` on a world without HintQ exposures,
+  ``aigq.data.next_search``): one sample per train-day anchor (a search session's start, or each search:
+  ``samples.anchor``); label = the searches from the anchor to the end of its day + ``label_horizon_days`` days;
+  rerank on: searches followed by an item click first ("search+click"), then the others ("search"), each in time
+  order; rerank off: time order. De-duplicated, capped. A first session (no prior behaviour) is a cold-start sample.
 * **Think (Eqs. 2, 4)** one sample per user and train day. The day-level session (Eq. 2) runs from t_first, the
   user's first search-entry interaction of the day (a HintQ exposure or a search event), to the day's last event, so
   every exposure and search of the day is in it while earlier same-day clicks are context. Label (rerank on):
@@ -20,6 +25,10 @@ behaviour leaks into its own prompt. Prompt text is ``aigq.data.prompt``'s forma
 * **Trigger sets** (Direct and Think; Think's T_k, §3.4): for a label query with category c, the indices of the
   context behaviours whose category is c; if none, of those whose category's parent is c's parent (null parents never
   match); the ``trigger_max`` most recent (smallest indices, ascending); otherwise (or unknown c) empty.
+* **Train cut** (``aigq.data.holdout``): every train anchor and label lies strictly before its user's cut — 00:00
+  of the first test day, or earlier, with ``last_query_holdout``, the user's held-out last query.
+* **Last query** one row per user with ≥ 2 distinct queries: target = the last distinct query, context = the
+  behaviours strictly before it (the last-query protocol of ``aigq eval``); no cap, no triggers.
 * **Test** one row per user and test day (the last ``test_days``) with ≥ 1 search or clicked hint query: target =
   the day's searched and clicked hint queries in time order (same instant: searches first, clicks in shown order),
   de-duplicated, not capped; triggers empty; context = behaviours before 00:00 of that day.
@@ -40,11 +49,15 @@ from pathlib import Path
 import polars as pl
 
 from aigq.config import SamplesConfig
+from aigq.data import holdout as H
+from aigq.data import next_search as N
 from aigq.data import prompt as P
 from aigq.data.sample_io import SPLITS, SampleWriter, frame_stats
 from aigq.data.schema import ITEM_EVENT_TYPES, TABLES, TS, day_expr, empty_frame
 
-SOURCES = {0: "click", 1: "search", 2: "rank", 3: "gen"}  # label source priority (Eq. 4 order)
+# label source priority (Eq. 4 order); "search+click" = a next search that led to an item click (next_searches)
+SOURCES = {0: "click", 1: "search+click", 2: "search", 3: "rank", 4: "gen"}
+SEARCH_PRIOS = (1, 2)
 METADATA = pl.Struct({
     "n_behaviours": pl.Int32,  # behaviours shown in the prompt (≤ L)
     "n_history": pl.Int32,  # behaviours before the anchor within history_days (not capped)
@@ -60,6 +73,7 @@ OUTPUT_SCHEMA: dict[str, pl.DataType] = {
 }
 # llm_gen(frame of sample_id, user_id, day, prompt) → frame of sample_id, queries (list[str], in generation order).
 LLMGen = Callable[[pl.DataFrame], pl.DataFrame]
+HELD_OUT = ("test", "last_query")  # splits whose targets are evaluated, not trained on: no cap, no triggers
 _CLICK_AFTER_RANK = 1_000_000  # rerank off: at one exposure the ranker's list precedes the clicks on it
 _CAND = {"key": pl.Int64, "query": pl.String, "prio": pl.Int8, "t": TS, "src": pl.Int64, "sub": pl.Int32,
          "ord": pl.Int32}
@@ -70,11 +84,13 @@ class SampleSet:
     direct: pl.DataFrame  # AIGQ-Direct train samples (Eq. 3)
     think: pl.DataFrame  # AIGQ-Think train samples (Eqs. 2, 4)
     test: pl.DataFrame  # per user-day test targets
+    last_query: pl.DataFrame  # per user: the held-out last distinct query (the last-query protocol)
     special_tokens: list[str]
+    label_source: str = "exposures"  # samples.label_source as resolved (auto → exposures | next_searches)
 
     def stats(self) -> dict[str, float]:
         """See ``aigq.data.sample_io.split_stats``."""
-        return frame_stats({"direct": self.direct, "think": self.think, "test": self.test})
+        return frame_stats({name: getattr(self, name) for name in SPLITS})
 
 
 # ---------------------------------------------------------------- behaviours as integer ids
@@ -203,14 +219,14 @@ def _exposure_cands(e: pl.DataFrame, k: int) -> list[pl.DataFrame]:
     clicks = e.filter(pl.col("clicked").list.any()).select(*ids, "clicked", query="shown").with_columns(pos)
     clicks = clicks.explode(["query", "clicked", "sub"]).filter(pl.col("clicked"))
     rank = e.select(*ids, query="ranker_topk").with_columns(pos).explode(["query", "sub"]).filter(pl.col("sub") < k)
-    return [_cands(clicks, 0, _CLICK_AFTER_RANK), _cands(rank, 2)]
+    return [_cands(clicks, 0, _CLICK_AFTER_RANK), _cands(rank, 3)]
 
 
 def _rank(c: pl.DataFrame, chronological: bool) -> pl.DataFrame:
     """Order candidates (interest priority, or chronological), de-duplicate keeping the first position and the
     strongest source."""
     if chronological:  # at one instant: searches, then by exposure (its ranker list, then its clicks)
-        order = [pl.col("key"), pl.col("t"), pl.col("prio") != 1, pl.col("src"), pl.col("ord")]
+        order = [pl.col("key"), pl.col("t"), ~pl.col("prio").is_in(SEARCH_PRIOS), pl.col("src"), pl.col("ord")]
     else:  # priority order: the first occurrence already has the strongest source
         order = [pl.col("key"), pl.col("prio"), pl.col("t"), pl.col("src"), pl.col("sub")]
     c = c.sort(order, nulls_last=True, maintain_order=True)
@@ -249,7 +265,8 @@ def _labels(c: pl.DataFrame, ctx: pl.DataFrame | None, w: _World, overlap: bool)
     else:
         c = _with_triggers(c, ctx, w)
         if overlap:  # a leaf (tl) or parent (tp) match exists exactly when the query overlaps the context
-            c = c.filter((pl.col("prio") <= 1) | pl.col("tl").is_not_null() | pl.col("tp").is_not_null())
+            c = c.filter((pl.col("prio") <= max(SEARCH_PRIOS)) | pl.col("tl").is_not_null()
+                         | pl.col("tp").is_not_null())
         c = c.filter(_pos_in_key() < w.cfg.label_cap).with_columns(trig=pl.coalesce("tl", "tp", empty))
     src = pl.col("prio").replace_strict(SOURCES, return_dtype=pl.String)
     return c.group_by("key", maintain_order=True).agg(target="query", triggers="trig", label_sources=src)
@@ -295,8 +312,8 @@ def _run(anchors: pl.DataFrame, cands: Callable[[pl.DataFrame], pl.DataFrame], v
             gen = gen.join(a.select("sample_id", "key"), on="sample_id").with_columns(
                 sub=pl.int_ranges(pl.col("query").list.len(), dtype=pl.Int32), t=pl.lit(None, TS), src=pl.lit(0)
             ).explode(["query", "sub"])
-            c = pl.concat([c, _cands(gen, 3)])
-        if variant == "test":
+            c = pl.concat([c, _cands(gen, 4)])
+        if variant in HELD_OUT:
             lab = _labels(_rank(c, chronological=True), None, w, overlap=False)
         else:
             overlap = variant == "think" and w.cfg.think_filter == "overlap"
@@ -309,14 +326,40 @@ def _keyed(anchors: pl.DataFrame) -> pl.DataFrame:
     return anchors.sort("user_id", "ts", "sample_id").with_row_index("key").with_columns(pl.col("key").cast(pl.Int64))
 
 
+def resolve_label_source(cfg: SamplesConfig, exposures: pl.DataFrame) -> SamplesConfig:
+    """``label_source=auto`` → ``exposures`` when the world has any HintQ exposure, else ``next_searches``."""
+    if cfg.label_source != "auto":
+        return cfg
+    return cfg.model_copy(update={"label_source": "exposures" if exposures.height else "next_searches"})
+
+
+def _next_search_direct(events: pl.DataFrame, cuts: pl.DataFrame, start_date: str, last_train: int,
+                        cfg: SamplesConfig) -> tuple[pl.DataFrame, Callable[[pl.DataFrame], pl.DataFrame]]:
+    """Direct anchors and candidates from next searches (``aigq.data.next_search``): rerank on, searches that led
+    to an item click come first ("search+click"), then the others, each in time order; rerank off: time order."""
+    s = N.searches_with_success(events)
+    a = N.anchors(s, cfg.anchor, start_date, 1, last_train, cuts)
+    anchors = _keyed(a.with_columns(sample_id=pl.format("n-{}-{}", pl.col("user_id"), pl.col("ts").dt.epoch("us"))))
+
+    def cands(chunk: pl.DataFrame) -> pl.DataFrame:
+        lab = N.horizon_labels(chunk, _users_of(s, chunk), cuts, cfg.label_horizon_days, start_date)
+        prio = pl.when(pl.col("success")).then(SEARCH_PRIOS[0]).otherwise(SEARCH_PRIOS[1])
+        lab = lab.select("key", "query", "t", src=pl.col("sidx").cast(pl.Int64), sub=pl.lit(0, pl.Int32), prio=prio)
+        return pl.concat([_cands(lab.filter(pl.col("prio") == p), p) for p in SEARCH_PRIOS])
+
+    return anchors, cands
+
+
 def iter_samples(tables: dict[str, pl.DataFrame], start_date: str, days: int, cfg: SamplesConfig,
                  llm_gen: LLMGen | None = None, chunk_size: int = 50_000) -> Iterator[tuple[str, pl.DataFrame]]:
     """(split, chunk of samples) for Direct, Think and test (see the module docstring for every rule), one chunk of
     ``chunk_size`` anchors at a time. ``llm_gen``: optional batch generator of Think's LLM-Gen candidates, called
     once per chunk (see ``LLMGen``); None = none."""
     t = {name: _table(tables, name) for name in TABLES}
+    cfg = resolve_label_source(cfg, t["exposures"])
     w = _world(t, cfg, start_date, chunk_size)
     last_train = days - cfg.test_days
+    cuts = H.train_cuts(t["events"], start_date, last_train + 1, cfg.last_query_holdout)
     in_train, in_test = pl.col("day").is_between(1, last_train), pl.col("day").is_between(last_train + 1, days)
     exp = t["exposures"].with_columns(day=day_expr(pl.col("ts"), start_date))
     searches = (t["events"].filter((pl.col("type") == "search") & pl.col("query").is_not_null())
@@ -324,27 +367,30 @@ def iter_samples(tables: dict[str, pl.DataFrame], start_date: str, days: int, cf
                 .sort("user_id", "ts", "query").with_row_index("src")
                 .with_columns(pl.col("src").cast(pl.Int64), sub=pl.lit(0, pl.Int32), t="ts"))
 
-    # Direct (Eq. 3): train exposures with ≥ 1 clicked shown query.
-    d_exp = exp.filter(in_train & pl.col("clicked").list.any())
-    d_anchors = _keyed(d_exp.select("user_id", "ts", "day", "exposure_id",
-                                    sample_id=pl.format("d-{}", pl.col("exposure_id"))))
+    # Direct (Eq. 3): train exposures with ≥ 1 clicked shown query; or a search log's next searches.
+    if cfg.label_source == "exposures":
+        d_exp = H.before_cut(exp.filter(in_train & pl.col("clicked").list.any()), cuts)
+        d_anchors = _keyed(d_exp.select("user_id", "ts", "day", "exposure_id",
+                                        sample_id=pl.format("d-{}", pl.col("exposure_id"))))
 
-    def d_cands(a: pl.DataFrame) -> pl.DataFrame:
-        e = _users_of(d_exp, a).join(a.select("key", "exposure_id"), on="exposure_id")
-        clicks, rank = _exposure_cands(e, cfg.rank_top_k)
-        return pl.concat([clicks, rank]) if cfg.rerank else rank
+        def d_cands(a: pl.DataFrame) -> pl.DataFrame:
+            e = _users_of(d_exp, a).join(a.select("key", "exposure_id"), on="exposure_id")
+            clicks, rank = _exposure_cands(e, cfg.rank_top_k)
+            return pl.concat([clicks, rank]) if cfg.rerank else rank
+    else:
+        d_anchors, d_cands = _next_search_direct(t["events"], cuts, start_date, last_train, cfg)
 
     # Think (Eqs. 2, 4): day-level session from the first search-entry interaction (t_first) of a train day.
     entry = pl.concat([exp.select("user_id", "day", "ts"), searches.select("user_id", "day", "ts")])
-    sess = entry.filter(in_train).group_by("user_id", "day").agg(pl.col("ts").min())
+    sess = H.before_cut(entry.filter(in_train).group_by("user_id", "day").agg(pl.col("ts").min()), cuts)
     k_anchors = _keyed(sess.with_columns(sample_id=pl.format("t-{}-{}", pl.col("user_id"), pl.col("day"))))
 
     def k_cands(a: pl.DataFrame) -> pl.DataFrame:
         keys = a.select("key", "user_id", "day", t_first="ts")
         in_session = pl.col("ts") >= pl.col("t_first")
-        e = _users_of(exp, a).join(keys, on=["user_id", "day"]).filter(in_session)
-        s = _users_of(searches, a).join(keys, on=["user_id", "day"]).filter(in_session)
-        return pl.concat([*_exposure_cands(e, cfg.rank_top_k), _cands(s, 1)])
+        e = H.before_cut(_users_of(exp, a).join(keys, on=["user_id", "day"]).filter(in_session), cuts)
+        s = H.before_cut(_users_of(searches, a).join(keys, on=["user_id", "day"]).filter(in_session), cuts)
+        return pl.concat([*_exposure_cands(e, cfg.rank_top_k), _cands(s, 2)])
 
     # Test: per user-day targets of the last test_days days; context before 00:00 of the day.
     x_exp, x_srch = exp.filter(in_test), searches.filter(in_test)
@@ -356,12 +402,20 @@ def iter_samples(tables: dict[str, pl.DataFrame], start_date: str, days: int, cf
     def x_cands(a: pl.DataFrame) -> pl.DataFrame:
         keys = a.select("key", "user_id", "day")
         clicks, _ = _exposure_cands(_users_of(x_exp, a).join(keys, on=["user_id", "day"]), 0)
-        return pl.concat([clicks, _cands(_users_of(x_srch, a).join(keys, on=["user_id", "day"]), 1)])
+        return pl.concat([clicks, _cands(_users_of(x_srch, a).join(keys, on=["user_id", "day"]), 2)])
 
-    located = _locate([d_anchors, k_anchors, x_anchors], w)
+    # Last query (the last-query protocol): each user's held-out last distinct query, context strictly before it.
+    last = H.last_queries(t["events"], start_date)
+    l_anchors = _keyed(last.select("user_id", "ts", "day", sample_id=pl.format("l-{}", pl.col("user_id"))))
+
+    def l_cands(a: pl.DataFrame) -> pl.DataFrame:
+        q = a.join(last.select("user_id", "query"), on="user_id")
+        return _cands(q.select("key", "query", t="ts", src="key", sub=pl.lit(0, pl.Int32)), 2)
+
+    located = _locate([d_anchors, k_anchors, x_anchors, l_anchors], w)
     w.beh = w.beh.drop("user_id", "ts")  # only needed by _locate
     for split, anchors, cands, gen in (("direct", located[0], d_cands, None), ("think", located[1], k_cands, llm_gen),
-                                       ("test", located[2], x_cands, None)):
+                                       ("test", located[2], x_cands, None), ("last_query", located[3], l_cands, None)):
         for part in _run(anchors, cands, split, w, gen):
             yield split, part
 
@@ -373,13 +427,15 @@ def build_samples(tables: dict[str, pl.DataFrame], start_date: str, days: int, c
     for split, part in iter_samples(tables, start_date, days, cfg, llm_gen, chunk_size):
         parts[split].append(part)
     frames = {name: pl.concat(p, rechunk=False) for name, p in parts.items()}
-    return SampleSet(**frames, special_tokens=P.special_tokens(cfg))
+    label_source = resolve_label_source(cfg, _table(tables, "exposures")).label_source
+    return SampleSet(**frames, special_tokens=P.special_tokens(cfg), label_source=label_source)
 
 
 def build_samples_to(tables: dict[str, pl.DataFrame], start_date: str, days: int, cfg: SamplesConfig,
                      out_dir: Path, llm_gen: LLMGen | None = None, chunk_size: int = 50_000) -> dict[str, float]:
     """Build and write chunk by chunk (``sample_io.SampleWriter``): peak memory is the inputs plus one chunk.
     Returns the statistics also written to ``meta.json``. The files equal ``write_samples(build_samples(...))``."""
+    cfg = resolve_label_source(cfg, _table(tables, "exposures"))  # meta.json records what was used
     with SampleWriter(out_dir, cfg, P.special_tokens(cfg), OUTPUT_SCHEMA) as writer:
         for split, part in iter_samples(tables, start_date, days, cfg, llm_gen, chunk_size):
             writer.write(split, part)
@@ -387,7 +443,8 @@ def build_samples_to(tables: dict[str, pl.DataFrame], start_date: str, days: int
 
 
 def write_samples(s: SampleSet, out_dir: Path, cfg: SamplesConfig) -> None:
-    """``direct/think/test.parquet`` (key-value metadata: special tokens, config) and ``meta.json``."""
+    """``direct/think/test/last_query.parquet`` (key-value metadata: special tokens, config) and ``meta.json``."""
+    cfg = cfg.model_copy(update={"label_source": s.label_source})
     with SampleWriter(out_dir, cfg, s.special_tokens, OUTPUT_SCHEMA) as writer:
         for name in SPLITS:
             writer.write(name, getattr(s, name))
