@@ -108,7 +108,7 @@ def samples_stats(samples: Path) -> dict[str, Any]:
     if not meta_path.is_file():
         raise FileNotFoundError(f"{samples} is not a samples folder (no meta.json); run `aigq build-samples`")
     out: dict[str, Any] = {}
-    for split in ("direct", "think", "test"):
+    for split in ("direct", "think", "test", "last_query"):
         f = Path(samples) / f"{split}.parquet"
         if f.is_file():
             df = pl.read_parquet(f, columns=["target", "user_id"])
