@@ -45,7 +45,10 @@ def _table(title: str, rows: dict[str, Any]) -> Table:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {exc}")
+    """One line (never wrapped; the message is text, not markup), exit status 1, no traceback."""
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -69,20 +72,35 @@ def simulate(config: ConfigOpt = None, out: Annotated[Path | None, typer.Option(
 @app.command("import-log")
 def import_log(path: Annotated[Path, typer.Argument(help="Search log (CSV/TSV or parquet).")],
                config: ConfigOpt = None, out: Annotated[Path | None, typer.Option(help="World folder.")] = None,
+               preset: Annotated[str | None, typer.Option(help="Log layout: columns | aol (importer.preset).")] = None,
+               items: Annotated[Path | None, typer.Option(
+                   help="Side table item_id,title[,category] (importer.items).")] = None,
+               categories: Annotated[Path | None, typer.Option(
+                   help="Side table category_id,name[,parent] (importer.categories).")] = None,
                overrides: Overrides = None) -> None:
     """Import a plain search log (user, query time, query, clicked item, category, click time) into a world."""
     from aigq.data.validate import NotALogError
 
-    cfg = _config(config, overrides)
+    cfg = _config(config, [*(overrides or []), *([f"importer.preset={preset}"] if preset else [])])
+    if items is not None:
+        cfg.importer.items = str(items)
+    if categories is not None:
+        cfg.importer.categories = str(categories)
     try:
         report = pipeline.import_log(cfg, _tracker(cfg), path, out)
     except (NotALogError, FileNotFoundError) as exc:
         _fail(exc)
-    rows = {"rows in": report.rows_in, "rows imported": report.rows_ok, "rows quarantined": report.rejected,
-            **{f"  {k}": v for k, v in report.by_reason.items()}}
+    rows: dict[str, Any] = {"preset": report.preset, "rows in": report.rows_in, "rows imported": report.rows_ok,
+                            "rows quarantined": report.rejected, **{f"  {k}": v for k, v in report.by_reason.items()}}
+    for kind, side in report.side.items():
+        rows.update({f"{kind} table rows": side.rows_in, f"{kind} table rows rejected": side.rows_in - side.rows_ok,
+                     **{f"  {k}": v for k, v in side.by_reason.items()}, f"log {kind} named by it": side.matched})
     console.print(_table(f"import → {report.world}", rows))
     if report.quarantine:
         console.print(f"quarantined rows (with reasons): {report.quarantine}")
+    for kind, side in report.side.items():
+        if side.quarantine:
+            console.print(f"rejected {kind} table rows (with reasons): {side.quarantine}")
 
 
 @app.command()

@@ -1,20 +1,40 @@
 """Import a plain search log (user, query time, query, clicked item, category, click time) into a world folder.
 
 Input is CSV (any of , TAB ; | as delimiter, sniffed from the header unless ``ImportConfig.delimiter`` is set) or
-parquet (detected by its magic bytes). Column names come from ``ImportConfig``; clicked item, category and click
-time may be absent or empty. Timestamps are ISO-8601 (``T`` or space, optional fraction, optional ``Z``/offset →
-naive UTC) or epoch seconds, or ``ImportConfig.time_format`` (strptime, used alone) when given.
+parquet (detected by its magic bytes). Column names come from ``ImportConfig`` (``preset=columns``) or from a preset
+(``PRESETS``: field names, delimiter, quoting, the query text that means "no query", whether items are URLs);
+clicked item, category and click time may be absent or empty. ``preset=aol`` reads the classic public AOL query log
+(tab-separated ``AnonID Query QueryTime ItemRank ClickURL``, no quoting): a clicked ``ClickURL`` is the item, titled
+by its host name (``http://www.weather.com`` → ``weather.com``) so a click reads as text; ``ItemRank`` is ignored;
+the query ``-`` (AOL's query-less "next page") is a missing query. Timestamps are ISO-8601 (``T`` or space, optional
+fraction, optional ``Z``/offset → naive UTC) or epoch seconds, or ``ImportConfig.time_format`` (strptime, used alone)
+when given.
 
 Row rules, first failure wins, in the order of ``REASONS``: wrong field count (CSV), missing user_id, missing ts
 (empty query time), bad timestamp (query time, or the click time of a clicked row, unparsable), missing query
 (empty after normalising), click before query. Rejected rows go to ``world/quarantine/import.parquet`` with the raw
 fields as strings, the 1-based source line (CSV: where the record starts; parquet: the row number) and ``reason``.
 
-Every good row gives a ``search`` event and, with a clicked item, a ``click`` event (ts = click time, or query time
-+ 1 s). ``session_id`` numbers a user's sessions 1, 2, ... (a new one after a gap of more than 30 minutes; ids are
-per user, so key sessions by (user_id, session_id)). Non-integer user/item ids get a dense rank of their sorted
-strings, the mapping saved to ``user_ids.parquet`` / ``item_ids.parquet``. Importing clears the world's table
-parts first (a previous world's parts or exposures would otherwise mix in).
+Good rows with the same (user, query time, query) are ONE search (a query with several clicks is logged as one row
+per click): it gives one ``search`` event, and each of its rows with a clicked item one ``click`` event (ts = click
+time, else query time + k s for the search's k-th click in file order). ``session_id`` numbers a user's sessions
+1, 2, ... (a new one after a gap of more than 30 minutes; ids are per user, so key sessions by (user_id, session_id)).
+Non-integer user/item ids get a dense rank of their sorted strings, the mapping saved to ``user_ids.parquet`` /
+``item_ids.parquet``. Importing clears the world's table parts first (a previous world's parts or exposures would
+otherwise mix in).
+
+A log AIGQ cannot learn from fails with a one-line ``NotALogError`` (``check_users``): no valid rows, a single user,
+or no user with ≥ 2 searches (next-search labels and the last-query evaluation need them).
+
+Optional side tables (``ImportConfig.items`` / ``.categories``; CSV with a header row, delimiter sniffed, columns by
+position): ``item_id,title[,category]`` and ``category_id,name[,parent]``. Items found there get the real title (and
+``description`` = title, the text the prompt shows for a click) and, when given, that category; category ids in
+events, items, queries and categories are replaced by their names, and the parent (a category id, named through the
+same table) is the categories table's parent and the items' ``category_path`` "Parent > Leaf". Side-table rows with
+no id, no title/name, or an id seen before are rejected (counted in the report and meta.json, written to
+``world/quarantine/import_<table>.parquet`` with a 1-based data ``row``); log ids missing from a side table keep the
+id text. Without side tables a click reads as "<category id> item <item id>" (or the URL's host for ``aol``) and a
+category as its id: the text carries no meaning the policy could learn from.
 """
 
 from __future__ import annotations
@@ -32,6 +52,9 @@ from aigq.data import schema
 from aigq.data.validate import QUARANTINE, NotALogError, apply_rules
 
 FIELDS = ("user", "query_time", "query", "clicked_item", "category", "click_time")
+# Side tables (``importer.items`` / ``importer.categories``): column names by position; a rejected row's reason is
+# "missing <first>", "missing <second>" or "duplicate <first>".
+SIDE_COLUMNS = {"items": ("item_id", "title", "category"), "categories": ("category_id", "name", "parent")}
 REQUIRED = ("user", "query_time", "query")
 REASONS = ("wrong field count", "missing user_id", "missing ts", "bad timestamp", "missing query", "click before query")
 DELIMITERS = (",", "\t", ";", "|")
@@ -40,6 +63,57 @@ CHUNK = 250_000  # CSV rows buffered in Python lists before they become a polars
 _EPOCH = r"^[+-]?\d+(\.\d*)?$"
 _MAX_EPOCH = 253_402_300_799  # 9999-12-31T23:59:59Z
 QUARANTINE_SCHEMA = {"line": pl.Int64, **{f: pl.String for f in FIELDS}, "raw": pl.String, "reason": pl.String}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a log's columns map onto ``FIELDS``: a preset, or ``ImportConfig``'s names (``preset=columns``)."""
+
+    columns: dict[str, str]  # field → column name; a field not listed is absent from this layout
+    delimiter: str | None = None  # None = sniff from the header
+    quoted: bool = True  # False: quote characters are plain text (AOL queries hold unbalanced ")
+    no_query: tuple[str, ...] = ()  # query texts that mean "no query" (→ missing query)
+    url_items: bool = False  # clicked items are URLs: an item's default title is the URL's host
+
+
+PRESETS = {
+    "aol": Layout(
+        columns={"user": "AnonID", "query": "Query", "query_time": "QueryTime", "clicked_item": "ClickURL"},
+        delimiter="\t",
+        quoted=False,
+        no_query=("-",),
+        url_items=True,
+    ),
+}
+
+
+def layout(cfg: ImportConfig) -> Layout:
+    """The preset's layout, or ``cfg``'s column names and delimiter for ``preset=columns``."""
+    if cfg.preset in PRESETS:
+        return PRESETS[cfg.preset]
+    return Layout(columns={f: getattr(cfg, f) for f in FIELDS}, delimiter=cfg.delimiter)
+
+
+@dataclass
+class SideReport:
+    """One side table: rows read, kept and rejected (by reason), and how many of the log's ids it named."""
+
+    path: Path
+    rows_in: int
+    rows_ok: int
+    by_reason: dict[str, int]
+    matched: int = 0  # distinct ids of the log's rows (clicked items, or categories) found in the table
+    quarantine: Path | None = None
+
+    def as_meta(self) -> dict[str, object]:
+        return {
+            "path": str(self.path),
+            "rows_in": self.rows_in,
+            "rows_ok": self.rows_ok,
+            "rejected": self.rows_in - self.rows_ok,
+            "by_reason": self.by_reason,
+            "matched": self.matched,
+        }
 
 
 @dataclass
@@ -51,6 +125,8 @@ class ImportReport:
     world: Path
     quarantine: Path | None
     counts: dict[str, int] = field(default_factory=dict)  # rows written per table
+    preset: str = "columns"
+    side: dict[str, SideReport] = field(default_factory=dict)  # "items" / "categories" when given
 
 
 def _py_ts(text: str, fmt: str | None) -> datetime | None:
@@ -93,22 +169,21 @@ def parse_timestamps(values: pl.Series, time_format: str | None = None) -> pl.Se
     return fast.alias(values.name)
 
 
-def _column_index(header: list[str], cfg: ImportConfig, path: Path) -> dict[str, int]:
+def _column_index(header: list[str], lay: Layout, path: Path) -> dict[str, int]:
     """Field → column position (exact name first, then case-insensitive); missing required → NotALogError."""
     names = [h.strip() for h in header]
     lower = [h.lower() for h in names]
     idx: dict[str, int] = {}
-    for f in FIELDS:
-        want = getattr(cfg, f)
+    for f, want in lay.columns.items():
         if want in names:
             idx[f] = names.index(want)
         elif want.lower() in lower:
             idx[f] = lower.index(want.lower())
-    missing = [f"{getattr(cfg, f)!r} ({f})" for f in REQUIRED if f not in idx]
+    missing = [f"{lay.columns[f]!r} ({f})" for f in REQUIRED if f not in idx]
     if missing:
         raise NotALogError(
             f"{path}: not a search log: missing required column(s) {', '.join(missing)}; "
-            f"columns found: {names}. Set the names with importer.<field>=... (ImportConfig)."
+            f"columns found: {names}. Set the names with importer.<field>=... or importer.preset=... (ImportConfig)."
         )
     return idx
 
@@ -123,7 +198,7 @@ def _frame(lines: list[int], cols: dict[str, list[str | None]]) -> pl.DataFrame:
     return pl.DataFrame({"line": lines, **cols}, schema={"line": pl.Int64, **{f: pl.String for f in FIELDS}})
 
 
-def _read_csv(path: Path, cfg: ImportConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _read_csv(path: Path, lay: Layout) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(rows with all fields as strings + line, wrong-field-count rows) streamed with the csv module."""
     with path.open(encoding="utf-8-sig", newline="") as f:
         lineno, header_line = 0, ""
@@ -133,10 +208,11 @@ def _read_csv(path: Path, cfg: ImportConfig) -> tuple[pl.DataFrame, pl.DataFrame
                 break
         if not header_line.strip():
             raise NotALogError(f"{path}: empty file (no header)")
-        delim = cfg.delimiter or _sniff(header_line)
-        header = next(csv.reader([header_line], delimiter=delim, skipinitialspace=True))
-        idx = _column_index(header, cfg, path)
-        reader = csv.reader(f, delimiter=delim, skipinitialspace=True)
+        delim = lay.delimiter or _sniff(header_line)
+        quoting = csv.QUOTE_MINIMAL if lay.quoted else csv.QUOTE_NONE
+        header = next(csv.reader([header_line], delimiter=delim, skipinitialspace=True, quoting=quoting))
+        idx = _column_index(header, lay, path)
+        reader = csv.reader(f, delimiter=delim, skipinitialspace=True, quoting=quoting)
         chunks: list[pl.DataFrame] = []
         lines: list[int] = []
         cols: dict[str, list[str | None]] = {k: [] for k in FIELDS}
@@ -169,12 +245,12 @@ def _as_string(s: pl.Series) -> pl.Series:
     return s.cast(pl.String)
 
 
-def _read_parquet(path: Path, cfg: ImportConfig) -> pl.DataFrame:
+def _read_parquet(path: Path, lay: Layout) -> pl.DataFrame:
     try:
         df = pl.read_parquet(path)
     except Exception as exc:  # any reader failure means "not a parquet log"
         raise NotALogError(f"{path}: unreadable parquet file ({type(exc).__name__}: {exc})") from None
-    idx = _column_index(df.columns, cfg, path)
+    idx = _column_index(df.columns, lay, path)
     cols = {
         k: _as_string(df.to_series(idx[k])) if k in idx else pl.Series([None] * df.height, dtype=pl.String)
         for k in FIELDS
@@ -199,18 +275,23 @@ def _sniff_binary(path: Path) -> bool:
     return False
 
 
-def _check_rows(raw: pl.DataFrame, time_format: str | None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Normalise fields (``u``, ``q``, ``item``, ``cat``, ``qts``, ``cts``) and split into (ok, rejected)."""
+def _check_rows(
+    raw: pl.DataFrame, time_format: str | None, no_query: tuple[str, ...] = ()
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Normalise fields (``u``, ``q``, ``item``, ``cat``, ``qts``, ``cts``) and split into (ok, rejected).
+
+    A query whose text is one of ``no_query`` (AOL's ``-``) counts as missing."""
 
     def clean(c: str) -> pl.Expr:
         v = pl.col(c).str.strip_chars()
         return pl.when(v != "").then(v)
 
+    q = clean("query").str.replace_all(r"\s+", " ").str.to_lowercase()
     df = raw.with_columns(
         u=clean("user"),
         item=clean("clicked_item"),
         cat=clean("category"),
-        q=clean("query").str.replace_all(r"\s+", " ").str.to_lowercase(),
+        q=pl.when(~q.is_in(list(no_query))).then(q) if no_query else q,
         qts=parse_timestamps(raw["query_time"], time_format),
         cts=parse_timestamps(raw["click_time"], time_format),
     )
@@ -257,27 +338,143 @@ def _write_ids(world: Path, name: str, ids: pl.DataFrame, key: str) -> None:
         ids.write_parquet(path)
 
 
-def _build_tables(good: pl.DataFrame) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, pl.DataFrame]:
-    """(tables, user id map, item id map) from the checked rows."""
+def _side_reasons(kind: str) -> tuple[str, str, str]:
+    """A side table's reject reasons in rule order: missing id, missing title (name), duplicate id."""
+    key, text, _ = SIDE_COLUMNS[kind]
+    return f"missing {key}", f"missing {text}", f"duplicate {key}"
+
+
+def _read_side(path: Path, kind: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Side table ``kind`` at ``path`` → (ok rows ``row, id, title, extra``, rejected rows + ``reason``).
+
+    Columns by position after a header row (``SIDE_COLUMNS``); blank fields are missing. Rules, first failure wins:
+    missing id, missing title (a category's name), duplicate id (a later copy among the rows passing the others)."""
+    names = SIDE_COLUMNS[kind]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {kind} table (importer.{kind})")
+    with path.open(encoding="utf-8-sig") as f:
+        header_line = f.readline()
+    try:
+        df = pl.read_csv(
+            path,
+            separator=_sniff(header_line),
+            infer_schema=False,
+            truncate_ragged_lines=True,
+            row_index_name="row",
+            row_index_offset=1,
+        )
+    except Exception as exc:  # any reader failure means "not a side table"
+        raise NotALogError(f"{path}: unreadable {kind} table ({type(exc).__name__}: {exc})") from None
+    cols = df.columns[1:4]
+    if len(cols) < 2:
+        raise NotALogError(
+            f"{path}: a {kind} table needs columns {names[0]},{names[1]}[,{names[2]}]; columns found: {cols}"
+        )
+
+    def clean(c: str | None) -> pl.Expr:
+        if c is None:
+            return pl.lit(None, dtype=pl.String)
+        v = pl.col(c).str.strip_chars()
+        return pl.when(v != "").then(v)
+
+    df = df.select(
+        pl.col("row").cast(pl.Int64),
+        id=clean(cols[0]),
+        title=clean(cols[1]),
+        extra=clean(cols[2] if len(cols) > 2 else None),
+    )
+    missing_id, missing_title, duplicate = _side_reasons(kind)
+    return apply_rules(
+        df,
+        [
+            (missing_id, pl.col("id").is_null()),
+            (missing_title, pl.col("title").is_null()),
+            (duplicate, lambda ok: ~pl.struct(pl.col("id"), ok.alias("__ok")).is_first_distinct()),
+        ],
+    )
+
+
+def _side_tables(cfg: ImportConfig) -> tuple[dict[str, pl.DataFrame], dict[str, SideReport], dict[str, pl.DataFrame]]:
+    """(ok rows, reports, rejected rows) of the side tables ``cfg`` names, keyed "items" / "categories"."""
+    ok: dict[str, pl.DataFrame] = {}
+    reports: dict[str, SideReport] = {}
+    rejected: dict[str, pl.DataFrame] = {}
+    for kind in SIDE_COLUMNS:
+        given = getattr(cfg, kind)
+        if not given:
+            continue
+        path = Path(given)
+        ok[kind], rej = _read_side(path, kind)
+        counts = dict(rej.group_by("reason").len().iter_rows()) if rej.height else {}
+        by_reason = {r: counts[r] for r in _side_reasons(kind) if r in counts}
+        reports[kind] = SideReport(path, ok[kind].height + rej.height, ok[kind].height, by_reason)
+        rejected[kind] = rej.rename(dict(zip(("id", "title", "extra"), SIDE_COLUMNS[kind], strict=True)))
+    return ok, reports, rejected
+
+
+def _named(expr: pl.Expr, cats: pl.DataFrame | None) -> pl.Expr:
+    """Category id → its name from the categories side table; ids it lacks stay as they are."""
+    return expr if cats is None else expr.replace(cats["id"], cats["title"])
+
+
+def _host(url: pl.Expr) -> pl.Expr:
+    """A URL's host without ``www.`` (``http://www.weather.com/x`` → ``weather.com``): a clicked URL's title."""
+    return (
+        url.str.replace(r"^[A-Za-z][A-Za-z0-9+.-]*://", "")
+        .str.replace(r"[/?#].*$", "")
+        .str.replace(r"^www\.", "")
+        .str.to_lowercase()
+    )
+
+
+def check_users(good: pl.DataFrame, path: str | Path) -> None:
+    """``NotALogError`` unless the good rows (``u``, ``qts``, ``q``) hold ≥ 2 users and a user with ≥ 2 searches.
+
+    AIGQ learns across users, and next-search labels and the last-query evaluation need a user's second search."""
+    per_user = good.unique(["u", "qts", "q"]).group_by("u").len()
+    if per_user.height == 1:
+        raise NotALogError(f"{path}: has 1 user ({per_user['u'].item()!r}): AIGQ learns across users; need ≥ 2")
+    if per_user.height and per_user["len"].max() < 2:  # type: ignore[operator]
+        raise NotALogError(
+            f"{path}: no user searched twice: next-search labels and the last-query evaluation need users with "
+            f"≥ 2 searches ({per_user.height} users, 1 search each)"
+        )
+
+
+def _build_tables(
+    good: pl.DataFrame,
+    lay: Layout,
+    side_items: pl.DataFrame | None = None,
+    parents: pl.DataFrame | None = None,
+) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, pl.DataFrame]:
+    """(tables, user id map, item id map) from the checked rows (categories already named).
+
+    ``side_items``: ``original, s_title, s_cat`` from the items side table; ``parents``: ``category, parent`` names."""
     uids = _int_ids(good["u"], "user_id")
     iids = _int_ids(good["item"].drop_nulls(), "item_id")
-    rows = good.join(uids, left_on="u", right_on="original", how="left")
-    searches = rows.select(
-        "user_id",
-        ts="qts",
-        type=pl.lit("search"),
-        query="q",
-        item_id=pl.lit(None, dtype=pl.Int64),
-        category="cat",
-        order=pl.lit(0),
-        line="line",
+    rows = good.join(uids, left_on="u", right_on="original", how="left").sort("line")
+    search_key = ("user_id", "qts", "q")
+    searches = (
+        rows.group_by(search_key, maintain_order=True)
+        .agg(cat=pl.col("cat").drop_nulls().first(), line=pl.col("line").min())
+        .select(
+            "user_id",
+            ts="qts",
+            type=pl.lit("search"),
+            query="q",
+            item_id=pl.lit(None, dtype=pl.Int64),
+            category="cat",
+            order=pl.lit(0),
+            line="line",
+        )
     )
+    kth = pl.int_range(1, pl.len() + 1).over(search_key)  # the k-th click of its search, in file order
     clicks = (
         rows.filter(pl.col("item").is_not_null())
         .join(iids, left_on="item", right_on="original", how="left")
         .select(
             "user_id",
-            ts=pl.coalesce("cts", pl.col("qts") + timedelta(seconds=1)),
+            ts=pl.coalesce("cts", pl.col("qts") + pl.duration(seconds=kth)),
             type=pl.lit("click"),
             query=pl.lit(None, dtype=pl.String),
             item_id="item_id",
@@ -302,24 +499,38 @@ def _build_tables(good: pl.DataFrame) -> tuple[dict[str, pl.DataFrame], pl.DataF
             occupation=pl.lit("unknown"),
         )
     )
+    if side_items is None:
+        side_items = pl.DataFrame(schema={"original": pl.String, "s_title": pl.String, "s_cat": pl.String})
+    if parents is None:
+        parents = pl.DataFrame(schema={"category": pl.String, "parent": pl.String})
     item_cat = _mode(good.filter(pl.col("item").is_not_null()), "item", "cat")
+    default_title = _host(pl.col("original")) if lay.url_items else pl.col("original")
+    plain_text = default_title if lay.url_items else pl.format("{} item {}", pl.col("category"), pl.col("original"))
     items = (
         iids.join(item_cat, left_on="original", right_on="item", how="left")
-        .with_columns(pl.col("cat").fill_null("unknown"))
+        .join(side_items, on="original", how="left")
+        .with_columns(category=pl.coalesce("s_cat", "cat", pl.lit("unknown")))
+        .join(parents, on="category", how="left")
         .sort("item_id")
         .select(
             "item_id",
-            title="original",
-            category="cat",
-            category_path="cat",
+            title=pl.coalesce("s_title", default_title),
+            category="category",
+            category_path=pl.when(pl.col("parent").is_not_null() & (pl.col("parent") != pl.col("category")))
+            .then(pl.format("{} > {}", "parent", "category"))
+            .otherwise("category"),
             brand=pl.lit("unknown"),
             price=pl.lit(None, dtype=pl.Float64),
-            description=pl.format("{} item {}", pl.col("cat"), pl.col("original")),
+            description=pl.coalesce("s_title", plain_text),
         )
     )
     queries = _mode(good, "q", "cat").rename({"q": "query", "cat": "category"}).sort("query")
     cats = pl.concat([good["cat"].drop_nulls(), items["category"]]).unique().sort()
-    categories = pl.DataFrame({"category": cats, "parent": cats})
+    categories = (
+        pl.DataFrame({"category": cats})
+        .join(parents, on="category", how="left")
+        .select("category", parent=pl.coalesce("parent", "category"))
+    )
     return (
         {"users": users, "items": items, "queries": queries, "categories": categories, "events": events},
         uids,
@@ -327,38 +538,69 @@ def _build_tables(good: pl.DataFrame) -> tuple[dict[str, pl.DataFrame], pl.DataF
     )
 
 
+def _save_rejects(world: Path, name: str, rejected: pl.DataFrame | None) -> Path | None:
+    """Overwrite ``world/quarantine/<name>.parquet`` with ``rejected``; none (or no rows) removes a stale file."""
+    path = world / QUARANTINE / f"{name}.parquet"
+    if rejected is None or rejected.height == 0:
+        path.unlink(missing_ok=True)
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rejected.write_parquet(path)
+    return path
+
+
+def _with_side_tables(
+    good: pl.DataFrame, side: dict[str, pl.DataFrame], reports: dict[str, SideReport]
+) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame | None]:
+    """(good rows with category names, items side ``original, s_title, s_cat``, parents ``category, parent``);
+    counts the log ids each side table names in ``reports[...].matched``."""
+    cats = side.get("categories")
+    side_items = parents = None
+    if "items" in side:
+        it = side["items"]
+        side_items = it.select(original="id", s_title="title", s_cat=_named(pl.col("extra"), cats))
+        reports["items"].matched = good["item"].drop_nulls().unique().is_in(it["id"].implode()).sum()
+    if cats is not None:
+        reports["categories"].matched = good["cat"].drop_nulls().unique().is_in(cats["id"].implode()).sum()
+        good = good.with_columns(cat=_named(pl.col("cat"), cats))
+        parents = (
+            cats.filter(pl.col("extra").is_not_null())
+            .select(category="title", parent=_named(pl.col("extra"), cats))
+            .unique("category", keep="first", maintain_order=True)
+        )
+    return good, side_items, parents
+
+
 def import_log(path: str | Path, world: str | Path, cfg: ImportConfig) -> ImportReport:
     """Import the log at ``path`` into ``world`` (tables, meta.json, id maps, quarantine); see the module doc."""
     path, world = Path(path), Path(world)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such log file")
+    lay = layout(cfg)
+    side, side_reports, side_rejected = _side_tables(cfg)
     if _sniff_binary(path):
         raw, wrong = (
-            _read_parquet(path, cfg),
+            _read_parquet(path, lay),
             pl.DataFrame(schema={"line": pl.Int64, "raw": pl.String, "reason": pl.String}),
         )
     else:
-        raw, wrong = _read_csv(path, cfg)
+        raw, wrong = _read_csv(path, lay)
     rows_in = raw.height + wrong.height
     if rows_in == 0:
         raise NotALogError(f"{path}: a header but no data rows")
-    good, rejected = _check_rows(raw, cfg.time_format)
+    good, rejected = _check_rows(raw, cfg.time_format, lay.no_query)
     rejected = pl.concat([wrong, rejected.select("line", *FIELDS, "reason")], how="diagonal_relaxed")
     rejected = rejected.select([pl.col(c).cast(t) for c, t in QUARANTINE_SCHEMA.items()]).sort("line")
     counts = dict(rejected.group_by("reason").len().iter_rows()) if rejected.height else {}
     by_reason = {r: counts[r] for r in REASONS if r in counts}
 
-    qpath: Path | None = world / QUARANTINE / "import.parquet"
-    if rejected.height:
-        qpath.parent.mkdir(parents=True, exist_ok=True)
-        rejected.write_parquet(qpath)
-    else:
-        qpath.unlink(missing_ok=True)
-        qpath = None
+    qpath = _save_rejects(world, "import", rejected)
     if good.height == 0:
         raise NotALogError(f"{path}: no valid rows out of {rows_in} ({by_reason}); see {qpath}")
+    check_users(good, path)
 
-    tables, uids, iids = _build_tables(good)
+    good, side_items, parents = _with_side_tables(good, side, side_reports)
+    tables, uids, iids = _build_tables(good, lay, side_items, parents)
     for name in schema.TABLES:
         for f in schema.table_files(world, name):
             f.unlink()
@@ -366,6 +608,10 @@ def import_log(path: str | Path, world: str | Path, cfg: ImportConfig) -> Import
         schema.write_part(world, name, df)
     _write_ids(world, "user_ids.parquet", uids, "user_id")
     _write_ids(world, "item_ids.parquet", iids, "item_id")
+    for kind in SIDE_COLUMNS:
+        found = _save_rejects(world, f"import_{kind}", side_rejected.get(kind))
+        if kind in side_reports:
+            side_reports[kind].quarantine = found
 
     ts = tables["events"]["ts"]
     first_day, last_day = ts.min().date(), ts.max().date()  # type: ignore[union-attr]
@@ -375,11 +621,13 @@ def import_log(path: str | Path, world: str | Path, cfg: ImportConfig) -> Import
         {
             "source": "importer",
             "input": str(path),
+            "preset": cfg.preset,
             "start_date": first_day.isoformat(),
             "days": (last_day - first_day).days + 1,
             "rows_in": rows_in,
             "rows_ok": good.height,
             "rejected": rejected.height,
+            "side_tables": {k: r.as_meta() for k, r in side_reports.items()},
             **n,
         },
     )
@@ -391,4 +639,6 @@ def import_log(path: str | Path, world: str | Path, cfg: ImportConfig) -> Import
         world=world,
         quarantine=qpath,
         counts=n,
+        preset=cfg.preset,
+        side=side_reports,
     )
