@@ -360,7 +360,7 @@ def test_next_search_labels_session_anchor(search_log):
     those followed by an item click first (interest-guided re-ranking), in time order otherwise."""
     d = build(search_log).direct.filter(pl.col("user_id") == 7).sort("sample_id")
     got = {r["metadata"]["anchor_ts"]: (r["target"], sources(r)) for r in d.to_dicts()}
-    sc, se = "search+click", "search"
+    sc, se = "search_click", "search"
     assert got == {T(1, 9): (["a", "c", "b", "d"], [sc, sc, se, se]),
                    T(2, 10): (["d", "b", "e"], [se, se, se]),  # f is on a test day: never a label
                    T(3, 20): (["e"], [se])}

@@ -20,7 +20,7 @@ from aigq.config import SamplesConfig
 from aigq.data import prompt as P
 
 SPLITS = ("direct", "think", "test", "last_query")
-LABEL_SOURCES = ("click", "search+click", "search", "rank", "gen")
+LABEL_SOURCES = ("click", "search_click", "search", "rank", "gen")
 
 
 def split_stats(name: str, lf: pl.LazyFrame) -> dict[str, float]:

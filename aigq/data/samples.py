@@ -10,7 +10,7 @@ behaviour leaks into its own prompt. Prompt text is ``aigq.data.prompt``'s forma
 * **Direct from next searches** (``label_source=next_searches``, or ``auto`` on a world without HintQ exposures,
   ``aigq.data.next_search``): one sample per train-day anchor (a search session's start, or each search:
   ``samples.anchor``); label = the searches from the anchor to the end of its day + ``label_horizon_days`` days;
-  rerank on: searches followed by an item click first ("search+click"), then the others ("search"), each in time
+  rerank on: searches followed by an item click first ("search_click"), then the others ("search"), each in time
   order; rerank off: time order. De-duplicated, capped. A first session (no prior behaviour) is a cold-start sample.
 * **Think (Eqs. 2, 4)** one sample per user and train day. The day-level session (Eq. 2) runs from t_first, the
   user's first search-entry interaction of the day (a HintQ exposure or a search event), to the day's last event, so
@@ -55,8 +55,8 @@ from aigq.data import prompt as P
 from aigq.data.sample_io import SPLITS, SampleWriter, frame_stats
 from aigq.data.schema import ITEM_EVENT_TYPES, TABLES, TS, day_expr, empty_frame
 
-# label source priority (Eq. 4 order); "search+click" = a next search that led to an item click (next_searches)
-SOURCES = {0: "click", 1: "search+click", 2: "search", 3: "rank", 4: "gen"}
+# label source priority (Eq. 4 order); "search_click" = a next search that led to an item click (next_searches)
+SOURCES = {0: "click", 1: "search_click", 2: "search", 3: "rank", 4: "gen"}
 SEARCH_PRIOS = (1, 2)
 METADATA = pl.Struct({
     "n_behaviours": pl.Int32,  # behaviours shown in the prompt (≤ L)
@@ -336,7 +336,7 @@ def resolve_label_source(cfg: SamplesConfig, exposures: pl.DataFrame) -> Samples
 def _next_search_direct(events: pl.DataFrame, cuts: pl.DataFrame, start_date: str, last_train: int,
                         cfg: SamplesConfig) -> tuple[pl.DataFrame, Callable[[pl.DataFrame], pl.DataFrame]]:
     """Direct anchors and candidates from next searches (``aigq.data.next_search``): rerank on, searches that led
-    to an item click come first ("search+click"), then the others, each in time order; rerank off: time order."""
+    to an item click come first ("search_click"), then the others, each in time order; rerank off: time order."""
     s = N.searches_with_success(events)
     a = N.anchors(s, cfg.anchor, start_date, 1, last_train, cuts)
     anchors = _keyed(a.with_columns(sample_id=pl.format("n-{}-{}", pl.col("user_id"), pl.col("ts").dt.epoch("us"))))
