@@ -3,6 +3,12 @@
     aigq eval -c configs/tiny_cpu.yaml                  # baselines + whichever policy variants exist
     aigq eval -c configs/tiny_cpu.yaml --suite          # first train the missing variants (aigq/evaluation/suite.py)
     aigq eval -c configs/tiny_cpu.yaml --arms ebr,co-click,direct-il-sft eval.max_user_days=200
+    aigq eval -c configs/tiny_cpu.yaml --protocol last-query --arms popularity,co-click,ebr   # each user's last query
+
+Every figure is printed, written and logged with its bootstrap interval (``<figure>_lo`` / ``_hi``; ``eval.bootstrap``
+resamples, ``eval.confidence``) and again over the cold-start rows (``cold.<figure>``). MLflow metric names are
+``eval.<arm>.<figure>`` (days) or ``eval.last-query.<arm>.<figure>`` (last-query), "@" written "_at_" (MLflow allows
+no "@": ``query_hr@10`` → ``query_hr_at_10``); the run is tagged ``aigq.eval.protocol``.
 """
 
 from __future__ import annotations
@@ -28,20 +34,32 @@ def _arms(spec: str | None) -> list[str]:
     return [a for a in ARMS if a in arms]  # the paper's row order
 
 
+PROTOCOLS = ("days", "last-query")
+
+
 def eval_cmd(config: ConfigOpt = None,
              suite: Annotated[bool, typer.Option("--suite", help="Train missing policy variants first "
                                                  "(into <run.output_dir>/variants/<arm>/).")] = False,
              arms: Annotated[str | None, typer.Option(help=f"Comma-separated subset of: {', '.join(ARMS)}")] = None,
+             protocol: Annotated[str | None, typer.Option(
+                 help="days: the test user-days (samples/test.parquet, the paper's split); last-query: each user's "
+                      "last distinct query (samples/last_query.parquet). Sets eval.protocol (default: days).",
+                 show_default=False)] = None,
              overrides: Overrides = None) -> None:
     """Offline evaluation like the paper's Table 1: EBR, popularity, co-click, zero-shot LLM and the policy variants
-    on the test user-days; prints the table, writes <run.output_dir>/eval/table1.md and logs it to MLflow."""
+    on the test user-days (or, with --protocol last-query, each user's held-out last query); prints the table with
+    bootstrap intervals, writes <run.output_dir>/eval/table1.md (last-query: eval/last-query/table1.md) and
+    logs it to MLflow."""
     from aigq.evaluation import suite as S
     from aigq.evaluation.offline import ArmResult, earlier_results, evaluate
 
-    cfg = _config(config, overrides)
+    if protocol is not None and protocol not in PROTOCOLS:
+        console.print(f"[red]unknown protocol {protocol}[/red]; choose from {', '.join(PROTOCOLS)}")
+        raise typer.Exit(2)
+    cfg = _config(config, [*(overrides or []), *([f"eval.protocol={protocol}"] if protocol else [])])
     chosen = _arms(arms)
     tracker = _tracker(cfg)
-    with tracker.run("eval", cfg, tags={"aigq.pipeline": "eval"}):
+    with tracker.run("eval", cfg, tags={"aigq.pipeline": "eval", "aigq.eval.protocol": cfg.eval.protocol}):
         if suite:
             status = S.train_missing(cfg, tracker, [a for a in chosen if a in POLICY_ARMS],
                                      say=lambda m: console.print(m, markup=False))
@@ -58,33 +76,55 @@ def eval_cmd(config: ConfigOpt = None,
     console.print(f"table → {out / 'table1.md'}" + (f", plot → {png}" if png else ""))
 
 
-def show_table(cfg, tracker, results, test) -> tuple:
-    """Print Table 1, write table1.md / metrics.json / table1.png under <run.output_dir>/eval and log them (and every
-    row's figures) to the active MLflow run. Returns (eval folder, plot path or None)."""
+def _console_table(title: str, results, k: int, cols) -> Table:
     from aigq.evaluation import report
-    from aigq.evaluation.offline import eval_dir
 
-    k, cold = cfg.eval.k, int(test["metadata"].struct.field("cold_start").sum())
-    table = Table(title=f"Table 1 on {cfg.run.output_dir} ({test.height} test user-days, {cold} cold-start)",
-                  header_style="bold")
-    for i, h in enumerate(report.headers(k)):
+    table = Table(title=title, header_style="bold")
+    for i, h in enumerate(report.headers(k, cols=cols)):
         table.add_column(h, justify="left" if i == 0 else "right")
     for r in results:
-        table.add_row(report.row_name(r.arm), *report.cells(r))
-    console.print(table)
+        table.add_row(report.row_name(r.arm), *report.cells(r, cols, sep="\n"))
+    return table
+
+
+def mlflow_metrics(cfg, results) -> dict[str, float]:
+    """Every shown row's figures (and their ``_lo`` / ``_hi``) as MLflow metrics: ``eval.<arm>.<figure>`` (days) or
+    ``eval.last-query.<arm>.<figure>``; "@" → "_at_"; undefined (NaN) figures left out."""
+    from aigq.evaluation import report
+
+    prefix = "eval." if cfg.eval.protocol == "days" else f"eval.{cfg.eval.protocol}."
+    return {f"{prefix}{report.metric_key(r.arm)}.{m.replace('@', '_at_')}": float(v)
+            for r in results if r.status == "ok" for m, v in r.metrics.items() if v is not None and v == v}
+
+
+def show_table(cfg, tracker, results, test) -> tuple:
+    """Print Table 1 (every figure with its interval) and the cold-start slice, write table1.md / metrics.json /
+    table1.png under the protocol's eval folder and log them (and every row's figures) to the active MLflow run.
+    Returns (eval folder, plot path or None)."""
+    from aigq.evaluation import report
+    from aigq.evaluation.offline import eval_dir, row_noun
+
+    e = cfg.eval
+    k, cold = e.k, int(test["metadata"].struct.field("cold_start").fill_null(False).sum())
+    noun = row_noun(cfg)
+    ci = f"; under each figure its {e.confidence:.0%} bootstrap interval" if e.bootstrap else ""
+    console.print(_console_table(f"Table 1 on {cfg.run.output_dir} (protocol {e.protocol}: {test.height} {noun}, "
+                                 f"{cold} cold-start{ci})", results, k, report.columns(k, e.hr_ks)))
+    console.print(_console_table(f"cold-start slice: {cold} of {test.height} {noun}", results, k,
+                                 report.cold_columns(k, e.hr_ks)))
     out = eval_dir(cfg)
-    md = report.markdown(results, k, test.height, cold)
+    out.mkdir(parents=True, exist_ok=True)
+    md = report.markdown(results, k, test.height, cold, e.hr_ks, noun, e.confidence if e.bootstrap else None)
     (out / "table1.md").write_text(md)
     (out / "metrics.json").write_text(json.dumps({r.arm: {"status": r.status, "seconds": r.seconds,
                                                           **r.metrics} for r in results}, indent=2))
     png = report.bar_plot(results, k, out / "table1.png")
-    for r in results:  # the whole table shown (kept rows too), so the run holds every figure
-        if r.status == "ok":
-            tracker.metrics({f"eval.{report.metric_key(r.arm)}.{m}": v for m, v in r.metrics.items() if v == v})
-    tracker.text(md, "eval/table1.md")
-    tracker.artifact(out / "metrics.json", "eval")
+    tracker.metrics(mlflow_metrics(cfg, results))  # the whole table shown (kept rows too): the run holds every figure
+    where = "eval" if e.protocol == "days" else f"eval/{e.protocol}"
+    tracker.text(md, f"{where}/table1.md")
+    tracker.artifact(out / "metrics.json", where)
     if png:
-        tracker.artifact(png, "eval")
+        tracker.artifact(png, where)
     return out, png
 
 

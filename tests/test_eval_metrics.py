@@ -116,3 +116,107 @@ def test_offline_evaluation_never_reads_the_hidden_model():
     for name in ("categories", "metrics", "baselines", "ebr", "policy", "recommend", "suite", "offline", "report"):
         src = (root / f"{name}.py").read_text()
         assert "aigq.data.hidden" not in src and "HiddenModel" not in src and '"hidden"' not in src, name
+
+
+# ---------------------------------------------------------------- issue 16: MRR, HR@k, cold slice, bootstrap
+
+
+def test_query_rank_mrr_and_hr_cutoffs_by_hand():
+    gen, truth = ["red lamp", "Oak Desk", "sofa"], ["sofa!", "oak desk"]
+    assert M.query_rank(gen, truth, k=3) == 2  # "Oak Desk" is the first match, at rank 2 ("sofa" matches at 3)
+    assert M.reciprocal_rank(gen, truth, k=3) == 0.5
+    assert M.query_rank(gen, truth, k=1) == 0 and M.reciprocal_rank(gen, truth, k=1) == 0.0  # none within K = 1
+    assert M.reciprocal_rank(["a", "b", "c"], ["C"], k=30) == pytest.approx(1 / 3)
+    assert M.reciprocal_rank([], ["c"], k=30) == 0.0 and M.reciprocal_rank(["c"], [""], k=30) == 0.0
+    assert M.hr_cutoffs(30, [1, 3, 10, 30, 50]) == [1, 3, 10, 30]  # > K is left out, K always in
+    assert M.hr_cutoffs(5, [10, 3, 1, 3]) == [1, 3, 5]
+
+
+def _rows_by_hand():
+    """Four rows, targets one query each; lists and their first-match ranks: 1, 2, none, 3; rows 1 and 3 cold."""
+    cfg = SamplesConfig()
+    prompt = P.format_prompt({"gender": "F"}, [(1, "search", "oak desk")], cfg)
+    test = pl.DataFrame({"user_id": [1, 2, 3, 4], "day": [5, 5, 6, 7], "prompt": [prompt] * 4,
+                         "target": [["oak desk"], ["velvet sofa"], ["rug"], ["standing desk"]],
+                         "metadata": [{"cold_start": c} for c in (True, False, True, False)]})
+    lists = pl.DataFrame({"user_id": [1, 2, 3, 4], "day": [5, 5, 6, 7],
+                          "queries": [["Oak Desk", "lamp"], ["lamp", "velvet sofa"], ["lamp"],
+                                      ["lamp", "oak desk", "standing desk"]]},
+                         schema={"user_id": pl.Int64, "day": pl.Int32, "queries": pl.List(pl.String)})
+    return lists, test.with_columns(pl.col("day").cast(pl.Int32))
+
+
+def test_per_row_hr_at_k_mrr_and_cold_slice_by_hand():
+    lists, test = _rows_by_hand()
+    rows = M.per_row(lists, test, CategoryMapper(KNOWN), M.Embedder("ngram"), k=30, hr_ks=[1, 3, 10])
+    assert rows["mrr"].to_list() == pytest.approx([1.0, 0.5, 0.0, 1 / 3])
+    assert rows["query_hr@1"].to_list() == [1.0, 0.0, 0.0, 0.0]
+    assert rows["query_hr@3"].to_list() == [1.0, 1.0, 0.0, 1.0]
+    assert rows["query_hr@30"].to_list() == rows["query_hr"].to_list() == [1.0, 1.0, 0.0, 1.0]
+    s = M.summarise(rows)  # no bootstrap: no interval keys
+    assert s["mrr"] == pytest.approx((1 + 0.5 + 0 + 1 / 3) / 4)
+    assert s["query_hr@1"] == 0.25 and s["query_hr@3"] == 0.75 and s["query_hr@10"] == 0.75
+    # cold rows = users 1 and 3: ranks 1 and none
+    assert s["cold_user_days"] == 2.0 and s["user_days"] == 4.0
+    assert s["cold.mrr"] == 0.5 and s["cold.query_hr@1"] == 0.5 and s["cold.query_hr"] == s["cold_query_hr"] == 0.5
+    # Cate HR: user 1 Desks∩Desks, 2 Sofas∩Sofas, 3 rug/lamp unknown, 4 Desks∩Desks → 0.75; cold: 1 of 2
+    assert s["cate_hr"] == 0.75 and s["cold.cate_hr"] == s["cold_cate_hr"] == 0.5
+    assert s["mean_list_len"] == pytest.approx(8 / 4) and s["cold.mean_list_len"] == 1.5
+    assert not any(key.endswith(("_lo", "_hi")) for key in s)
+
+
+def test_no_categories_leaves_cate_figures_undefined_and_no_cold_rows_gives_nan():
+    lists, test = _rows_by_hand()
+    test = test.with_columns(metadata=pl.lit({"cold_start": False}))
+    for mapper in (None, CategoryMapper([])):
+        rows = M.per_row(lists, test, mapper, M.Embedder("ngram"), k=30)
+        assert rows["cate_hr"].null_count() == 4 and rows["unique_cates"].null_count() == 4
+        s = M.summarise(rows, bootstrap=50)
+        assert math.isnan(s["cate_hr"]) and math.isnan(s["cate_hr_lo"]) and math.isnan(s["unique_cates"])
+        assert s["query_hr"] == 0.75 and s["query_hr_lo"] <= 0.75 <= s["query_hr_hi"]
+        assert s["cold_user_days"] == 0.0 and math.isnan(s["cold.query_hr"]) and math.isnan(s["cold_cate_hr"])
+
+
+def test_bootstrap_matches_the_textbook_percentile_bootstrap():
+    rng = np.random.default_rng(3)
+    x = np.stack([(rng.random(40) < 0.3).astype(float), rng.random(40)], axis=1)
+    x[::5, 1] = np.nan  # undefined cells are left out of each resample's mean
+    est, lo, hi = M.bootstrap_intervals(x, resamples=300, confidence=0.9, seed=7)
+    idx = np.random.default_rng(7).integers(0, 40, size=(300, 40))  # the same draws, one resample per row
+    boots = np.stack([np.nanmean(x[i], axis=0) for i in idx])
+    assert est == pytest.approx(np.nanmean(x, axis=0))
+    ref_lo, ref_hi = np.quantile(boots, [0.05, 0.95], axis=0)
+    assert lo == pytest.approx(np.fmin(ref_lo, est)) and hi == pytest.approx(np.fmax(ref_hi, est))
+    # chunked resamples (small max_cells) are the same resamples
+    chunks = np.concatenate(list(M.resample_counts(40, 300, 7, max_cells=40 * 7)))
+    assert (chunks == np.concatenate(list(M.resample_counts(40, 300, 7)))).all() and chunks.sum() == 300 * 40
+
+
+def test_interval_holds_the_estimate_shrinks_with_more_rows_and_is_seeded():
+    hits = np.array([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])  # 0.4
+    widths = []
+    for reps in (2, 20, 200):
+        est, lo, hi = M.bootstrap_intervals(np.tile(hits, reps), resamples=400, confidence=0.95, seed=0)
+        assert est[0] == pytest.approx(0.4) and lo[0] <= est[0] <= hi[0]
+        widths.append(hi[0] - lo[0])
+    assert widths[0] > widths[1] > widths[2] > 0
+    # 2000 rows of p = 0.4: the normal approximation's width 2 · 1.96 · sqrt(0.24 / 2000) = 0.0429
+    assert widths[2] == pytest.approx(2 * 1.96 * math.sqrt(0.24 / 2000), rel=0.15)
+    est, lo, hi = M.bootstrap_intervals(np.full(30, 0.1), resamples=100)  # no spread: a point
+    assert lo[0] <= est[0] <= hi[0] and hi[0] - lo[0] < 1e-12 and est[0] == pytest.approx(0.1)
+    assert M.bootstrap_intervals(hits, 0)[1][0] != M.bootstrap_intervals(hits, 0)[1][0]  # no resamples: NaN
+    a, b = M.bootstrap_intervals(hits, 100, seed=1), M.bootstrap_intervals(hits, 100, seed=1)
+    assert (a[1] == b[1]).all() and (a[2] == b[2]).all()
+
+
+def test_summarise_gives_every_figure_and_its_cold_slice_an_interval():
+    lists, test = _rows_by_hand()
+    rows = M.per_row(lists, test, CategoryMapper(KNOWN), M.Embedder("ngram"), k=30, hr_ks=[1, 3])
+    s = M.summarise(rows, bootstrap=200, confidence=0.95, seed=0)
+    figures = [key for key in s if not key.endswith(("_lo", "_hi"))
+               and key not in ("user_days", "cold_user_days", "cold_cate_hr", "cold_query_hr")]
+    assert {"query_hr@1", "query_hr@3", "query_hr@30", "mrr", "cold.mrr", "cold.query_hr@1", "cate_hr",
+            "sem_sim", "novelty", "unique_cates"} <= set(figures)
+    for key in figures:
+        assert s[f"{key}_lo"] <= s[key] <= s[f"{key}_hi"], key
+    assert s["query_hr@1_lo"] == 0.0 and s["query_hr@1_hi"] > 0.25  # 4 rows: a wide interval

@@ -8,10 +8,22 @@ the ranker's top-K labels are dropped. Every pair: (user, day, context prompt, q
 
 * **popularity**: the queries most often searched / clicked over the last ``eval.popularity_days`` train days,
   the same list for everyone.
-* **co-click**: P(q | b) = c(b, q) / c(b), where c(b, q) counts training sessions whose context has behaviour ``b``
-  (a searched query or a clicked item's description, normalised) among its ``eval.coclick_history`` most recent
-  behaviours and whose label has query ``q``. A user's score for q is Σ_i decay^(i-1) · P(q | b_i) over their own
-  most recent behaviours b_1 (most recent) … b_H; ranked by score, the rest of the K slots are filled by popularity.
+* **co-click**: P(q | b) = c(b, q) / c(b) over two kinds of evidence counted into one table:
+
+  - *sessions*: each training session whose context has behaviour ``b`` (a searched query or a clicked item's
+    description, normalised) among its ``eval.coclick_history`` most recent behaviours adds 1 to c(b) and, for
+    every query ``q`` of its label, 1 to c(b, q) — behaviour → the next day-session's searches;
+  - *query → next-query transitions* (:func:`search_transitions`): from the world's search events, each time a user
+    searched ``q`` and their next *different* query ``q'`` came the same day or the next day, 1 is added to c(q)
+    and to c(q, q') (behaviour key = the normalised query). These are the within-session steps that the session
+    pairs never see and that the last-query protocol asks for (the previous query → the held-out one). Only
+    searches strictly before the user's train cut count (``aigq.data.holdout.train_cuts``: 00:00 of the first
+    test day, and with ``samples.last_query_holdout`` the user's held-out last query), so neither protocol's
+    targets are ever learnt.
+
+  A user's score for q is Σ_i decay^(i-1) · P(q | b_i) over their own most recent behaviours b_1 (most recent) …
+  b_H — so their latest searched query votes for its transitions; ranked by score, the rest of the K slots are
+  filled by popularity.
 """
 
 from __future__ import annotations
@@ -25,6 +37,8 @@ import polars as pl
 
 from aigq.config import AIGQConfig
 from aigq.data import prompt as P
+from aigq.data.holdout import before_cut, searches, train_cuts
+from aigq.data.schema import day_expr
 from aigq.evaluation.categories import normalise
 
 TRUE_SOURCES = ("search", "click")
@@ -98,25 +112,79 @@ class CoClick:
         return out
 
 
-def fit_coclick(cfg: AIGQConfig, samples_dir: Path | None = None, per_key: int = 50) -> CoClick:
-    """Count behaviour → query co-occurrence over the training pairs (see the module docstring)."""
+def _normalised(df: pl.DataFrame, col: str, out: str = "qn") -> pl.DataFrame:
+    """``df`` with ``out`` = normalise(``col``), computed once per distinct text."""
+    texts = df.select(pl.col(col).unique().drop_nulls())
+    texts = texts.with_columns(pl.col(col).map_elements(normalise, return_dtype=pl.String).alias(out))
+    return df.join(texts, on=col, how="left")
+
+
+def search_transitions(events: pl.DataFrame, start_date: str, cuts: pl.DataFrame,
+                       max_gap_days: int = 1) -> pl.DataFrame:
+    """Each user's query → next different query steps among their searches strictly before their cut (``cuts``:
+    ``holdout.train_cuts``): user_id, ts (of q), next_ts (of q'), key (normalised q), qn (normalised q'), query
+    (q' as searched). Consecutive searches of one (normalised) query are one; a step counts when q' came on q's day
+    or at most ``max_gap_days`` days later."""
+    s = before_cut(searches(events), cuts).sort("user_id", "ts", "query")
+    s = _normalised(s, "query").filter(pl.col("qn").str.len_chars() > 0)
+    s = s.filter((pl.col("qn") != pl.col("qn").shift(1).over("user_id")).fill_null(True))
+    nxt = {c: pl.col(c).shift(-1).over("user_id") for c in ("qn", "query", "ts")}
+    s = s.with_columns(next_qn=nxt["qn"], next_query=nxt["query"], next_ts=nxt["ts"])
+    gap = day_expr(pl.col("next_ts"), start_date) - day_expr(pl.col("ts"), start_date)
+    s = s.filter(pl.col("next_qn").is_not_null() & (gap <= max_gap_days))
+    return s.select("user_id", "ts", "next_ts", key="qn", qn="next_qn", query="next_query")
+
+
+def world_transitions(cfg: AIGQConfig) -> pl.DataFrame:
+    """:func:`search_transitions` of ``cfg``'s world, before each user's train cut (day split + last-query
+    holdout, ``samples.last_query_holdout``)."""
+    from aigq.data.validate import validate_world
+
+    world = validate_world(cfg.world_dir(), write_quarantine=False)
+    events, start, days = world.tables["events"], str(world.meta["start_date"]), int(world.meta["days"])
+    cuts = train_cuts(events, start, first_test_day=days - cfg.samples.test_days + 1,
+                      holdout=cfg.samples.last_query_holdout)
+    return search_transitions(events, start, cuts)
+
+
+def coclick_counts(session_keys: Sequence[Sequence[str]], session_queries: Sequence[Sequence[str]],
+                   transitions: pl.DataFrame | None = None) -> pl.DataFrame:
+    """(key, qn, n_bq, n_b): the co-click counts of the module docstring — c(b, q) and c(b) — from sessions (the
+    normalised behaviour keys of each session's context and its label queries) plus ``transitions`` (key, qn)."""
+    ctx = pl.DataFrame({"sid": list(range(len(session_keys))),
+                        "key": [list(dict.fromkeys(k)) for k in session_keys],
+                        "query": [list(q) for q in session_queries]},
+                       schema={"sid": pl.Int64, "key": pl.List(pl.String), "query": pl.List(pl.String)})
+    keyed = ctx.explode("key").drop_nulls("key")
+    n_b = [keyed.group_by("key").len()]
+    pairs = [_normalised(keyed.explode("query").drop_nulls("query"), "query").select("key", "qn")]
+    if transitions is not None and transitions.height:
+        n_b.append(transitions.group_by("key").len())
+        pairs.append(transitions.select("key", "qn"))
+    n_b_all = pl.concat(n_b).group_by("key").agg(n_b=pl.col("len").sum())
+    return (pl.concat(pairs).group_by("key", "qn").agg(n_bq=pl.len()).join(n_b_all, on="key")
+            .sort("key", "qn"))
+
+
+def fit_coclick(cfg: AIGQConfig, samples_dir: Path | None = None, per_key: int = 50,
+                transitions: bool | pl.DataFrame = True) -> CoClick:
+    """Count behaviour → query co-occurrence over the training pairs and, with ``transitions`` (True: the world's,
+    :func:`world_transitions`; or a frame of them; False: none), query → next-query steps (module docstring)."""
     e = cfg.eval
     pairs = train_pairs(samples_dir or cfg.samples_dir())
     sessions = pairs.group_by("user_id", "day", "prompt", maintain_order=True).agg(pl.col("query").unique())
-    keys = [list(dict.fromkeys(behaviour_keys(p, e.coclick_history))) for p in sessions["prompt"].to_list()]
-    ctx = sessions.select(pl.int_range(pl.len()).alias("sid"), "query").with_columns(
-        key=pl.Series(keys, dtype=pl.List(pl.String)))
-    n_b = ctx.explode("key").drop_nulls("key").group_by("key").len().rename({"len": "n_b"})
-    co = (ctx.explode("key").drop_nulls("key").explode("query").drop_nulls("query")
-          .with_columns(qn=pl.col("query").map_elements(normalise, return_dtype=pl.String))
-          .group_by("key", "qn").len().join(n_b, on="key")
-          .with_columns(p=pl.col("len") / pl.col("n_b"))
+    keys = [behaviour_keys(p, e.coclick_history) for p in sessions["prompt"].to_list()]
+    tr = world_transitions(cfg) if transitions is True else transitions if isinstance(transitions, pl.DataFrame) \
+        else None
+    co = (coclick_counts(keys, sessions["query"].to_list(), tr)
+          .with_columns(p=pl.col("n_bq") / pl.col("n_b"))
           .sort(["key", "p", "qn"], descending=[False, True, False])
           .group_by("key", maintain_order=True).head(per_key))
     table: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for key, qn, p in co.select("key", "qn", "p").iter_rows():
         table[key].append((qn, float(p)))
-    texts = dict(pairs.with_columns(qn=pl.col("query").map_elements(normalise, return_dtype=pl.String))
-                 .group_by("qn", "query").len().sort("len", descending=True).unique("qn", keep="first")
+    said = [pairs.select("query")] + ([tr.select("query")] if tr is not None and tr.height else [])
+    texts = dict(_normalised(pl.concat(said), "query").group_by("qn", "query").len()
+                 .sort(["len", "query"], descending=[True, False]).unique("qn", keep="first", maintain_order=True)
                  .select("qn", "query").iter_rows())
     return CoClick(dict(table), popular_queries(pairs, e.popularity_days), e.coclick_history, e.coclick_decay, texts)

@@ -1,9 +1,17 @@
-"""``aigq eval``'s engine: every arm's lists for the same test user-days, scored with the same metrics.
+"""``aigq eval``'s engine: every arm's lists for the same evaluated rows, scored with the same metrics.
 
-The evaluated user-days are ``samples/test.parquet`` (one row per test user-day: prompt before 00:00, target = what
-was searched / clicked that day, cold-start flag), or a seeded sample of ``eval.max_user_days`` of them. Each arm's
-lists are also written to ``<run.output_dir>/eval/lists/<arm>.parquet`` (the arm-lists frame of
-``recommend.py``), so other evaluators (the simulated A/B) can reuse them.
+Two protocols (``eval.protocol``, ``aigq eval --protocol``) pick the evaluated rows:
+
+* ``days`` (the paper's): ``samples/test.parquet``, one row per test user-day (prompt = profile + behaviours before
+  00:00, target = what was searched / clicked that day, cold-start flag).
+* ``last-query`` (the standard next-query protocol for real logs): ``samples/last_query.parquet``, the same columns,
+  one row per user with ≥ 2 distinct searched queries (prompt = profile + behaviours strictly before the user's last
+  distinct query, target = that query; ``aigq.data.holdout``).
+
+Either all rows or a seeded sample of ``eval.max_user_days`` of them. Each arm's lists are also written to
+``<eval dir>/lists/<arm>.parquet`` (the arm-lists frame of ``recommend.py``), so other evaluators (the simulated
+A/B) can reuse them; the eval dir is ``<run.output_dir>/eval`` for ``days`` and ``<run.output_dir>/eval/last-query``
+for ``last-query``, so the protocols' tables, lists and cached rows never mix.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import polars as pl
 from aigq.config import AIGQConfig
 from aigq.evaluation import metrics as M
 from aigq.evaluation.categories import CategoryMapper
-from aigq.evaluation.recommend import ARMS, arm_lists, check_arm_frame
+from aigq.evaluation.recommend import ARMS, POLICY_ARMS, arm_lists, check_arm_frame
 
 Say = Callable[[str], None]
 
@@ -31,18 +39,35 @@ class ArmResult:
     seconds: float = 0.0
 
 
+SPLITS = {"days": "test", "last-query": "last_query"}  # protocol → samples/<split>.parquet
+
+
 def eval_dir(cfg: AIGQConfig) -> Path:
-    return Path(cfg.run.output_dir) / "eval"
+    """``<run.output_dir>/eval`` (days) or ``<run.output_dir>/eval/last-query`` (last-query)."""
+    base = Path(cfg.run.output_dir) / "eval"
+    return base if cfg.eval.protocol == "days" else base / cfg.eval.protocol
+
+
+def split_path(cfg: AIGQConfig, samples_dir: Path | None = None) -> Path:
+    """The evaluated rows' parquet of ``eval.protocol`` in ``samples_dir`` (default: the run's samples)."""
+    return Path(samples_dir or cfg.samples_dir()) / f"{SPLITS[cfg.eval.protocol]}.parquet"
+
+
+def row_noun(cfg: AIGQConfig) -> str:
+    """What one evaluated row is, for tables and messages."""
+    return "test user-days" if cfg.eval.protocol == "days" else "users' last queries"
 
 
 def eval_frame(cfg: AIGQConfig) -> pl.DataFrame:
-    """The evaluated test user-days (all, or a seeded sample of ``eval.max_user_days``), sorted by (user, day)."""
-    path = cfg.samples_dir() / "test.parquet"
+    """The evaluated rows of ``eval.protocol`` (all, or a seeded sample of ``eval.max_user_days``), sorted by
+    (user, day)."""
+    path = split_path(cfg)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `aigq build-samples` (or `aigq demo`) first")
+        what = "" if cfg.eval.protocol == "days" else " (the last-query protocol's rows)"
+        raise FileNotFoundError(f"{path}{what} not found: run `aigq build-samples` (or `aigq demo`) first")
     test = pl.read_parquet(path)
     if test.height == 0:
-        raise ValueError(f"{path} has no test user-days")
+        raise ValueError(f"{path} has no {row_noun(cfg)}")
     n = cfg.eval.max_user_days
     if n and n < test.height:
         test = test.sample(n=n, seed=cfg.eval.seed)
@@ -50,8 +75,8 @@ def eval_frame(cfg: AIGQConfig) -> pl.DataFrame:
 
 
 def earlier_results(cfg: AIGQConfig, user_days: int) -> dict[str, ArmResult]:
-    """Arms evaluated by an earlier ``aigq eval`` of this output folder on the same number of user-days (same
-    ``eval.seed`` sample), so ``--arms X`` adds or refreshes rows without re-running every arm."""
+    """Arms evaluated by an earlier ``aigq eval`` of this output folder and protocol (its own eval dir) on the same
+    number of rows (same ``eval.seed`` sample), so ``--arms X`` adds or refreshes rows without re-running every arm."""
     import json
 
     path = eval_dir(cfg) / "metrics.json"
@@ -71,27 +96,78 @@ def _status(arm: str, exc: Exception) -> str:
     return f"failed: {type(exc).__name__}: {exc}"
 
 
+def _mapper(cfg: AIGQConfig, say: Say) -> CategoryMapper | None:
+    """The world's query → category mapper; None (Cate HR / Unique Cates undefined) when the world has none."""
+    try:
+        mapper = CategoryMapper.from_world(cfg.world_dir(), cfg.eval.category_threshold, cfg.eval.category_use_items)
+    except (FileNotFoundError, ValueError) as exc:
+        say(f"no query categories ({exc}): Cate HR and Unique Cates are left undefined")
+        return None
+    if not mapper.categories:
+        say("the world's queries have no categories: Cate HR and Unique Cates are left undefined")
+        return None
+    return mapper
+
+
+def _policy_lists_last_query(cfg: AIGQConfig, arm: str, frame: pl.DataFrame, k: int, say: Say) -> pl.DataFrame:
+    """A policy arm under ``last-query``: like ``policy.policy_lists``, but its prompts come from the
+    ``last_query.parquet`` of the samples it was trained on (``policy.arm_prompts`` reads ``test.parquet``)."""
+    from aigq.evaluation import policy, suite
+    from aigq.evaluation.recommend import arm_frame
+
+    base, _, folder_s = arm.partition("@")
+    folder = Path(folder_s) if folder_s else suite.policy_dir(cfg, base)
+    if folder is None or not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{arm}: no policy in {folder or suite.variants_dir(cfg) / base} (train it with "
+                                "`aigq eval --suite`)")
+    path = split_path(cfg, suite.samples_dir(cfg, base))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (the samples {base} was trained on): run `aigq build-samples`")
+    got = frame.select("user_id", "day").join(pl.read_parquet(path, columns=["user_id", "day", "prompt"]),
+                                              on=["user_id", "day"], how="left", maintain_order="left")
+    if got["prompt"].null_count():
+        raise ValueError(f"{path}: {got['prompt'].null_count()} evaluated users have no prompt; rebuild the "
+                         "variant's samples from the same world")
+    prompts, variant = got["prompt"].to_list(), suite.variant_of(base)
+    say(f"{arm}: generating for {len(prompts)} users from {folder}")
+    engine = policy._engine(cfg, folder, variant)
+    try:
+        max_tokens = cfg.eval.think_max_tokens if variant == "think" else cfg.eval.max_tokens
+        return arm_frame(frame, policy.generate_lists(engine, prompts, cfg, max_tokens, k), k)
+    finally:
+        engine.close()
+
+
+def _lists(cfg: AIGQConfig, arm: str, test: pl.DataFrame, k: int, say: Say) -> pl.DataFrame:
+    if cfg.eval.protocol != "days" and arm.partition("@")[0] in POLICY_ARMS:
+        return _policy_lists_last_query(cfg, arm, test, k, say)
+    return arm_lists(cfg, arm, test, k, say=say)
+
+
 def evaluate(cfg: AIGQConfig, arms: Sequence[str] = ARMS, say: Say = print) -> tuple[list[ArmResult], pl.DataFrame]:
     """Lists + metrics for every arm; an arm that cannot run gets a status instead of figures (the others go on)."""
     test = eval_frame(cfg)
-    k = cfg.eval.k
-    mapper = CategoryMapper.from_world(cfg.world_dir(), cfg.eval.category_threshold, cfg.eval.category_use_items)
-    embed = M.Embedder(cfg.eval.sem_sim)
-    say(f"evaluating {len(arms)} arms on {test.height} test user-days (K = {k}, Sem. Sim. by {embed.kind})")
+    e = cfg.eval
+    k = e.k
+    mapper = _mapper(cfg, say)
+    embed = M.Embedder(e.sem_sim)
+    say(f"evaluating {len(arms)} arms on {test.height} {row_noun(cfg)} (protocol {e.protocol}, K = {k}, "
+        f"Sem. Sim. by {embed.kind}, {e.bootstrap} bootstrap resamples)")
     lists_dir = eval_dir(cfg) / "lists"
     lists_dir.mkdir(parents=True, exist_ok=True)
     results: list[ArmResult] = []
     for arm in arms:
         t0 = time.perf_counter()
         try:
-            lists = check_arm_frame(arm_lists(cfg, arm, test, k, say=say), k)
+            lists = check_arm_frame(_lists(cfg, arm, test, k, say), k)
         except (FileNotFoundError, ValueError, RuntimeError, ImportError, OSError) as exc:
             results.append(ArmResult(arm, _status(arm, exc), seconds=time.perf_counter() - t0))
             say(f"{arm}: {results[-1].status}")
             continue
         lists.write_parquet(lists_dir / f"{arm.replace('/', '_')}.parquet")  # arm@folder: one file name
-        summary = M.summarise(M.per_row(lists, test, mapper, embed, k, cfg.eval.novelty_types))
+        rows = M.per_row(lists, test, mapper, embed, k, e.novelty_types, e.hr_ks)
+        summary = M.summarise(rows, e.bootstrap, e.confidence, e.seed)
         results.append(ArmResult(arm, "ok", summary, time.perf_counter() - t0))
-        say(f"{arm}: Cate HR@{k} {summary['cate_hr']:.4f}, Query HR@{k} {summary['query_hr']:.4f} "
-            f"({results[-1].seconds:.0f} s)")
+        say(f"{arm}: Cate HR@{k} {summary['cate_hr']:.4f}, Query HR@{k} {summary['query_hr']:.4f}, "
+            f"MRR {summary['mrr']:.4f} ({results[-1].seconds:.0f} s)")
     return results, test
