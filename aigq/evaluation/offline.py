@@ -26,7 +26,7 @@ import polars as pl
 from aigq.config import AIGQConfig
 from aigq.evaluation import metrics as M
 from aigq.evaluation.categories import CategoryMapper
-from aigq.evaluation.recommend import ARMS, POLICY_ARMS, arm_lists, check_arm_frame
+from aigq.evaluation.recommend import ARMS, arm_lists, check_arm_frame
 
 Say = Callable[[str], None]
 
@@ -109,41 +109,6 @@ def _mapper(cfg: AIGQConfig, say: Say) -> CategoryMapper | None:
     return mapper
 
 
-def _policy_lists_last_query(cfg: AIGQConfig, arm: str, frame: pl.DataFrame, k: int, say: Say) -> pl.DataFrame:
-    """A policy arm under ``last-query``: like ``policy.policy_lists``, but its prompts come from the
-    ``last_query.parquet`` of the samples it was trained on (``policy.arm_prompts`` reads ``test.parquet``)."""
-    from aigq.evaluation import policy, suite
-    from aigq.evaluation.recommend import arm_frame
-
-    base, _, folder_s = arm.partition("@")
-    folder = Path(folder_s) if folder_s else suite.policy_dir(cfg, base)
-    if folder is None or not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{arm}: no policy in {folder or suite.variants_dir(cfg) / base} (train it with "
-                                "`aigq eval --suite`)")
-    path = split_path(cfg, suite.samples_dir(cfg, base))
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (the samples {base} was trained on): run `aigq build-samples`")
-    got = frame.select("user_id", "day").join(pl.read_parquet(path, columns=["user_id", "day", "prompt"]),
-                                              on=["user_id", "day"], how="left", maintain_order="left")
-    if got["prompt"].null_count():
-        raise ValueError(f"{path}: {got['prompt'].null_count()} evaluated users have no prompt; rebuild the "
-                         "variant's samples from the same world")
-    prompts, variant = got["prompt"].to_list(), suite.variant_of(base)
-    say(f"{arm}: generating for {len(prompts)} users from {folder}")
-    engine = policy._engine(cfg, folder, variant)
-    try:
-        max_tokens = cfg.eval.think_max_tokens if variant == "think" else cfg.eval.max_tokens
-        return arm_frame(frame, policy.generate_lists(engine, prompts, cfg, max_tokens, k), k)
-    finally:
-        engine.close()
-
-
-def _lists(cfg: AIGQConfig, arm: str, test: pl.DataFrame, k: int, say: Say) -> pl.DataFrame:
-    if cfg.eval.protocol != "days" and arm.partition("@")[0] in POLICY_ARMS:
-        return _policy_lists_last_query(cfg, arm, test, k, say)
-    return arm_lists(cfg, arm, test, k, say=say)
-
-
 def evaluate(cfg: AIGQConfig, arms: Sequence[str] = ARMS, say: Say = print) -> tuple[list[ArmResult], pl.DataFrame]:
     """Lists + metrics for every arm; an arm that cannot run gets a status instead of figures (the others go on)."""
     test = eval_frame(cfg)
@@ -159,7 +124,7 @@ def evaluate(cfg: AIGQConfig, arms: Sequence[str] = ARMS, say: Say = print) -> t
     for arm in arms:
         t0 = time.perf_counter()
         try:
-            lists = check_arm_frame(_lists(cfg, arm, test, k, say), k)
+            lists = check_arm_frame(arm_lists(cfg, arm, test, k, say=say), k)
         except (FileNotFoundError, ValueError, RuntimeError, ImportError, OSError) as exc:
             results.append(ArmResult(arm, _status(arm, exc), seconds=time.perf_counter() - t0))
             say(f"{arm}: {results[-1].status}")

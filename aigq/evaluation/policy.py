@@ -46,8 +46,11 @@ def _engine(cfg: AIGQConfig, folder: Path, variant: str):
 
 
 def arm_prompts(cfg: AIGQConfig, arm: str, keys: pl.DataFrame) -> list[str]:
-    """The arm's own test prompts (its samples' prompt format) for ``keys`` (user_id, day), in order."""
-    path = suite.samples_dir(cfg, arm) / "test.parquet"
+    """The arm's own test prompts (its samples' prompt format) for ``keys`` (user_id, day), in order, from the
+    evaluation protocol's split (``test.parquet`` or ``last_query.parquet``)."""
+    from aigq.evaluation.offline import split_path
+
+    path = split_path(cfg, suite.samples_dir(cfg, arm))
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (the samples {arm} was trained on): run `aigq eval --suite`")
     own = pl.read_parquet(path, columns=["user_id", "day", "prompt"])
