@@ -19,23 +19,39 @@ def ctr_root(cfg: AIGQConfig) -> Path:
 
 def train_ctr_stage(cfg: AIGQConfig, tracker: Tracker, day: int, world: Path | None = None, cold: bool = False,
                     oracle: bool = True, log: Any = None) -> dict[str, Any]:
-    """Validate the world, train φ_day (warm from day-1's model when present), evaluate, save, log to MLflow; then,
-    on a simulated world and with ``oracle``, run the test-only hidden-model evaluator (separate module)."""
+    """Validate the world, resolve the objective (``ctr.objective``: auto → clicks with HintQ exposures, else
+    next_search) and the train cuts (the sample split's first test day and held-out last queries,
+    ``ctr_train.ctr_cuts``), train φ_day (warm from day-1's model when present), evaluate, save, log to MLflow; then,
+    on a simulated world (with exposures on the held-out days) and with ``oracle``, run the test-only hidden-model
+    evaluator (separate module)."""
     from aigq.data.hidden import hidden_dir
     from aigq.data.validate import validate_world
-    from aigq.rewards.ctr_train import train_day
+    from aigq.rewards.ctr_train import ctr_cuts, resolve_objective, train_day
 
     world = Path(world or cfg.world_dir())
     validated = validate_world(world, write_quarantine=False)
     start, n_days = validated.meta["start_date"], int(validated.meta["days"])
-    with tracker.run("train-ctr", cfg, tags={"aigq.world": str(world), "aigq.ctr.day": str(day)}):
-        res = train_day(validated.tables, start, n_days, day, cfg.ctr, ctr_root(cfg), cold=cold,
-                        log=lambda ep, loss: (tracker.metrics({"train.loss": loss}, step=ep), log and log(ep, loss)))
+    if not 1 <= day <= n_days:
+        raise ValueError(f"day {day} is outside the world's days 1..{n_days}")
+    objective = resolve_objective(cfg.ctr, validated.tables)
+    ctr_cfg = cfg.ctr.model_copy(update={"objective": objective})
+    cuts = ctr_cuts(validated.tables, start, n_days, day, cfg.samples)
+    with tracker.run("train-ctr", cfg, tags={"aigq.world": str(world), "aigq.ctr.day": str(day),
+                                             "aigq.ctr.objective": objective}):
+        res = train_day(validated.tables, start, n_days, day, ctr_cfg, ctr_root(cfg), cold=cold,
+                        log=lambda ep, loss: (tracker.metrics({"train.loss": loss}, step=ep), log and log(ep, loss)),
+                        cuts=cuts, samples=cfg.samples)
         metrics = dict(res.metrics)
-        tracker.params({"ctr_run.train_days": f"{res.train_days[0]}..{res.train_days[-1]}",
-                        "ctr_run.eval_days": ",".join(map(str, res.eval_days)) or "none",
-                        "ctr_run.warm_start_from": str(res.warm_start) if res.warm_start else "none"})
-        if oracle and (hidden_dir(world) / "click_model.json").is_file() and res.eval_days:
+        params = {"ctr_run.objective": objective,
+                  "ctr_run.train_days": f"{res.train_days[0]}..{res.train_days[-1]}",
+                  "ctr_run.eval_days": ",".join(map(str, res.eval_days)) or "none",
+                  "ctr_run.warm_start_from": str(res.warm_start) if res.warm_start else "none",
+                  "ctr_run.last_query_holdout": str(cfg.samples.last_query_holdout)}
+        if objective == "next_search":
+            params.update({"ctr_run.neg_popular": str(ctr_cfg.neg_popular), "ctr_run.neg_hard": str(ctr_cfg.neg_hard),
+                           "ctr_run.success_rate": str(ctr_cfg.success_rate)})
+        tracker.params(params)
+        if oracle and (hidden_dir(world) / "click_model.json").is_file() and res.eval_days:  # {} without exposures
             # TEST-ONLY: the simulator's hidden click model, read by the separate evaluator, after training.
             from aigq.evaluation.ctr_oracle import oracle_spearman
             from aigq.rewards.ctr import CTRScorer
@@ -44,10 +60,12 @@ def train_ctr_stage(cfg: AIGQConfig, tracker: Tracker, day: int, world: Path | N
             metrics.update(oracle_spearman(world, validated.tables, start, res.eval_days, scorer, scorer.cfg))
         tracker.metrics({k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)})
         tracker.artifact(res.folder / "model.json", "ctr")
+        if (res.folder / "success.parquet").is_file():
+            tracker.artifact(res.folder / "success.parquet", "ctr")
         if cfg.ctr.log_model:
             tracker.artifact(res.folder / "model.safetensors", "ctr")
-    return {"folder": str(res.folder), "train_days": res.train_days, "eval_days": res.eval_days,
-            "warm_start": str(res.warm_start) if res.warm_start else None, **metrics}
+    return {"folder": str(res.folder), "objective": objective, "train_days": res.train_days,
+            "eval_days": res.eval_days, "warm_start": str(res.warm_start) if res.warm_start else None, **metrics}
 
 
 def register(app: typer.Typer, config_opt: Any, overrides_arg: Any, load: Any, table: Any, tracker: Any) -> None:
@@ -62,7 +80,8 @@ def register(app: typer.Typer, config_opt: Any, overrides_arg: Any, load: Any, t
                                                             "evaluator (Spearman).")] = True,
                   overrides: overrides_arg = None) -> None:
         """Train the CTR reward model for day T (warm start from T-1's model), report held-out AUC / log-loss vs a
-        popularity-only scorer, save safetensors + JSON to <output_dir>/ctr/day-T."""
+        popularity-only scorer, save safetensors + JSON to <output_dir>/ctr/day-T. Objective (ctr.objective): HintQ
+        clicks, or on a search-only log the next search against sampled negatives."""
         cfg = load(config, overrides)
         try:
             with console.status(f"training CTR model for day {day}"):
@@ -72,7 +91,7 @@ def register(app: typer.Typer, config_opt: Any, overrides_arg: Any, load: Any, t
             raise typer.Exit(1) from None
         rows = {k: v for k, v in out.items() if not k.startswith(("seconds.", "oracle.", "model."))}
         rows["seconds"] = round(sum(v for k, v in out.items() if k.startswith("seconds.")), 1)
-        console.print(table(f"CTR model day {day} → {out['folder']}", rows))
+        console.print(table(f"CTR model day {day}, objective {out['objective']} → {out['folder']}", rows))
         oracle_rows = {k: v for k, v in out.items() if k.startswith("oracle.")}
         if oracle_rows:
             console.print(table("test-only evaluator: vs the simulator's hidden click model", oracle_rows))
@@ -90,7 +109,7 @@ def demo_ctr(cfg: AIGQConfig, tracker: Tracker, table: Any) -> dict[str, Any]:
     day = int(read_meta(cfg.world_dir())["days"]) - cfg.samples.test_days
     with console.status(f"CTR reward model: day {day}, cold start on its last {cfg.ctr.cold_window_days} days"):
         out = train_ctr_stage(cfg, tracker, day, cold=True)
-    keys = ("train.impressions", "eval.impressions", "eval.auc", "eval.popularity_auc", "eval.logloss",
+    keys = ("objective", "train.impressions", "eval.impressions", "eval.auc", "eval.popularity_auc", "eval.logloss",
             "oracle.spearman")
     console.print(table(f"CTR reward model day {day} (days {out['train_days'][0]}–{out['train_days'][-1]}) → "
                         f"{out['folder']}", {k: out[k] for k in keys if k in out}))

@@ -64,7 +64,9 @@ def test_safetensors_json_round_trip_and_no_pickle(trained):
     files = sorted(p.name for p in res.folder.iterdir())
     assert files == ["categories.parquet", "category_parents.parquet", "model.json", "model.safetensors"]
     model, cfg, meta = load_model(res.folder)
-    assert cfg == CFG and meta["day"] == 10 and meta["metrics"]["eval.auc"] == pytest.approx(res.metrics["eval.auc"])
+    assert cfg == CFG.model_copy(update={"objective": "clicks"})  # auto resolved: the world has HintQ exposures
+    assert meta["day"] == 10 and meta["metrics"]["eval.auc"] == pytest.approx(res.metrics["eval.auc"])
+    assert meta["objective"] == "clicks" and res.objective == "clicks" and "negatives" not in meta
     assert model.categories
     with pytest.raises(ValueError, match="category features"):
         CTRScorer(model, cfg)  # the lookup travels with the model; scoring without it would silently differ

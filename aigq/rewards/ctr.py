@@ -21,8 +21,14 @@ one shopping intent sit together before the sparse click signal is fitted (``ctr
 **Position bias** (PAL, Guo et al. 2019): p(click | slot) = σ(r)·e(slot), with e(0) = 1 and e(1), e(2) = σ(θ) learned.
 Training fits the product to the logged clicks; scoring returns σ(r) = p(click | examined), free of slot bias.
 
+**Objectives** (``ctr.objective``, ``ctr_train``): ``clicks`` fits the logged HintQ clicks; ``next_search`` (a
+plain search log, no exposures) fits p(user searches q next | context) on next searches against sampled negatives,
+all at slot 0. With ``ctr.success_rate`` a next-search model also carries each query's smoothed search success rate
+(:class:`SuccessRates`) and :meth:`CTRScorer.score` multiplies by it.
+
 Artefacts: ``model.safetensors`` (weights) + ``model.json`` (architecture, featuriser settings, training meta), and
-with categories the lookup ``categories.parquet`` + ``category_parents.parquet``. Never pickle.
+with categories the lookup ``categories.parquet`` + ``category_parents.parquet``, with success rates
+``success.parquet``. Never pickle.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -225,16 +232,64 @@ class CTRModel(nn.Module):
         return -(clicked * logp + (1 - clicked) * log1mp).mean()
 
 
+SUCCESS_FILE = "success.parquet"
+
+
+def _success_key(q: str) -> str:
+    return " ".join(q.lower().split())
+
+
+class SuccessRates:
+    """Query → smoothed search success rate (share of its searches followed by an item event before the user's next
+    search, ``aigq.data.next_search``): (successes + prior·g) / (searches + prior), g = the global rate, which also
+    scores unknown queries. Keys are lower-cased, whitespace-collapsed; lookup is one dict access per query."""
+
+    def __init__(self, table: pl.DataFrame, prior: float):
+        self.table, self.prior = table, float(prior)
+        n, k = int(table["searches"].sum() or 0), int(table["successes"].sum() or 0)
+        self.global_rate = k / n if n else 1.0
+        rate = (table["successes"].cast(pl.Float64) + self.prior * self.global_rate) / (
+            table["searches"].cast(pl.Float64) + self.prior)
+        self.table = table.with_columns(rate=rate)
+        self.rates = dict(zip(self.table["query"].to_list(), self.table["rate"].to_list(), strict=True))
+
+    @classmethod
+    def from_searches(cls, searches: pl.DataFrame, prior: float) -> SuccessRates:
+        """From search rows with ``query`` and ``success`` (``next_search.searches_with_success``)."""
+        key = pl.col("query").str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
+        t = (searches.with_columns(query=key).group_by("query").agg(searches=pl.len().cast(pl.Int64), successes=pl.col("success").sum().cast(pl.Int64))
+             .sort("query"))
+        return cls(t, prior)
+
+    def __call__(self, queries: list[Any]) -> np.ndarray:
+        get, g = self.rates.get, self.global_rate
+        return np.fromiter((get(_success_key(q), g) if isinstance(q, str) else g for q in queries), np.float64,
+                           len(queries))
+
+    def save(self, folder: str | Path) -> None:
+        self.table.select("query", "searches", "successes", "rate").write_parquet(Path(folder) / SUCCESS_FILE)
+
+    @classmethod
+    def load(cls, folder: str | Path, prior: float) -> SuccessRates | None:
+        path = Path(folder) / SUCCESS_FILE
+        return cls(pl.read_parquet(path).select("query", "searches", "successes"), prior) if path.is_file() else None
+
+
 def save_model(model: CTRModel, cfg: CTRConfig, folder: str | Path, meta: dict[str, Any] | None = None,
-               categories: CategoryIndex | None = None) -> Path:
+               categories: CategoryIndex | None = None, success: SuccessRates | None = None) -> Path:
     """``folder/model.safetensors`` + ``folder/model.json`` (architecture, featuriser config, meta), + the category
-    lookup (``ctr_categories``) for a model with category features."""
+    lookup (``ctr_categories``) for a model with category features, + ``success.parquet`` with ``success`` (a stale
+    one from an earlier save is removed: its presence switches the scoring)."""
     if model.categories and categories is None:
         raise ValueError("a CTR model with category features is saved with its CategoryIndex")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if model.categories:
         categories.save(folder)
+    if success is not None:
+        success.save(folder)
+    else:
+        (folder / SUCCESS_FILE).unlink(missing_ok=True)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     info = {"format_version": FORMAT_VERSION, "arch": model.arch, "featurizer": cfg.model_dump(), "meta": meta or {}}
     (folder / "model.json").write_text(json.dumps(info, indent=2, default=str))
@@ -260,18 +315,23 @@ def load_categories(folder: str | Path, model: CTRModel, cfg: CTRConfig) -> Cate
 
 
 class CTRScorer:
-    """Batched, gradient-free scoring of (context, queries) with a trained model: p̂ = p(click | examined)."""
+    """Batched, gradient-free scoring of (context, queries) with a trained model: p̂ = p(click | examined) (or
+    p(searched next | context)), times the query's success rate when the model has one."""
 
-    def __init__(self, model: CTRModel, cfg: CTRConfig, categories: CategoryIndex | None = None, chunk: int = 4096):
+    def __init__(self, model: CTRModel, cfg: CTRConfig, categories: CategoryIndex | None = None, chunk: int = 4096,
+                 success: SuccessRates | None = None, meta: dict[str, Any] | None = None):
         if model.categories and categories is None:
             raise ValueError("this CTR model uses category features: pass its CategoryIndex (CTRScorer.load does)")
-        self.model, self.cfg, self.chunk = model.eval(), cfg, chunk
+        self.model, self.cfg, self.chunk, self.success = model.eval(), cfg, chunk, success
+        self.meta = meta or {}
+        self.objective = self.meta.get("objective", "clicks")
         self.feat = Featurizer(cfg, categories if model.categories else None)
 
     @classmethod
     def load(cls, folder: str | Path) -> CTRScorer:
-        model, cfg, _ = load_model(folder)
-        return cls(model, cfg, load_categories(folder, model, cfg))
+        model, cfg, meta = load_model(folder)
+        return cls(model, cfg, load_categories(folder, model, cfg), success=SuccessRates.load(folder, cfg.success_prior),
+                   meta=meta)
 
     @torch.inference_mode()
     def logits(self, contexts: list[UserContext], ctx_index: Any, queries: list[Any]) -> np.ndarray:
@@ -285,8 +345,10 @@ class CTRScorer:
         return out
 
     def score(self, contexts: list[UserContext], ctx_index: Any, queries: list[Any]) -> np.ndarray:
-        """p̂ per query row (``ctx_index[n]`` = its context). Empty / garbage text is scored like any text."""
-        return 1.0 / (1.0 + np.exp(-self.logits(contexts, ctx_index, queries).astype(np.float64)))
+        """p̂ per query row (``ctx_index[n]`` = its context), × the query's success rate when the model has one.
+        Empty / garbage text is scored like any text."""
+        p = 1.0 / (1.0 + np.exp(-self.logits(contexts, ctx_index, queries).astype(np.float64)))
+        return p if self.success is None else p * self.success(queries)
 
     def score_one(self, context: UserContext, queries: list[Any]) -> np.ndarray:
         return self.score([context], np.zeros(len(queries), np.int64), queries)

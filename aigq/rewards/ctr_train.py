@@ -1,6 +1,22 @@
-"""Training and evaluation of the CTR reward model on HintQ exposures, day by day (paper Eq. 15).
+"""Training and evaluation of the CTR reward model, day by day (paper Eq. 15).
 
-``train_day(T)`` fits φ_T on the exposures of a window ending at day T and evaluates it on days T+1..T+eval_days:
+Two objectives (``ctr.objective``, resolved once by :func:`resolve_objective`: ``auto`` → ``clicks`` when the world's
+``exposures`` table has rows, else ``next_search``):
+
+* **clicks**: p(click | context, shown query) on HintQ exposures (``context.exposure_impressions``), PAL position
+  bias over the 3 slots;
+* **next_search** (issue 16: a plain search log, no exposure log): p(user searches q next | context) on each
+  anchor's next searches (``aigq.data.next_search``: the AIGQ-Direct labels' anchors and horizon labels) against
+  ``ctr.neg_popular`` popularity-sampled and ``ctr.neg_hard`` co-occurrence hard negatives per positive
+  (``context.next_search_impressions``), all at slot 0 (e(0) = 1: the same likelihood is plain log-loss). With
+  ``ctr.success_rate`` the window's smoothed per-query search success rates are saved beside the model
+  (``ctr.SuccessRates``) and multiply every score.
+
+Training rows (exposures, anchors, their labels and contexts, the negatives' pool, the pre-training pairs, the
+popularity scorer) lie strictly before each user's train cut (``aigq.data.holdout.train_cuts``, :func:`ctr_cuts`):
+a held-out last query is never learnt from. Evaluation on days T+1.. has no cut.
+
+``train_day(T)`` fits φ_T on a window ending at day T and evaluates it on days T+1..T+eval_days:
 
 * **warm start** (Eq. 15, φ_{T} ← Train(φ_{T−1}, D_T)): when day T−1's model exists, its weights are the starting
   point and the window is ``warm_window_days`` (default 1: D_T alone);
@@ -9,12 +25,14 @@
 
 Held-out metrics: AUC of the relevance score σ(r) (slot-free, what the reward uses), AUC and log-loss of the full
 click probability σ(r)·e(slot), and the AUC of a popularity-only scorer (log search count of the query in the
-training window) on the same impressions. The hidden click model is never read here (see
-``aigq.evaluation.ctr_oracle`` for the test-only Spearman check).
+training window) on the same impressions (next_search: the held-out days' next searches vs negatives sampled from
+the training window, also split by negative kind: ``eval.auc_vs_hard`` / ``eval.auc_vs_popular``). The hidden
+click model is never read here (see ``aigq.evaluation.ctr_oracle`` for the test-only Spearman check).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,9 +43,28 @@ import numpy as np
 import polars as pl
 import torch
 
-from aigq.config import CTRConfig
-from aigq.rewards.context import UserContext, contexts_of, exposure_impressions
-from aigq.rewards.ctr import Batch, CTRModel, CTRScorer, Featurizer, examination, load_model, save_model
+from aigq.config import CTRConfig, SamplesConfig
+from aigq.data import next_search as N
+from aigq.data.holdout import before_cut, train_cuts
+from aigq.data.schema import day_expr
+from aigq.rewards.context import (
+    NegativePool,
+    UserContext,
+    contexts_of,
+    exposure_impressions,
+    negative_pool,
+    next_search_impressions,
+)
+from aigq.rewards.ctr import (
+    Batch,
+    CTRModel,
+    CTRScorer,
+    Featurizer,
+    SuccessRates,
+    examination,
+    load_model,
+    save_model,
+)
 from aigq.rewards.ctr_categories import CategoryIndex
 
 # ---------------------------------------------------------------- metrics (pure numpy)
@@ -80,25 +117,59 @@ class ClickData:
         return len(self.imp)
 
 
-def click_data(tables: dict[str, pl.DataFrame], start_date: str, days: list[int], cfg: CTRConfig) -> ClickData:
+def resolve_objective(cfg: CTRConfig, tables: dict[str, pl.DataFrame]) -> str:
+    """``ctr.objective``; ``auto`` → ``clicks`` when the world's ``exposures`` table has rows, else ``next_search``."""
+    if cfg.objective != "auto":
+        return cfg.objective
+    ex = tables.get("exposures")
+    return "clicks" if ex is not None and ex.height else "next_search"
+
+
+def ctr_cuts(tables: dict[str, pl.DataFrame], start_date: str, n_days: int, day: int,
+             samples: SamplesConfig) -> pl.DataFrame:
+    """Train cuts of φ_day (``holdout.train_cuts``) from the sample split: the day cut is 00:00 of the first test day
+    ``n_days − samples.test_days + 1`` (as the samples'), moved to day+1 when φ is trained on a test-split day on
+    purpose (the daily loop); with ``samples.last_query_holdout`` each user's held-out last query cuts earlier."""
+    first_test_day = n_days - samples.test_days + 1
+    return train_cuts(tables["events"], start_date, max(first_test_day, day + 1), samples.last_query_holdout)
+
+
+def click_data(tables: dict[str, pl.DataFrame], start_date: str, days: list[int], cfg: CTRConfig,
+               cuts: pl.DataFrame | None = None) -> ClickData:
+    """HintQ exposures of ``days`` (strictly before ``cuts`` when given)."""
     imp, ctx = exposure_impressions(tables, start_date, days, cfg.history_len, cfg.history_days,
-                                    list(cfg.behaviour_types))
+                                    list(cfg.behaviour_types), cuts)
     return ClickData(imp, contexts_of(ctx), days)
 
 
-def popularity(tables: dict[str, pl.DataFrame], start_date: str, days: list[int]) -> dict[str, int]:
-    """Query → number of searches on ``days`` (clicked hints become searches): the popularity-only scorer."""
-    from aigq.data.schema import day_expr
+def next_search_data(tables: dict[str, pl.DataFrame], start_date: str, days: list[int], cfg: CTRConfig,
+                     samples: SamplesConfig, cuts: pl.DataFrame, pool: NegativePool, seed: int,
+                     searches: pl.DataFrame | None = None) -> ClickData:
+    """Next searches of ``days`` (anchors ``samples.anchor``, labels ``samples.label_horizon_days``, before ``cuts``)
+    against negatives from ``pool`` (the training window's), deterministic for ``seed``."""
+    imp, ctx = next_search_impressions(
+        tables, start_date, days, cfg.history_len, cfg.history_days, list(cfg.behaviour_types), cuts=cuts, pool=pool,
+        anchor=samples.anchor, horizon_days=samples.label_horizon_days, neg_popular=cfg.neg_popular,
+        neg_hard=cfg.neg_hard, seed=seed, searches=searches)
+    return ClickData(imp, contexts_of(ctx), days)
 
+
+def popularity(tables: dict[str, pl.DataFrame], start_date: str, days: list[int],
+               cuts: pl.DataFrame | None = None) -> dict[str, int]:
+    """Query → number of searches on ``days`` (strictly before ``cuts`` when given; clicked hints become searches):
+    the popularity-only scorer."""
     ev = tables["events"].filter((pl.col("type") == "search") & day_expr(pl.col("ts"), start_date).is_in(days))
+    if cuts is not None:
+        ev = before_cut(ev, cuts)
     return dict(ev.group_by("query").len().drop_nulls("query").iter_rows())
 
 
 def _batches(data: ClickData, feat: Featurizer, size: int, rng: np.random.Generator) -> list[tuple[Batch, torch.Tensor]]:
-    """Featurise once into minibatches of whole exposures (their 3 impressions share one context)."""
-    ctx_ids = data.imp["ctx"].unique().to_numpy()
+    """Featurise once into minibatches of whole contexts (an exposure's 3 impressions, an anchor's positives and
+    negatives share one), about ``size`` rows each."""
+    ctx_ids = data.imp["ctx"].unique().sort().to_numpy().copy()
     rng.shuffle(ctx_ids)
-    per = max(1, size // 3)
+    per = max(1, int(size * len(ctx_ids) / max(len(data.imp), 1)))
     imp = data.imp.select("ctx", "query", "slot", "clicked")
     out = []
     for s in range(0, len(ctx_ids), per):
@@ -122,13 +193,19 @@ def _optimisers(model: CTRModel, cfg: CTRConfig, params: Any = None) -> list[tor
     return opts
 
 
-def session_pairs(tables: dict[str, pl.DataFrame], start_date: str, days: list[int], cfg: CTRConfig) -> pl.DataFrame:
-    """(a, b) content pairs of two different behaviours of one session on ``days``, at most ``pretrain_pairs``."""
+def session_pairs(tables: dict[str, pl.DataFrame], start_date: str, days: list[int], cfg: CTRConfig,
+                  cuts: pl.DataFrame | None = None) -> pl.DataFrame:
+    """(a, b) content pairs of two different behaviours of one session on ``days`` (strictly before ``cuts`` when
+    given), at most ``pretrain_pairs``."""
     from aigq.rewards.context import behaviours_table
 
     beh = behaviours_table(tables, list(cfg.behaviour_types), start_date, keep_session=True)
-    beh = beh.filter(pl.col("day").is_in(days)).unique(["session_id", "content"]).select("session_id", "content")
-    pairs = beh.join(beh, on="session_id", suffix="_b").filter(pl.col("content") != pl.col("content_b"))
+    beh = beh.filter(pl.col("day").is_in(days))
+    if cuts is not None:
+        beh = before_cut(beh, cuts)
+    beh = beh.unique(["session_id", "content"]).select("session_id", "content")
+    pairs = (beh.join(beh, on="session_id", suffix="_b").filter(pl.col("content") != pl.col("content_b"))
+             .sort("session_id", "content", "content_b"))  # deterministic order for the seeded sample
     if len(pairs) > cfg.pretrain_pairs:
         pairs = pairs.sample(n=cfg.pretrain_pairs, seed=cfg.seed)
     return pairs.select(a="content", b="content_b")
@@ -193,8 +270,9 @@ def fit(model: CTRModel, data: ClickData, cfg: CTRConfig, epochs: int, log: Any 
 
 
 def evaluate(model: CTRModel, cfg: CTRConfig, data: ClickData, pop: dict[str, int],
-             categories: CategoryIndex | None = None) -> dict[str, float]:
-    """Held-out AUC / log-loss of the model and AUC of the popularity-only scorer on the same impressions."""
+             categories: CategoryIndex | None = None, success: SuccessRates | None = None) -> dict[str, float]:
+    """Held-out AUC / log-loss of the model and AUC of the popularity-only scorer on the same impressions (+ the
+    AUC of the model × success rate, with ``success``)."""
     if len(data) == 0:
         return {"eval.impressions": 0}
     scorer = CTRScorer(model, cfg, categories)
@@ -212,6 +290,14 @@ def evaluate(model: CTRModel, cfg: CTRConfig, data: ClickData, pop: dict[str, in
         "eval.popularity_auc": auc(y, pop_s),
     }
     m["eval.auc_lift_vs_popularity"] = m["eval.auc"] - m["eval.popularity_auc"]
+    if success is not None:
+        m["eval.auc_with_success"] = auc(y, rel * success(data.imp["query"].to_list()))
+    if "source" in data.imp.columns:  # next_search: positives against each kind of negative alone
+        src = data.imp["source"].to_numpy()
+        for kind in ("hard", "popular"):
+            keep = (src == kind) | y
+            m[f"eval.auc_vs_{kind}"] = auc(y[keep], rel[keep])
+            m[f"eval.popularity_auc_vs_{kind}"] = auc(y[keep], pop_s[keep])
     return m
 
 
@@ -228,33 +314,63 @@ class TrainResult:
     eval_days: list[int]
     metrics: dict[str, float]
     losses: list[float]
+    objective: str = "clicks"
 
 
 def train_day(tables: dict[str, pl.DataFrame], start_date: str, n_days: int, day: int, cfg: CTRConfig,
-              root: str | Path, cold: bool = False, log: Any = None) -> TrainResult:
+              root: str | Path, cold: bool = False, log: Any = None, cuts: pl.DataFrame | None = None,
+              samples: SamplesConfig | None = None) -> TrainResult:
     """Train φ_day (warm from ``root/day-(day-1)`` when present and not ``cold``), evaluate on the next days, save
-    to ``root/day-<day>``."""
+    to ``root/day-<day>``. ``cuts``: the train cuts (:func:`ctr_cuts`; None = 00:00 of day+1 for every user, no
+    held-out query); ``samples``: next_search's anchors and label horizon (None = the defaults)."""
     if not 1 <= day <= n_days:
         raise ValueError(f"day {day} is outside the world's days 1..{n_days}")
+    if cuts is None:
+        cuts = train_cuts(tables["events"], start_date, day + 1, False)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.torch_threads)
     try:
-        return _train_day(tables, start_date, n_days, day, cfg, root, cold, log)
+        return _train_day(tables, start_date, n_days, day, cfg, root, cold, log, cuts, samples or SamplesConfig())
     finally:
         torch.set_num_threads(threads)
 
 
 def _train_day(tables: dict[str, pl.DataFrame], start_date: str, n_days: int, day: int, cfg: CTRConfig,
-               root: str | Path, cold: bool, log: Any) -> TrainResult:
+               root: str | Path, cold: bool, log: Any, cuts: pl.DataFrame, samples: SamplesConfig) -> TrainResult:
+    objective = resolve_objective(cfg, tables)
+    cfg = cfg.model_copy(update={"objective": objective})
     prev = model_dir(root, day - 1)
     warm = None if cold or not (prev / "model.json").is_file() else prev
+    if warm:
+        prev_objective = json.loads((warm / "model.json").read_text()).get("meta", {}).get("objective", "clicks")
+        if prev_objective != objective:
+            raise ValueError(f"{warm}: objective {prev_objective} differs from {objective}; retrain cold (--cold)")
     window = cfg.warm_window_days if warm else cfg.cold_window_days
     train_days = list(range(max(1, day - window + 1), day + 1))
     eval_days = list(range(day + 1, min(day + cfg.eval_days, n_days) + 1))
     t0 = time.perf_counter()
-    train = click_data(tables, start_date, train_days, cfg)
-    if len(train) == 0:
-        raise ValueError(f"no HintQ exposures on days {train_days[0]}..{train_days[-1]}: nothing to train on")
+    span = f"days {train_days[0]}..{train_days[-1]}"
+    success = None
+    if objective == "clicks":
+        train = click_data(tables, start_date, train_days, cfg, cuts)
+        if len(train) == 0:
+            raise ValueError(f"no HintQ exposures on {span}: nothing to train on (objective clicks; a search-only "
+                             "log trains with ctr.objective=next_search)")
+        pop = popularity(tables, start_date, train_days, cuts)
+    else:
+        s = N.searches_with_success(tables["events"])
+        pool = negative_pool(s, start_date, train_days, cuts, cfg.neg_popular_power)
+        train = next_search_data(tables, start_date, train_days, cfg, samples, cuts, pool, cfg.seed, s)
+        if not train.imp["clicked"].any():
+            raise ValueError(f"no searches with a next search on {span} before the train cuts: nothing to train on "
+                             "(objective next_search)")
+        if train.imp["clicked"].all():
+            raise ValueError(f"no negatives to sample on {span}: the window holds a single query (objective "
+                             "next_search)")
+        pop = pool.counts()
+        if cfg.success_rate:
+            window_s = before_cut(s.filter(day_expr(pl.col("ts"), start_date).is_in(train_days)), cuts)
+            success = SuccessRates.from_searches(window_s, cfg.success_prior)
     if warm:
         model, prev_cfg, _ = load_model(warm)
         arch = {"hash_buckets", "dim", "hidden", "history_len"}
@@ -263,7 +379,7 @@ def _train_day(tables: dict[str, pl.DataFrame], start_date: str, n_days: int, da
     else:
         torch.manual_seed(cfg.seed)
         model = CTRModel(cfg.hash_buckets, cfg.dim, cfg.hidden, cfg.history_len, cfg.category_features)
-        pre = pretrain_text(model, session_pairs(tables, start_date, train_days, cfg), cfg)
+        pre = pretrain_text(model, session_pairs(tables, start_date, train_days, cfg, cuts), cfg)
     t1 = time.perf_counter()
     # the category lookup is rebuilt from today's catalogue (new queries and items get their category)
     cats = CategoryIndex.from_tables(tables, cfg.category_threshold) if cfg.category_features else None
@@ -271,15 +387,36 @@ def _train_day(tables: dict[str, pl.DataFrame], start_date: str, n_days: int, da
     t2 = time.perf_counter()
     metrics: dict[str, float] = {"train.impressions": len(train), "train.ctr": float(train.imp["clicked"].mean()),
                                  "train.final_loss": losses[-1], "train.warm_start": float(warm is not None)}
+    if objective == "next_search":
+        metrics.update(_sample_counts(train, "train"))
     if not warm and pre:
         metrics["pretrain.final_loss"] = pre[-1]
     if eval_days:
-        held = click_data(tables, start_date, eval_days, cfg)
-        metrics.update(evaluate(model, cfg, held, popularity(tables, start_date, train_days), cats))
-    for s, e in enumerate(examination(model)):
-        metrics[f"model.examination_slot{s}"] = e
+        if objective == "clicks":
+            held = click_data(tables, start_date, eval_days, cfg)
+        else:  # no train cut on the held-out days: every user, up to 00:00 after the last of them
+            open_cuts = train_cuts(tables["events"], start_date, eval_days[-1] + 1, False)
+            held = next_search_data(tables, start_date, eval_days, cfg, samples, open_cuts, pool, cfg.seed + 1, s)
+            metrics.update(_sample_counts(held, "eval"))
+        metrics.update(evaluate(model, cfg, held, pop, cats, success))
+    if objective == "clicks":
+        for slot, e in enumerate(examination(model)):
+            metrics[f"model.examination_slot{slot}"] = e
     metrics.update({"seconds.data": t1 - t0, "seconds.train": t2 - t1, "seconds.eval": time.perf_counter() - t2})
-    folder = save_model(model, cfg, model_dir(root, day), categories=cats, meta={
-        "day": day, "train_days": train_days, "eval_days": eval_days, "warm_start": str(warm) if warm else None,
-        "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}})
-    return TrainResult(day, folder, warm, train_days, eval_days, metrics, losses)
+    meta: dict[str, Any] = {"day": day, "objective": objective, "train_days": train_days, "eval_days": eval_days,
+                            "warm_start": str(warm) if warm else None}
+    if objective == "next_search":
+        meta.update({"negatives": {"popular": cfg.neg_popular, "popular_power": cfg.neg_popular_power,
+                                   "hard": cfg.neg_hard},
+                     "anchor": samples.anchor, "label_horizon_days": samples.label_horizon_days,
+                     "success_rate": success is not None})
+    meta["metrics"] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    folder = save_model(model, cfg, model_dir(root, day), categories=cats, success=success, meta=meta)
+    return TrainResult(day, folder, warm, train_days, eval_days, metrics, losses, objective)
+
+
+def _sample_counts(data: ClickData, split: str) -> dict[str, float]:
+    """Anchors and rows per source of next-search data."""
+    by = dict(data.imp.group_by("source").len().iter_rows())
+    return {f"{split}.anchors": len(data.contexts), f"{split}.positives": by.get("next_search", 0),
+            f"{split}.negatives_hard": by.get("hard", 0), f"{split}.negatives_popular": by.get("popular", 0)}
