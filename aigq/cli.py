@@ -160,49 +160,103 @@ def stats(path: Annotated[Path | None, typer.Argument(help="A world or samples f
         _fail(exc)
 
 
-@app.command()
-def demo(config: ConfigOpt = Path("configs/tiny_cpu.yaml"), overrides: Overrides = None) -> None:
-    """End to end on the embedded default, one MLflow parent run: simulate → validate → samples → IL-SFT → CTR model
-    → IL-GRPO → Think index + Serve apps → HintQ answers for a few users → Table-1 evaluation of baselines and the
-    demo's policies."""
-    import polars as pl
+def _import_or_simulate(cfg: AIGQConfig, tracker: Any, log: Path | None) -> None:
+    """The demo's first step: import the user's log (``--log``) or simulate the embedded world."""
+    from aigq.data.validate import NotALogError
 
-    cfg = _config(config, overrides)
-    tracker = _tracker(cfg)
-    with tracker.run("demo", cfg, tags={"aigq.pipeline": "demo"}):
+    if log is None:
         with _progress() as prog:
             task = prog.add_task("1/3 simulate", total=None)
             meta = pipeline.simulate(cfg, tracker, progress=lambda d, t: prog.update(task, completed=d, total=t))
         console.print(_table(f"1/3 world → {meta['world']}", {k: meta[k] for k in
                                                                ("users", "events", "exposures", "clicked_exposures")}))
+        return
+    try:
+        with console.status(f"1/3 import {log}"):
+            report = pipeline.import_log(cfg, tracker, log)
+    except (NotALogError, FileNotFoundError) as exc:
+        _fail(exc)
+    console.print(_table(f"1/3 import {log} ({report.preset}) → {report.world}", {
+        "rows in": report.rows_in, "rows imported": report.rows_ok, "rows quarantined": report.rejected,
+        **report.counts}))
+
+
+@app.command()
+def demo(config: ConfigOpt = None,
+         log: Annotated[Path | None, typer.Option(
+             "--log", help="Your own search log (CSV/TSV or parquet) instead of the simulated world; the config "
+                           "then defaults to configs/search_log.yaml.")] = None,
+         items: Annotated[Path | None, typer.Option(help="With --log: side table item_id,title[,category].")] = None,
+         categories: Annotated[Path | None, typer.Option(
+             help="With --log: side table category_id,name[,parent].")] = None,
+         overrides: Overrides = None) -> None:
+    """End to end, one MLflow parent run: simulate (or import --log) → validate → samples → IL-SFT → reward model
+    → IL-GRPO → Think index + Serve apps → HintQ answers for a few users → evaluation of baselines and the demo's
+    policies (Table 1; with --log the last-query protocol of configs/search_log.yaml)."""
+    import polars as pl
+
+    from aigq.data.schema import read_meta
+
+    default = Path("configs/search_log.yaml" if log else "configs/tiny_cpu.yaml")
+    side = [f"importer.{k}={v}" for k, v in (("items", items), ("categories", categories)) if v is not None]
+    cfg = _config(config or default, [*(overrides or []), *side])
+    tracker = _tracker(cfg)
+    with tracker.run("demo", cfg, tags={"aigq.pipeline": "demo", **({"aigq.input": str(log)} if log else {})}):
+        _import_or_simulate(cfg, tracker, log)
         with console.status("2/3 validate + 3/3 build samples"):
             validated, stats = pipeline.build_samples(cfg, tracker)
         _print_validation("2/3 validation (bad rows → world/quarantine/)", validated)
         console.print(_table(f"3/3 samples → {cfg.samples_dir()}", stats))
+        if not stats.get("direct.samples"):
+            _fail(ValueError(f"no AIGQ-Direct samples from {cfg.world_dir()}: no train-day exposure with a click "
+                             "and no user with a search session before their held-out last query"))
         direct = pl.read_parquet(cfg.samples_dir() / "direct.parquet", n_rows=1)
-        if len(direct):
-            console.print("[bold]one AIGQ-Direct sample[/bold]")
-            console.print(direct["prompt"][0], markup=False)
-            console.print(f"target: {direct['target'][0].to_list()}", markup=False)
+        label_source = read_meta(cfg.samples_dir())["samples_config"]["label_source"]
+        console.print(f"[bold]one AIGQ-Direct sample[/bold] (labels from {label_source})")
+        console.print(direct["prompt"][0], markup=False)
+        console.print(f"target: {direct['target'][0].to_list()}", markup=False)
         console.print(f"test user-days: {stats.get('test.samples', 0):,.0f}, cold-start share "
-                      f"{stats.get('test.cold_start_share', 0):.3f}")
+                      f"{stats.get('test.cold_start_share', 0):.3f}; held-out last queries: "
+                      f"{stats.get('last_query.samples', 0):,.0f}")
         from aigq.cli_models import train_and_report  # issue 3: IL-SFT of the tiny policy + sampled lists
 
         train_and_report(cfg, tracker, title="IL-SFT")
         from aigq.cli_rewards import demo_ctr  # issue 4: CTR reward model for the last train day (HintQ ranks with it)
 
-        demo_ctr(cfg, tracker, _table)
+        ctr = demo_ctr(cfg, tracker, _table)
         from aigq.cli_grpo import train_grpo_and_report  # issue 5: IL-GRPO against that CTR model + rule rewards
 
         train_grpo_and_report(cfg, tracker)
         from aigq.cli_serve import demo_serve  # issue 6: think index, Serve apps up, HintQ answers a few users
 
-        demo_serve(cfg, tracker, _table)
+        demo_serve(cfg, tracker, _table, config=config or default, overrides=[*(overrides or []), *side])
         from aigq.cli_eval import demo_eval  # issue 7: Table-1 metrics for baselines and the demo's policies
 
         demo_eval(cfg, tracker)
+    out = Path(cfg.run.output_dir)
+    days = int(read_meta(cfg.world_dir())["days"])
+    console.print(_table("artefacts", {
+        "world": cfg.world_dir(), "samples": cfg.samples_dir(), "IL-SFT policy": out / "sft" / "policy",
+        "reward model": ctr["folder"], "IL-GRPO policy": out / "grpo" / "policy",
+        "Think index + serve store": out / "serve", "evaluation": out / "eval", "world days": days}))
     if tracker.enabled:
         console.print(f"MLflow: mlflow ui --backend-store-uri {tracker.uri}")
+
+
+@app.command("export-log")
+def export_log(out: Annotated[Path, typer.Argument(help="Folder for search_log.csv, items.csv, categories.csv.")],
+               config: ConfigOpt = None, world: Annotated[Path | None, typer.Option(help="World folder.")] = None,
+               overrides: Overrides = None) -> None:
+    """Write a world as a plain search log (what `aigq import-log --items --categories` reads back)."""
+    from aigq.data.export import export_search_log
+    from aigq.data.validate import NotALogError, validate_world
+
+    cfg = _config(config, overrides)
+    try:
+        v = validate_world(world or cfg.world_dir(), write_quarantine=False)
+    except (NotALogError, FileNotFoundError) as exc:
+        _fail(exc)
+    console.print(_table(f"search log → {out}", export_search_log(v.tables, out)))
 
 
 from aigq import cli_models  # noqa: E402  (sft + models sub-commands; imports this module's helpers)

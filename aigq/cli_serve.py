@@ -53,8 +53,9 @@ def up_stage(cfg, serve_yaml: Path, config: Path | None, overrides: list[str] | 
     connect(address, start=start)
     sc = D.load_serve_config(serve_yaml, root=Path.cwd(), config=str(config) if config else None,
                              overrides=overrides, host=cfg.serve.host, port=cfg.serve.port, apps=apps)
-    if cfg.serve.policy:
-        D.set_policy(sc, cfg.serve.policy, cfg.serve.think_policy)
+    # serve.policy, else the run's newest trained policy (IL-GRPO's, else IL-SFT's) — never the serve file's example
+    ctx = _ctx_for(cfg)
+    D.set_policy(sc, ctx.policy_spec(), ctx.policy_spec(think=True))
     D.deploy(sc)
     return D.wait_running([a["name"] for a in sc["applications"]], timeout_s=timeout_s)
 
@@ -177,15 +178,29 @@ def _ctx_for(cfg):
     return AppContext(cfg, Path.cwd(), store, Records.from_config(store, cfg.serve))
 
 
-def demo_serve(cfg, tracker, table, users: int = 3) -> None:
+def _world_users(cfg, n: int) -> list[int]:
+    """The world's ``n`` lowest user ids (an imported log's ids need not start at 1)."""
+    import polars as pl
+
+    from aigq.data.schema import table_files
+
+    ev = pl.scan_parquet(table_files(cfg.world_dir(), "events")).select(pl.col("user_id").unique().sort().head(n))
+    return ev.collect()["user_id"].to_list()
+
+
+def demo_serve(cfg, tracker, table, users: int = 3, config: Path | None = None,
+               overrides: list[str] | None = None) -> None:
     """The demo's last stage: the daily Think index for the last training day, the three applications on the local
-    cluster, a few behaviour events, then HintQ answers for a few users (and one unknown user) — printed."""
+    cluster (built from the demo's ``config`` and ``overrides``), a few behaviour events, then HintQ answers for a
+    few users (and one unknown user) — printed."""
     import time
 
     import requests
     from rich.markup import escape  # the [source score] tags are text, not rich markup
 
-    day = cfg.world.days - cfg.samples.test_days
+    from aigq.data.schema import read_meta
+
+    day = int(read_meta(cfg.world_dir())["days"]) - cfg.samples.test_days  # an imported log has its own days
     cap = min(cfg.serve.think_users_per_day or 200, 200)
     cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"think_users_per_day": cap})})
     out = think_index_stage(cfg, tracker, day, allow_missing_policy=True)
@@ -193,13 +208,14 @@ def demo_serve(cfg, tracker, table, users: int = 3) -> None:
     console.print(table(f"think index day {day}", {k: out[k] for k in ("version", "active_users", "triggers",
                                                                        "entries", "popular", "users_loaded")}))
     with console.status("serve up: direct, think, hintq"):
-        st = up_stage(cfg, Path("configs/serve.yaml"), None, [f"run.output_dir={Path(cfg.run.output_dir).resolve()}",
-                                                               f"serve.think_users_per_day={cap}"], start=False)
+        st = up_stage(cfg, Path("configs/serve.yaml"), config, [
+            *(overrides or []), f"run.output_dir={Path(cfg.run.output_dir).resolve()}",
+            f"serve.think_users_per_day={cap}"], start=False)
     base = f"http://{cfg.serve.host}:{cfg.serve.port}"
     console.print(table("serve up", st))
     try:
         rec = _ctx_for(cfg).records
-        known = [u for u in range(1, 200) if rec.get_behaviours(u)][:users]
+        known = [u for u in _world_users(cfg, 200) if rec.get_behaviours(u)][:users]
         if known and has_policy:
             requests.post(f"{base}/direct/events", json={"events": [
                 {"user_id": known[0], "type": "search", "content": "round dining table"}]}, timeout=30)

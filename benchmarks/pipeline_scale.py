@@ -6,6 +6,10 @@ volume. Usage::
 
     .venv/bin/python benchmarks/pipeline_scale.py                 # ~1M and ~10M events
     .venv/bin/python benchmarks/pipeline_scale.py --events 1e6    # one size
+    .venv/bin/python benchmarks/pipeline_scale.py --search-only   # a plain search log: next-search Direct labels
+
+``--search-only`` simulates with ``world.hint_exposure_rate=0`` (no HintQ exposures), so the Direct split is built
+from next searches (``samples.label_source=auto``) and every user's last query is held out (``last_query``).
 """
 
 from __future__ import annotations
@@ -35,7 +39,10 @@ else:
     v = validate_world(world)
     t_val = time.perf_counter() - t0
     st = build_samples_to(v.tables, v.meta["start_date"], int(v.meta["days"]), cfg.samples, samples)
-    out = {"validate_s": round(t_val, 2), **{k: int(st[f"{k}.samples"]) for k in ("direct", "think", "test")}}
+    splits = ("direct", "think", "test", "last_query")
+    out = {"validate_s": round(t_val, 2), **{k: int(st[f"{k}.samples"]) for k in splits},
+           "searches": v.tables["events"].filter(v.tables["events"]["type"] == "search").height,
+           "label_source": json.load(open(f"{samples}/meta.json"))["samples_config"]["label_source"]}
 out["seconds"] = round(time.perf_counter() - t0, 2)
 out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 print(json.dumps(out))
@@ -55,9 +62,11 @@ def main() -> None:
     ap.add_argument("--events", type=float, nargs="+", default=[1e6, 1e7], help="target event counts")
     ap.add_argument("--sessions-per-day", type=float, default=0.08, help="per-user activity (same at every size)")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--search-only", action="store_true", help="no HintQ exposures: next-search Direct labels")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="aigq-bench-"))
     base = [f"world.sessions_per_day={args.sessions_per_day}", "world.chunk_users=100000"]
+    base += ["world.hint_exposure_rate=0"] if args.search_only else []
     pilot = run_stage("simulate", work / "pilot", work / "pilot_s", [*base, "world.users=20000"])
     per_user = pilot["events"] / pilot["users"]
     print(f"pilot: {per_user:.2f} events per user at sessions_per_day={args.sessions_per_day}")
@@ -70,15 +79,18 @@ def main() -> None:
         rows.append({"target": target, "users": sim["users"], "events": sim["events"], "exposures": sim["exposures"],
                      "sim_s": sim["seconds"], "sim_rss": sim["peak_rss_gib"], "build_s": build["seconds"],
                      "validate_s": build["validate_s"], "build_rss": build["peak_rss_gib"],
-                     "samples": build["direct"] + build["think"] + build["test"]})
+                     "samples": sum(build[k] for k in ("direct", "think", "test", "last_query")),
+                     "searches": build["searches"], "direct": build["direct"], "label_source": build["label_source"]})
         shutil.rmtree(w, ignore_errors=True)
         shutil.rmtree(s, ignore_errors=True)
-    hdr = ("events", "users", "exposures", "simulate s", "sim RSS GiB", "build s (validate s)", "build RSS GiB", "samples")
+    hdr = ("events", "searches", "users", "exposures", "simulate s", "sim RSS GiB", "build s (validate s)",
+           "build RSS GiB", "samples (Direct, labels from)")
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     for r in rows:
-        print(f"| {r['events']:,} | {r['users']:,} | {r['exposures']:,} | {r['sim_s']} | {r['sim_rss']} | "
-              f"{r['build_s']} ({r['validate_s']}) | {r['build_rss']} | {r['samples']:,} |")
+        print(f"| {r['events']:,} | {r['searches']:,} | {r['users']:,} | {r['exposures']:,} | {r['sim_s']} | "
+              f"{r['sim_rss']} | {r['build_s']} ({r['validate_s']}) | {r['build_rss']} | {r['samples']:,} "
+              f"({r['direct']:,}, {r['label_source']}) |")
     if len(rows) >= 2:
         a, b = rows[0], rows[-1]
         print(f"time ratio {b['events'] / a['events']:.1f}× events: simulate {b['sim_s'] / a['sim_s']:.2f}×, "
