@@ -199,6 +199,9 @@ def run_loop(cfg: AIGQConfig, tracker: Tracker, days: int, config_path: Path | N
 
     say = say or (lambda _m: None)
     t0 = time.perf_counter()
+    # The loop is the online system: each day's models learn from all of that day's logs. Holding out each user's
+    # last query is an offline protocol (aigq eval --protocol last-query), not a rule of daily training.
+    cfg = cfg.model_copy(update={"samples": cfg.samples.model_copy(update={"last_query_holdout": False})})
     source = cfg.world_dir()
     hidden = HiddenModel(source)  # the day simulation's click model (simulated worlds only)
     v = validate_world(source, write_quarantine=False)
