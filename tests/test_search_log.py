@@ -94,3 +94,17 @@ def test_demo_log_on_the_aol_fixture(tmp_path):
     out = tmp_path / "run"
     metrics = _check_demo(_demo(["--log", str(AOL), "importer.preset=aol"], out), out)
     assert metrics["popularity"]["user_days"] >= 5  # users with ≥ 2 distinct queries in the fixture
+
+
+@pytest.mark.parametrize("rows, says", [
+    ("", "no data rows"),
+    ("7,2026-01-01T10:00:00,sofa\n7,2026-01-02T10:00:00,rug\n", "1 user"),
+    ("7,2026-01-01T10:00:00,sofa\n8,2026-01-02T10:00:00,rug\n", "no user searched twice"),
+])
+def test_demo_log_on_a_log_it_cannot_learn_from_is_one_line(tmp_path, rows, says):
+    log = tmp_path / "log.csv"
+    log.write_text("user_id,query_time,query\n" + rows)
+    res = CliRunner().invoke(app, ["demo", "--log", str(log), f"run.output_dir={tmp_path / 'run'}",
+                                   "tracking.enabled=false"])
+    assert res.exit_code == 1 and says in res.output and "Traceback" not in res.output
+    assert len([line for line in res.output.splitlines() if line.strip()]) == 1, res.output
