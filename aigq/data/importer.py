@@ -35,85 +35,38 @@ no id, no title/name, or an id seen before are rejected (counted in the report a
 ``world/quarantine/import_<table>.parquet`` with a 1-based data ``row``); log ids missing from a side table keep the
 id text. Without side tables a click reads as "<category id> item <item id>" (or the URL's host for ``aol``) and a
 category as its id: the text carries no meaning the policy could learn from.
+
+Reading the file (CSV / parquet, layouts, timestamps) lives in ``aigq.data.log_reader``, the side tables in
+``aigq.data.side_tables``; this module holds the row rules, the tables built from the rows and ``import_log``.
 """
 
 from __future__ import annotations
 
-import codecs
-import csv
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
 
 from aigq.config import ImportConfig
 from aigq.data import schema
+from aigq.data.log_reader import (
+    FIELDS,
+    Layout,
+    is_parquet,
+    layout,
+    parse_timestamps,
+    read_csv_rows,
+    read_parquet_rows,
+)
+from aigq.data.side_tables import SIDE_COLUMNS, SideReport, apply_side_tables, read_side_tables
 from aigq.data.validate import QUARANTINE, NotALogError, apply_rules
 
-FIELDS = ("user", "query_time", "query", "clicked_item", "category", "click_time")
 # Side tables (``importer.items`` / ``importer.categories``): column names by position; a rejected row's reason is
 # "missing <first>", "missing <second>" or "duplicate <first>".
-SIDE_COLUMNS = {"items": ("item_id", "title", "category"), "categories": ("category_id", "name", "parent")}
-REQUIRED = ("user", "query_time", "query")
 REASONS = ("wrong field count", "missing user_id", "missing ts", "bad timestamp", "missing query", "click before query")
-DELIMITERS = (",", "\t", ";", "|")
 SESSION_GAP = timedelta(minutes=30)
-CHUNK = 250_000  # CSV rows buffered in Python lists before they become a polars frame
-_EPOCH = r"^[+-]?\d+(\.\d*)?$"
-_MAX_EPOCH = 253_402_300_799  # 9999-12-31T23:59:59Z
 QUARANTINE_SCHEMA = {"line": pl.Int64, **{f: pl.String for f in FIELDS}, "raw": pl.String, "reason": pl.String}
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How a log's columns map onto ``FIELDS``: a preset, or ``ImportConfig``'s names (``preset=columns``)."""
-
-    columns: dict[str, str]  # field → column name; a field not listed is absent from this layout
-    delimiter: str | None = None  # None = sniff from the header
-    quoted: bool = True  # False: quote characters are plain text (AOL queries hold unbalanced ")
-    no_query: tuple[str, ...] = ()  # query texts that mean "no query" (→ missing query)
-    url_items: bool = False  # clicked items are URLs: an item's default title is the URL's host
-
-
-PRESETS = {
-    "aol": Layout(
-        columns={"user": "AnonID", "query": "Query", "query_time": "QueryTime", "clicked_item": "ClickURL"},
-        delimiter="\t",
-        quoted=False,
-        no_query=("-",),
-        url_items=True,
-    ),
-}
-
-
-def layout(cfg: ImportConfig) -> Layout:
-    """The preset's layout, or ``cfg``'s column names and delimiter for ``preset=columns``."""
-    if cfg.preset in PRESETS:
-        return PRESETS[cfg.preset]
-    return Layout(columns={f: getattr(cfg, f) for f in FIELDS}, delimiter=cfg.delimiter)
-
-
-@dataclass
-class SideReport:
-    """One side table: rows read, kept and rejected (by reason), and how many of the log's ids it named."""
-
-    path: Path
-    rows_in: int
-    rows_ok: int
-    by_reason: dict[str, int]
-    matched: int = 0  # distinct ids of the log's rows (clicked items, or categories) found in the table
-    quarantine: Path | None = None
-
-    def as_meta(self) -> dict[str, object]:
-        return {
-            "path": str(self.path),
-            "rows_in": self.rows_in,
-            "rows_ok": self.rows_ok,
-            "rejected": self.rows_in - self.rows_ok,
-            "by_reason": self.by_reason,
-            "matched": self.matched,
-        }
 
 
 @dataclass
@@ -127,152 +80,6 @@ class ImportReport:
     counts: dict[str, int] = field(default_factory=dict)  # rows written per table
     preset: str = "columns"
     side: dict[str, SideReport] = field(default_factory=dict)  # "items" / "categories" when given
-
-
-def _py_ts(text: str, fmt: str | None) -> datetime | None:
-    try:
-        dt = datetime.strptime(text, fmt) if fmt else datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return dt.astimezone(UTC).replace(tzinfo=None) if dt.tzinfo is not None else dt
-
-
-def parse_timestamps(values: pl.Series, time_format: str | None = None) -> pl.Series:
-    """Strings → naive UTC datetimes (µs); null where empty or unparsable.
-
-    Plain ISO (optional ``Z``) and epoch seconds take a vectorised path; the rest (offsets, dates, ``time_format``)
-    goes through Python once per distinct string.
-    """
-    s = values.cast(pl.String).str.strip_chars()
-    s = pl.select(pl.when(s != "").then(s)).to_series()
-    if time_format is None:
-        c = pl.col("s")
-        iso = (
-            c.str.strip_suffix("Z")
-            .str.replace(" ", "T", literal=True)
-            .str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", time_unit="us", strict=False)
-        )
-        num = c.cast(pl.Float64, strict=False)
-        epoch = pl.when(c.str.contains(_EPOCH) & (num >= 0) & (num <= _MAX_EPOCH)).then(
-            (num * 1e6).round().cast(pl.Int64).cast(schema.TS)
-        )
-        fast = pl.DataFrame({"s": s}).select(pl.coalesce(iso, epoch)).to_series()
-        todo = s.filter(fast.is_null() & s.is_not_null() & ~s.str.contains(_EPOCH))
-    else:
-        fast = pl.Series([None] * len(s), dtype=schema.TS)
-        todo = s.drop_nulls()
-    todo = todo.unique()
-    if todo.len():
-        parsed = pl.Series([_py_ts(t, time_format) for t in todo.to_list()], dtype=schema.TS)
-        slow = s.replace_strict(todo, parsed, default=None, return_dtype=schema.TS)
-        fast = pl.select(pl.coalesce(fast, slow)).to_series()
-    return fast.alias(values.name)
-
-
-def _column_index(header: list[str], lay: Layout, path: Path) -> dict[str, int]:
-    """Field → column position (exact name first, then case-insensitive); missing required → NotALogError."""
-    names = [h.strip() for h in header]
-    lower = [h.lower() for h in names]
-    idx: dict[str, int] = {}
-    for f, want in lay.columns.items():
-        if want in names:
-            idx[f] = names.index(want)
-        elif want.lower() in lower:
-            idx[f] = lower.index(want.lower())
-    missing = [f"{lay.columns[f]!r} ({f})" for f in REQUIRED if f not in idx]
-    if missing:
-        raise NotALogError(
-            f"{path}: not a search log: missing required column(s) {', '.join(missing)}; "
-            f"columns found: {names}. Set the names with importer.<field>=... or importer.preset=... (ImportConfig)."
-        )
-    return idx
-
-
-def _sniff(header_line: str) -> str:
-    counts = {d: header_line.count(d) for d in DELIMITERS}
-    best = max(DELIMITERS, key=lambda d: counts[d])
-    return best if counts[best] else ","
-
-
-def _frame(lines: list[int], cols: dict[str, list[str | None]]) -> pl.DataFrame:
-    return pl.DataFrame({"line": lines, **cols}, schema={"line": pl.Int64, **{f: pl.String for f in FIELDS}})
-
-
-def _read_csv(path: Path, lay: Layout) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(rows with all fields as strings + line, wrong-field-count rows) streamed with the csv module."""
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        lineno, header_line = 0, ""
-        for header_line in f:
-            lineno += 1
-            if header_line.strip():
-                break
-        if not header_line.strip():
-            raise NotALogError(f"{path}: empty file (no header)")
-        delim = lay.delimiter or _sniff(header_line)
-        quoting = csv.QUOTE_MINIMAL if lay.quoted else csv.QUOTE_NONE
-        header = next(csv.reader([header_line], delimiter=delim, skipinitialspace=True, quoting=quoting))
-        idx = _column_index(header, lay, path)
-        reader = csv.reader(f, delimiter=delim, skipinitialspace=True, quoting=quoting)
-        chunks: list[pl.DataFrame] = []
-        lines: list[int] = []
-        cols: dict[str, list[str | None]] = {k: [] for k in FIELDS}
-        bad: list[tuple[int, str]] = []
-        prev = 0
-        try:
-            for row in reader:
-                start, prev = lineno + prev + 1, reader.line_num
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue  # blank line
-                if len(row) != len(header):
-                    bad.append((start, delim.join(row)))
-                    continue
-                lines.append(start)
-                for k in FIELDS:
-                    cols[k].append(row[idx[k]] if k in idx else None)
-                if len(lines) >= CHUNK:
-                    chunks.append(_frame(lines, cols))
-                    lines, cols = [], {k: [] for k in FIELDS}
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise NotALogError(f"{path}: unreadable CSV near line {lineno + reader.line_num}: {exc}") from None
-    chunks.append(_frame(lines, cols))
-    wrong = pl.DataFrame(bad, schema={"line": pl.Int64, "raw": pl.String}, orient="row")
-    return pl.concat(chunks), wrong.with_columns(reason=pl.lit("wrong field count"))
-
-
-def _as_string(s: pl.Series) -> pl.Series:
-    if isinstance(s.dtype, pl.Datetime) and s.dtype.time_zone is not None:
-        s = s.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-    return s.cast(pl.String)
-
-
-def _read_parquet(path: Path, lay: Layout) -> pl.DataFrame:
-    try:
-        df = pl.read_parquet(path)
-    except Exception as exc:  # any reader failure means "not a parquet log"
-        raise NotALogError(f"{path}: unreadable parquet file ({type(exc).__name__}: {exc})") from None
-    idx = _column_index(df.columns, lay, path)
-    cols = {
-        k: _as_string(df.to_series(idx[k])) if k in idx else pl.Series([None] * df.height, dtype=pl.String)
-        for k in FIELDS
-    }
-    return pl.DataFrame({"line": pl.int_range(1, df.height + 1, eager=True), **cols})
-
-
-def _sniff_binary(path: Path) -> bool:
-    """True for parquet; NotALogError for an empty, binary or non-UTF-8 file."""
-    with path.open("rb") as f:
-        head = f.read(1 << 16)
-    if head.startswith(b"PAR1"):
-        return True
-    if not head.strip(b" \t\r\n\xef\xbb\xbf"):
-        raise NotALogError(f"{path}: empty file")
-    if b"\x00" in head:
-        raise NotALogError(f"{path}: binary file, neither a CSV nor a parquet log")
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
-    except UnicodeDecodeError:
-        raise NotALogError(f"{path}: not UTF-8 text, neither a CSV nor a parquet log") from None
-    return False
 
 
 def _check_rows(
@@ -336,85 +143,6 @@ def _write_ids(world: Path, name: str, ids: pl.DataFrame, key: str) -> None:
         path.unlink(missing_ok=True)
     else:
         ids.write_parquet(path)
-
-
-def _side_reasons(kind: str) -> tuple[str, str, str]:
-    """A side table's reject reasons in rule order: missing id, missing title (name), duplicate id."""
-    key, text, _ = SIDE_COLUMNS[kind]
-    return f"missing {key}", f"missing {text}", f"duplicate {key}"
-
-
-def _read_side(path: Path, kind: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Side table ``kind`` at ``path`` → (ok rows ``row, id, title, extra``, rejected rows + ``reason``).
-
-    Columns by position after a header row (``SIDE_COLUMNS``); blank fields are missing. Rules, first failure wins:
-    missing id, missing title (a category's name), duplicate id (a later copy among the rows passing the others)."""
-    names = SIDE_COLUMNS[kind]
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such {kind} table (importer.{kind})")
-    with path.open(encoding="utf-8-sig") as f:
-        header_line = f.readline()
-    try:
-        df = pl.read_csv(
-            path,
-            separator=_sniff(header_line),
-            infer_schema=False,
-            truncate_ragged_lines=True,
-            row_index_name="row",
-            row_index_offset=1,
-        )
-    except Exception as exc:  # any reader failure means "not a side table"
-        raise NotALogError(f"{path}: unreadable {kind} table ({type(exc).__name__}: {exc})") from None
-    cols = df.columns[1:4]
-    if len(cols) < 2:
-        raise NotALogError(
-            f"{path}: a {kind} table needs columns {names[0]},{names[1]}[,{names[2]}]; columns found: {cols}"
-        )
-
-    def clean(c: str | None) -> pl.Expr:
-        if c is None:
-            return pl.lit(None, dtype=pl.String)
-        v = pl.col(c).str.strip_chars()
-        return pl.when(v != "").then(v)
-
-    df = df.select(
-        pl.col("row").cast(pl.Int64),
-        id=clean(cols[0]),
-        title=clean(cols[1]),
-        extra=clean(cols[2] if len(cols) > 2 else None),
-    )
-    missing_id, missing_title, duplicate = _side_reasons(kind)
-    return apply_rules(
-        df,
-        [
-            (missing_id, pl.col("id").is_null()),
-            (missing_title, pl.col("title").is_null()),
-            (duplicate, lambda ok: ~pl.struct(pl.col("id"), ok.alias("__ok")).is_first_distinct()),
-        ],
-    )
-
-
-def _side_tables(cfg: ImportConfig) -> tuple[dict[str, pl.DataFrame], dict[str, SideReport], dict[str, pl.DataFrame]]:
-    """(ok rows, reports, rejected rows) of the side tables ``cfg`` names, keyed "items" / "categories"."""
-    ok: dict[str, pl.DataFrame] = {}
-    reports: dict[str, SideReport] = {}
-    rejected: dict[str, pl.DataFrame] = {}
-    for kind in SIDE_COLUMNS:
-        given = getattr(cfg, kind)
-        if not given:
-            continue
-        path = Path(given)
-        ok[kind], rej = _read_side(path, kind)
-        counts = dict(rej.group_by("reason").len().iter_rows()) if rej.height else {}
-        by_reason = {r: counts[r] for r in _side_reasons(kind) if r in counts}
-        reports[kind] = SideReport(path, ok[kind].height + rej.height, ok[kind].height, by_reason)
-        rejected[kind] = rej.rename(dict(zip(("id", "title", "extra"), SIDE_COLUMNS[kind], strict=True)))
-    return ok, reports, rejected
-
-
-def _named(expr: pl.Expr, cats: pl.DataFrame | None) -> pl.Expr:
-    """Category id → its name from the categories side table; ids it lacks stay as they are."""
-    return expr if cats is None else expr.replace(cats["id"], cats["title"])
 
 
 def _host(url: pl.Expr) -> pl.Expr:
@@ -549,42 +277,20 @@ def _save_rejects(world: Path, name: str, rejected: pl.DataFrame | None) -> Path
     return path
 
 
-def _with_side_tables(
-    good: pl.DataFrame, side: dict[str, pl.DataFrame], reports: dict[str, SideReport]
-) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame | None]:
-    """(good rows with category names, items side ``original, s_title, s_cat``, parents ``category, parent``);
-    counts the log ids each side table names in ``reports[...].matched``."""
-    cats = side.get("categories")
-    side_items = parents = None
-    if "items" in side:
-        it = side["items"]
-        side_items = it.select(original="id", s_title="title", s_cat=_named(pl.col("extra"), cats))
-        reports["items"].matched = good["item"].drop_nulls().unique().is_in(it["id"].implode()).sum()
-    if cats is not None:
-        reports["categories"].matched = good["cat"].drop_nulls().unique().is_in(cats["id"].implode()).sum()
-        good = good.with_columns(cat=_named(pl.col("cat"), cats))
-        parents = (
-            cats.filter(pl.col("extra").is_not_null())
-            .select(category="title", parent=_named(pl.col("extra"), cats))
-            .unique("category", keep="first", maintain_order=True)
-        )
-    return good, side_items, parents
-
-
 def import_log(path: str | Path, world: str | Path, cfg: ImportConfig) -> ImportReport:
     """Import the log at ``path`` into ``world`` (tables, meta.json, id maps, quarantine); see the module doc."""
     path, world = Path(path), Path(world)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such log file")
     lay = layout(cfg)
-    side, side_reports, side_rejected = _side_tables(cfg)
-    if _sniff_binary(path):
+    side, side_reports, side_rejected = read_side_tables(cfg)
+    if is_parquet(path):
         raw, wrong = (
-            _read_parquet(path, lay),
+            read_parquet_rows(path, lay),
             pl.DataFrame(schema={"line": pl.Int64, "raw": pl.String, "reason": pl.String}),
         )
     else:
-        raw, wrong = _read_csv(path, lay)
+        raw, wrong = read_csv_rows(path, lay)
     rows_in = raw.height + wrong.height
     if rows_in == 0:
         raise NotALogError(f"{path}: a header but no data rows")
@@ -599,7 +305,7 @@ def import_log(path: str | Path, world: str | Path, cfg: ImportConfig) -> Import
         raise NotALogError(f"{path}: no valid rows out of {rows_in} ({by_reason}); see {qpath}")
     check_users(good, path)
 
-    good, side_items, parents = _with_side_tables(good, side, side_reports)
+    good, side_items, parents = apply_side_tables(good, side, side_reports)
     tables, uids, iids = _build_tables(good, lay, side_items, parents)
     for name in schema.TABLES:
         for f in schema.table_files(world, name):
