@@ -233,12 +233,14 @@ def demo(config: ConfigOpt = None,
         from aigq.cli_eval import demo_eval  # issue 7: Table-1 metrics for baselines and the demo's policies
 
         demo_eval(cfg, tracker)
+    from aigq.evaluation.offline import eval_dir
+
     out = Path(cfg.run.output_dir)
     days = int(read_meta(cfg.world_dir())["days"])
     console.print(_table("artefacts", {
         "world": cfg.world_dir(), "samples": cfg.samples_dir(), "IL-SFT policy": out / "sft" / "policy",
         "reward model": ctr["folder"], "IL-GRPO policy": out / "grpo" / "policy",
-        "Think index + serve store": out / "serve", "evaluation": out / "eval", "world days": days}))
+        "Think index + serve store": out / "serve", "evaluation": eval_dir(cfg), "world days": days}))
     if tracker.enabled:
         console.print(f"MLflow: mlflow ui --backend-store-uri {tracker.uri}")
 
