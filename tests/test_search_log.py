@@ -108,3 +108,15 @@ def test_demo_log_on_a_log_it_cannot_learn_from_is_one_line(tmp_path, rows, says
                                    "tracking.enabled=false"])
     assert res.exit_code == 1 and says in res.output and "Traceback" not in res.output
     assert len([line for line in res.output.splitlines() if line.strip()]) == 1, res.output
+
+
+def test_a_log_without_categories_has_no_category_to_map_to(tmp_path):
+    """The AOL layout names no category: the importer's placeholder is not a category for the evaluator's mapper
+    or the CTR model's category index (Cate HR is then undefined, not a hit on "unknown")."""
+    from aigq.evaluation.categories import CategoryMapper
+
+    res = CliRunner().invoke(app, ["import-log", str(AOL), "--preset", "aol", f"run.output_dir={tmp_path}",
+                                   "tracking.enabled=false"])
+    assert res.exit_code == 0, res.output
+    mapper = CategoryMapper.from_world(tmp_path / "world")
+    assert mapper.categories == [] and mapper.map(["weather.com", "cheap flights"]) == [None, None]

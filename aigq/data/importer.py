@@ -237,7 +237,7 @@ def _build_tables(
     items = (
         iids.join(item_cat, left_on="original", right_on="item", how="left")
         .join(side_items, on="original", how="left")
-        .with_columns(category=pl.coalesce("s_cat", "cat", pl.lit("unknown")))
+        .with_columns(category=pl.coalesce("s_cat", "cat", pl.lit(schema.UNKNOWN_CATEGORY)))
         .join(parents, on="category", how="left")
         .sort("item_id")
         .select(

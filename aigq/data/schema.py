@@ -76,6 +76,9 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
 }
 # Tables a world may lack (an imported plain search log has no HintQ exposures).
 OPTIONAL_TABLES = ("exposures",)
+# The importer's category for an item the log names no category for (items need one); it carries no category
+# information, so the category mapper and the CTR model's category index skip it.
+UNKNOWN_CATEGORY = "unknown"
 
 
 def table_dir(world: str | Path, name: str) -> Path:

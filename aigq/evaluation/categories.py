@@ -77,11 +77,14 @@ def _matrix(sets: Sequence[np.ndarray]):
 
 def known_texts(queries: pl.DataFrame, items: pl.DataFrame | None = None) -> pl.DataFrame:
     """(text, category) in the mapper's priority order: the ``queries`` table's queries, then ``items``' descriptions
-    and titles (when given)."""
+    and titles (when given); the importer's placeholder for "no category" (``schema.UNKNOWN_CATEGORY``) is no
+    category and is left out."""
+    from aigq.data.schema import UNKNOWN_CATEGORY
+
     parts = [queries.select(text="query", category="category")]
     if items is not None and items.height:
         parts += [items.select(text=c, category="category") for c in ("description", "title") if c in items.columns]
-    return pl.concat(parts)
+    return pl.concat(parts).filter(pl.col("category") != UNKNOWN_CATEGORY)
 
 
 class CategoryMapper:
