@@ -319,7 +319,7 @@ def test_streamed_build_writes_the_same_files_chunk_by_chunk(tables, tmp_path):
     s = build(tables)
     for chunk in (1, 3):
         out = tmp_path / f"streamed{chunk}"
-        stats = build_samples_to(tables, START, DAYS, cfg, out, chunk_size=chunk)
+        stats = build_samples_to(tables, START, DAYS, cfg, out, chunk_size=chunk, shard_users=chunk)
         for split in ("direct", "think", "test", "last_query"):
             assert pl.read_parquet(out / f"{split}.parquet").equals(getattr(s, split)), (chunk, split)
         assert stats == s.stats()
@@ -412,3 +412,15 @@ def test_next_search_chunking_is_invisible(search_log):
         parts = build(search_log, anchor="search", chunk_size=chunk)
         for split in ("direct", "think", "last_query"):
             assert getattr(parts, split).equals(getattr(whole, split)), (chunk, split)
+
+
+def test_user_shards_build_the_same_files(search_log, tmp_path):
+    """Shard by shard of users (the memory bound of a big build) writes exactly the whole-log build's files."""
+    cfg = SamplesConfig(anchor="search")
+    build_samples_to(search_log, START, DAYS, cfg, tmp_path / "whole")
+    build_samples_to(search_log, START, DAYS, cfg, tmp_path / "shards", shard_users=1)
+    for split in ("direct", "think", "test", "last_query"):
+        whole = pl.read_parquet(tmp_path / "whole" / f"{split}.parquet")
+        assert pl.read_parquet(tmp_path / "shards" / f"{split}.parquet").equals(whole), split
+    assert json.loads((tmp_path / "shards" / "meta.json").read_text()) == \
+        json.loads((tmp_path / "whole" / "meta.json").read_text())

@@ -431,14 +431,31 @@ def build_samples(tables: dict[str, pl.DataFrame], start_date: str, days: int, c
     return SampleSet(**frames, special_tokens=P.special_tokens(cfg), label_source=label_source)
 
 
+def user_shards(tables: dict[str, pl.DataFrame], shard_users: int) -> Iterator[dict[str, pl.DataFrame]]:
+    """The tables cut into ranges of ``shard_users`` users (by user id; catalogue tables whole). Every sample is a
+    function of one user's rows and the catalogue, so building shard by shard gives the same samples, in the same
+    order, with a shard's working memory instead of the whole log's."""
+    ids = _table(tables, "events")["user_id"].unique().sort()
+    for lo in range(0, max(ids.len(), 1), shard_users):
+        part = ids.slice(lo, shard_users)
+        if part.len() == 0:
+            yield tables
+            return
+        rng = pl.col("user_id").is_between(part[0], part[-1])
+        yield {name: df.filter(rng) if "user_id" in df.columns else df for name, df in tables.items()}
+
+
 def build_samples_to(tables: dict[str, pl.DataFrame], start_date: str, days: int, cfg: SamplesConfig,
-                     out_dir: Path, llm_gen: LLMGen | None = None, chunk_size: int = 50_000) -> dict[str, float]:
-    """Build and write chunk by chunk (``sample_io.SampleWriter``): peak memory is the inputs plus one chunk.
-    Returns the statistics also written to ``meta.json``. The files equal ``write_samples(build_samples(...))``."""
+                     out_dir: Path, llm_gen: LLMGen | None = None, chunk_size: int = 50_000,
+                     shard_users: int = 250_000) -> dict[str, float]:
+    """Build and write shard by shard of ``shard_users`` users (:func:`user_shards`) and chunk by chunk
+    (``sample_io.SampleWriter``): peak memory is the inputs plus one shard's work. Returns the statistics also
+    written to ``meta.json``. The files equal ``write_samples(build_samples(...))``."""
     cfg = resolve_label_source(cfg, _table(tables, "exposures"))  # meta.json records what was used
     with SampleWriter(out_dir, cfg, P.special_tokens(cfg), OUTPUT_SCHEMA) as writer:
-        for split, part in iter_samples(tables, start_date, days, cfg, llm_gen, chunk_size):
-            writer.write(split, part)
+        for shard in user_shards(tables, shard_users):
+            for split, part in iter_samples(shard, start_date, days, cfg, llm_gen, chunk_size):
+                writer.write(split, part)
         return writer.close()
 
 
