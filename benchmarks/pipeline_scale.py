@@ -7,6 +7,7 @@ volume. Usage::
     .venv/bin/python benchmarks/pipeline_scale.py                 # ~1M and ~10M events
     .venv/bin/python benchmarks/pipeline_scale.py --events 1e6    # one size
     .venv/bin/python benchmarks/pipeline_scale.py --search-only   # a plain search log: next-search Direct labels
+    .venv/bin/python benchmarks/pipeline_scale.py --search-only --count searches   # ~1M and ~10M search events
 
 ``--search-only`` simulates with ``world.hint_exposure_rate=0`` (no HintQ exposures), so the Direct split is built
 from next searches (``samples.label_source=auto``) and every user's last query is held out (``last_query``).
@@ -35,6 +36,9 @@ out = {}
 if stage == "simulate":
     meta = simulate_world(cfg.world, cfg.run.seed, world)
     out = {k: meta[k] for k in ("users", "events", "exposures")}
+    import polars as pl
+    out["searches"] = pl.scan_parquet(f"{world}/events/*.parquet").filter(pl.col("type") == "search").select(
+        pl.len()).collect().item()
 else:
     v = validate_world(world)
     t_val = time.perf_counter() - t0
@@ -63,13 +67,15 @@ def main() -> None:
     ap.add_argument("--sessions-per-day", type=float, default=0.08, help="per-user activity (same at every size)")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--search-only", action="store_true", help="no HintQ exposures: next-search Direct labels")
+    ap.add_argument("--count", choices=["events", "searches"], default="events",
+                    help="what --events counts: all events, or search events only")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="aigq-bench-"))
     base = [f"world.sessions_per_day={args.sessions_per_day}", "world.chunk_users=100000"]
     base += ["world.hint_exposure_rate=0"] if args.search_only else []
     pilot = run_stage("simulate", work / "pilot", work / "pilot_s", [*base, "world.users=20000"])
-    per_user = pilot["events"] / pilot["users"]
-    print(f"pilot: {per_user:.2f} events per user at sessions_per_day={args.sessions_per_day}")
+    per_user = pilot[args.count] / pilot["users"]
+    print(f"pilot: {per_user:.2f} {args.count} per user at sessions_per_day={args.sessions_per_day}")
     rows = []
     for target in args.events:
         users = int(round(target / per_user / 1000) * 1000)
