@@ -47,12 +47,14 @@ def day_cut(start_date: str, first_test_day: int) -> pl.Expr:
     return pl.lit(start_date).str.to_date().cast(TS) + pl.duration(days=first_test_day - 1)
 
 
-def train_cuts(events: pl.DataFrame, start_date: str, first_test_day: int, holdout: bool) -> pl.DataFrame:
-    """user_id → ``cut``: train data of that user lies strictly before it (every user with an event)."""
+def train_cuts(events: pl.DataFrame, start_date: str, first_test_day: int, holdout: bool,
+               last: pl.DataFrame | None = None) -> pl.DataFrame:
+    """user_id → ``cut``: train data of that user lies strictly before it (every user with an event). ``last``:
+    :func:`last_queries` of ``events`` when the caller has it already."""
     users = events.select("user_id").unique().sort("user_id").with_columns(cut=day_cut(start_date, first_test_day))
     if not holdout:
         return users
-    last = last_queries(events, start_date).select("user_id", held="ts")
+    last = (last_queries(events, start_date) if last is None else last).select("user_id", held="ts")
     return users.join(last, on="user_id", how="left").select(
         "user_id", cut=pl.min_horizontal("cut", pl.col("held").fill_null(pl.col("cut"))))
 

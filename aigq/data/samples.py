@@ -359,7 +359,8 @@ def iter_samples(tables: dict[str, pl.DataFrame], start_date: str, days: int, cf
     cfg = resolve_label_source(cfg, t["exposures"])
     w = _world(t, cfg, start_date, chunk_size)
     last_train = days - cfg.test_days
-    cuts = H.train_cuts(t["events"], start_date, last_train + 1, cfg.last_query_holdout)
+    last = H.last_queries(t["events"], start_date)  # the last-query split's targets, and the hold-out's cuts
+    cuts = H.train_cuts(t["events"], start_date, last_train + 1, cfg.last_query_holdout, last)
     in_train, in_test = pl.col("day").is_between(1, last_train), pl.col("day").is_between(last_train + 1, days)
     exp = t["exposures"].with_columns(day=day_expr(pl.col("ts"), start_date))
     searches = (t["events"].filter((pl.col("type") == "search") & pl.col("query").is_not_null())
@@ -405,7 +406,6 @@ def iter_samples(tables: dict[str, pl.DataFrame], start_date: str, days: int, cf
         return pl.concat([clicks, _cands(_users_of(x_srch, a).join(keys, on=["user_id", "day"]), 2)])
 
     # Last query (the last-query protocol): each user's held-out last distinct query, context strictly before it.
-    last = H.last_queries(t["events"], start_date)
     l_anchors = _keyed(last.select("user_id", "ts", "day", sample_id=pl.format("l-{}", pl.col("user_id"))))
 
     def l_cands(a: pl.DataFrame) -> pl.DataFrame:
