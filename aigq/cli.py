@@ -61,11 +61,16 @@ def _progress() -> Progress:
 def simulate(config: ConfigOpt = None, out: Annotated[Path | None, typer.Option(help="World folder.")] = None,
              overrides: Overrides = None) -> None:
     """Simulate a world (users, items, events, HintQ exposures) from a hidden user model into parquet."""
+    from aigq.data.validate import NotALogError
+
     cfg = _config(config, overrides)
-    with _progress() as prog:
-        task = prog.add_task("simulating users", total=None)
-        meta = pipeline.simulate(cfg, _tracker(cfg), out,
-                                 progress=lambda done, total: prog.update(task, completed=done, total=total))
+    try:
+        with _progress() as prog:
+            task = prog.add_task("simulating users", total=None)
+            meta = pipeline.simulate(cfg, _tracker(cfg), out,
+                                     progress=lambda done, total: prog.update(task, completed=done, total=total))
+    except NotALogError as exc:  # the output folder is not one of ours (pipeline.NotOurFolderError)
+        _fail(exc)
     console.print(_table(f"world → {meta['world']}", {k: v for k, v in meta.items() if k != "world"}))
 
 
@@ -165,9 +170,12 @@ def _import_or_simulate(cfg: AIGQConfig, tracker: Any, log: Path | None) -> None
     from aigq.data.validate import NotALogError
 
     if log is None:
-        with _progress() as prog:
-            task = prog.add_task("1/3 simulate", total=None)
-            meta = pipeline.simulate(cfg, tracker, progress=lambda d, t: prog.update(task, completed=d, total=t))
+        try:
+            with _progress() as prog:
+                task = prog.add_task("1/3 simulate", total=None)
+                meta = pipeline.simulate(cfg, tracker, progress=lambda d, t: prog.update(task, completed=d, total=t))
+        except NotALogError as exc:  # the output folder is not one of ours (pipeline.NotOurFolderError)
+            _fail(exc)
         console.print(_table(f"1/3 world → {meta['world']}", {k: meta[k] for k in
                                                                ("users", "events", "exposures", "clicked_exposures")}))
         return

@@ -1,38 +1,116 @@
 """The pipeline's stages as plain functions: each takes the resolved config and a tracker, does its work, logs to
-MLflow and returns what it measured. The CLI and the end-to-end demo both call these."""
+MLflow and returns what it measured. The CLI and the end-to-end demo both call these.
+
+A stage that writes a folder (``simulate`` / ``import_log`` → the world, ``build_samples`` → the samples) builds it
+whole in a temporary sibling and swaps it in only once the stage succeeded (``_staged``): a failed stage leaves the
+existing folder as it was, and a folder at that path that is not one of ours is refused (``NotOurFolderError``)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import polars as pl
 
 from aigq.config import AIGQConfig
 from aigq.data import schema
+from aigq.data.validate import QUARANTINE, NotALogError
 from aigq.tracking import Tracker
 
+# What makes an existing output folder one of ours: meta.json with this key (an empty folder is fine too).
+_MARKER = {"world": "source", "samples": "special_tokens"}
 
-def _fresh(folder: Path) -> Path:
-    """A world/samples folder is rewritten whole: stale parts from a bigger earlier run must not survive."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    return folder
+
+class NotOurFolderError(FileExistsError, NotALogError):
+    """The output path holds something that is not a world/samples folder: it is refused, never replaced.
+
+    A ``FileExistsError``; also a ``NotALogError`` (a ``ValueError``) so the CLI's stage commands, which catch that,
+    report it as a one-line error."""
+
+
+def _check_ours(folder: Path, kind: str) -> None:
+    """Refuse to replace ``folder`` unless it is absent, empty, or a ``kind`` folder written by this project."""
+    if not folder.exists():
+        return
+    if folder.is_dir() and not any(folder.iterdir()):
+        return
+    key = _MARKER[kind]
+    try:
+        meta = json.loads((folder / "meta.json").read_text()) if folder.is_dir() else None
+    except (OSError, ValueError):
+        meta = None
+    if not (isinstance(meta, dict) and key in meta):
+        raise NotOurFolderError(
+            f"{folder} exists and is not a {kind} folder (no meta.json with {key!r}); refusing to replace it: "
+            f"remove it or choose another folder")
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def _swap_in(new: Path, folder: Path) -> None:
+    """Put ``new`` at ``folder``: the old folder is renamed aside first and deleted only once ``new`` is in place (if
+    that rename fails the old folder goes back), so at every moment one of the two complete folders exists."""
+    if not folder.exists():
+        new.rename(folder)
+        return
+    old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+    _remove(old)
+    folder.rename(old)
+    try:
+        new.rename(folder)
+    except BaseException:
+        old.rename(folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _staged(folder: Path, kind: str) -> Iterator[Path]:
+    """Build a ``kind`` folder whole in a temporary sibling (``.<name>.tmp-<pid>``), yielded; it replaces ``folder``
+    only when the body succeeds, so stale parts of a bigger earlier run do not survive and a failed stage leaves the
+    existing folder untouched (the temporary one is removed either way). A folder that is not one of ours is refused
+    before anything is written. A symlinked folder is rewritten where it points."""
+    folder = Path(folder)
+    real = folder.resolve() if folder.is_symlink() else folder
+    _check_ours(real, kind)
+    real.parent.mkdir(parents=True, exist_ok=True)
+    tmp = real.parent / f".{real.name}.tmp-{os.getpid()}"
+    _remove(tmp)  # left by a killed run of a process with the same id
+    tmp.mkdir()
+    try:
+        yield tmp
+        _swap_in(tmp, real)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _moved(path: Path | None, tmp: Path, folder: Path) -> Path | None:
+    """Where a file written under the temporary folder ``tmp`` lies once it became ``folder``."""
+    if path is None or not Path(path).is_relative_to(tmp):
+        return path
+    return folder / Path(path).relative_to(tmp)
 
 
 def simulate(cfg: AIGQConfig, tracker: Tracker, out: Path | None = None,
              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     from aigq.data.simulate import simulate_world
 
-    world = _fresh(out or cfg.world_dir())
-    with tracker.run("simulate", cfg, tags={"aigq.world": str(world)}):
+    world = Path(out or cfg.world_dir())
+    with _staged(world, "world") as tmp, tracker.run("simulate", cfg, tags={"aigq.world": str(world)}):
         t0 = time.perf_counter()
-        meta = simulate_world(cfg.world, cfg.run.seed, world, progress)
+        meta = simulate_world(cfg.world, cfg.run.seed, tmp, progress)
         meta["seconds"] = round(time.perf_counter() - t0, 3)
         tracker.metrics({f"world.{k}": v for k, v in meta.items() if isinstance(v, int | float)})
         tracker.metrics({f"world.injected_malformed.{k}": v for k, v in meta["injected_malformed"].items()})
@@ -42,15 +120,33 @@ def simulate(cfg: AIGQConfig, tracker: Tracker, out: Path | None = None,
 def import_log(cfg: AIGQConfig, tracker: Tracker, path: Path, out: Path | None = None):
     from aigq.data.importer import import_log as _import
 
-    world = _fresh(out or cfg.world_dir())
-    with tracker.run("import-log", cfg, tags={"aigq.input": str(path)}):
-        report = _import(path, world, cfg.importer)
+    world = Path(out or cfg.world_dir())
+    rejects = world.parent / f"{world.name}.rejected-import.parquet"  # a failed import's rows, with reasons
+    with _staged(world, "world") as tmp, tracker.run("import-log", cfg, tags={"aigq.input": str(path)}):
+        try:
+            report = _import(path, tmp, cfg.importer)
+        except NotALogError as exc:
+            _keep_rejects(exc, tmp, rejects)
         tracker.metrics({"import.rows_in": report.rows_in, "import.rows_ok": report.rows_ok,
                          "import.rejected": report.rejected,
                          **{f"import.rejected.{k}": v for k, v in report.by_reason.items()}})
         if report.quarantine is not None:
             tracker.artifact(report.quarantine, "quarantine")
+    rejects.unlink(missing_ok=True)  # an earlier failed attempt's rows are stale now
+    report.world, report.quarantine = world, _moved(report.quarantine, tmp, world)
+    for side in report.side.values():
+        side.quarantine = _moved(side.quarantine, tmp, world)
     return report
+
+
+def _keep_rejects(exc: NotALogError, tmp: Path, rejects: Path) -> NoReturn:
+    """Re-raise a failed import's error; the rejected rows its message points to (``see <tmp>/quarantine/...``) are
+    moved out of the temporary folder, which is removed, to ``rejects`` beside the untouched world."""
+    written = tmp / QUARANTINE / "import.parquet"
+    if str(written) not in str(exc) or not written.is_file():
+        raise exc
+    shutil.move(written, rejects)
+    raise NotALogError(str(exc).replace(str(written), str(rejects))) from exc
 
 
 def validate(world: Path, tracker: Tracker):
@@ -68,17 +164,18 @@ def build_samples(cfg: AIGQConfig, tracker: Tracker, world: Path | None = None,
     from aigq.data.samples import build_samples_to
 
     world = world or cfg.world_dir()
-    out = _fresh(out or cfg.samples_dir())
-    with tracker.run("build-samples", cfg, tags={"aigq.world": str(world), "aigq.samples": str(out)}):
+    out = Path(out or cfg.samples_dir())
+    with (_staged(out, "samples") as tmp,
+          tracker.run("build-samples", cfg, tags={"aigq.world": str(world), "aigq.samples": str(out)})):
         t0 = time.perf_counter()
-        validated = validate(world, tracker)
+        validated = validate(world, tracker)  # writes world/quarantine/ in the world folder itself
         t1 = time.perf_counter()
         stats = build_samples_to(validated.tables, validated.meta["start_date"], int(validated.meta["days"]),
-                                 cfg.samples, out)
+                                 cfg.samples, tmp)
         t2 = time.perf_counter()
         tracker.metrics({f"samples.{k}": v for k, v in stats.items()})
         tracker.metrics({"seconds.validate": t1 - t0, "seconds.build": t2 - t1})
-        tracker.artifact(out / "meta.json", "samples")
+        tracker.artifact(tmp / "meta.json", "samples")
     return validated, stats
 
 
