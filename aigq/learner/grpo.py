@@ -22,14 +22,20 @@ SEP = -1  # separator / trailing / rationale token: sequence advantage only
 def group_normalise(x: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
     """(x − μ) / sqrt(σ² + ε) along dim 0 (the G rollouts of a group), population variance (1/G), ε inside the
     square root (Eqs. 12–13). ``mask`` (same shape, bool) excludes entries from the statistics (a rollout that has
-    no slot j); excluded entries come back as 0."""
+    no slot j); excluded entries come back as 0.
+
+    Deviations are measured from one member of each column first (x − x_ref, mathematically a no-op): equal
+    rewards then give deviations, μ and σ² of exactly 0, so a group without variance gets exactly 0 (a float mean
+    of equal values can be off by an ulp, which ε^-½ would blow up). Callers pass float64 for exact statistics."""
     if mask is None:
         mask = torch.ones_like(x, dtype=torch.bool)
     m = mask.to(x.dtype)
     n = m.sum(0).clamp_min(1.0)
-    mu = (x * m).sum(0) / n
-    var = (((x - mu) ** 2) * m).sum(0) / n
-    return torch.where(mask, (x - mu) / torch.sqrt(var + eps), torch.zeros_like(x))
+    ref = x.gather(0, mask.long().argmax(0, keepdim=True))  # the first member of each column
+    d = torch.where(mask, x - ref, torch.zeros_like(x))
+    mu = d.sum(0) / n
+    var = (((d - mu) ** 2) * m).sum(0) / n
+    return torch.where(mask, (d - mu) / torch.sqrt(var + eps), torch.zeros_like(x))
 
 
 def sequence_advantage(r_seq: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
