@@ -185,6 +185,20 @@ def test_bad_requests_get_4xx_with_message(served, path):
     assert requests.get(served["url"] + "/hintq/nope", timeout=10).status_code == 404
 
 
+def test_documented_hintq_call_and_bad_ts_through_serve(served):
+    """README: ``curl -s -X POST localhost:8000/hintq -d '{"user_id": 7}'`` — no trailing slash, a form content
+    type, and curl does not follow a redirect; and a ``ts`` that used to poison the user is a 422 (issue 19)."""
+    url = served["url"]
+    for path in ("/hintq", "/hintq/"):
+        r = requests.post(url + path, data=b'{"user_id": 7}', allow_redirects=False,
+                          headers={"content-type": "application/x-www-form-urlencoded"}, timeout=10)
+        assert r.status_code == 200 and "queries" in r.json(), (path, r.status_code, r.text)
+    r = requests.post(f"{url}/direct/events/", allow_redirects=False, timeout=10,
+                      json={"events": [{"user_id": 7, "type": "search", "content": "x", "ts": 1e20}]})
+    assert r.status_code == 422 and "events.0.ts" in r.json()["error"][0], r.text
+    assert requests.post(f"{url}/hintq", json={"user_id": 7}, allow_redirects=False, timeout=10).status_code == 200
+
+
 def test_overload_gets_429(served):
     url = served["url"] + "/hintq_tight"
 

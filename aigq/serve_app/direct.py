@@ -30,7 +30,14 @@ from ray.serve.handle import DeploymentHandle
 
 from aigq.data import prompt as P
 from aigq.serve_app.common import app_context
-from aigq.serve_app.models import CacheResponse, EventsRequest, EventsResponse, install_error_handlers, parse_body
+from aigq.serve_app.models import (
+    MAX_CLOCK_SKEW_S,
+    CacheResponse,
+    EventsRequest,
+    EventsResponse,
+    install_error_handlers,
+    parse_body,
+)
 from aigq.serve_app.policy import PolicyHolder
 from aigq.serve_app.records import ITEM_TYPES, Behaviour, DirectRun, Records
 
@@ -140,7 +147,8 @@ class DirectIngress:
     @app.post("/events", status_code=202, response_model=EventsResponse)
     async def events(self, request: Request) -> EventsResponse:
         sc = self.ctx.cfg.serve
-        body: EventsRequest = await parse_body(request, EventsRequest, sc.max_body_bytes)
+        window = self.ctx.records.ts_window(self.ctx.cfg.samples.history_days, MAX_CLOCK_SKEW_S)
+        body: EventsRequest = await parse_body(request, EventsRequest, sc.max_body_bytes, {"ts_window": window})
         if len(body.events) > sc.max_events_per_request:
             return JSONResponse({"error": f"{len(body.events)} events exceed the limit of "
                                           f"{sc.max_events_per_request} per request"}, status_code=413)

@@ -1,25 +1,38 @@
 """Request and response models of the three apps, and the strict body parser every JSON endpoint uses.
 
 Bad requests get a 4xx with a message, never a 5xx or a stack trace: oversized body → 413, invalid UTF-8 or
-malformed JSON → 400, missing fields / wrong types / unknown fields → 422 listing each problem. Types are strict
-(``"7"`` is not a user id).
+malformed JSON (or a number too long to convert) → 400, missing fields / wrong types / unknown fields / values out
+of range → 422 listing each problem. Types are strict (``"7"`` is not a user id). An event's ``ts`` must be a finite
+number inside the serving store's window (:meth:`Records.ts_window`: from the start of the history window to now +
+``MAX_CLOCK_SKEW_S``): one stored far-future or overflowing timestamp would otherwise sit at the head of the user's
+behaviours for good. Every app answers its paths with or without a trailing slash (``POST /hintq`` and
+``POST /hintq/``), never with a redirect.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from aigq.serve_app.records import MAX_TS
 
 log = logging.getLogger("aigq.serve")
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512)]
+MAX_TEXT_CHARS = 512  # a query, an item text, a Think trigger
+MAX_CATEGORY_CHARS = 128
+# An event's ts may be this far after the serving clock's now (clients' clocks drift; [GAP], ours). Under a
+# replayed world clock "now" is the end of the serving day: that day's events carry the world's time of day.
+MAX_CLOCK_SKEW_S = 300.0
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_CHARS)]
 UserId = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
@@ -34,9 +47,29 @@ class Event(_Strict):
     user_id: UserId
     type: Literal["search", "click", "cart", "buy"]
     content: Text  # the searched query, or the item's text
-    ts: float | None = Field(None, ge=0)  # epoch seconds; None → now (the serving clock)
-    category: Annotated[str, StringConstraints(max_length=128)] | None = None
+    # epoch seconds; None → now (the serving clock). Finite and below year 10000 always; inside the store's window
+    # (``ts_window`` in the validation context, given by the endpoint) from the history window's start to now + skew
+    ts: float | None = Field(None, ge=0, lt=MAX_TS, allow_inf_nan=False)
+    category: Annotated[str, StringConstraints(max_length=MAX_CATEGORY_CHARS)] | None = None
     profile: dict[str, str | int] | None = None  # gender, age, occupation, city (optional, latest wins)
+
+    @field_validator("ts")
+    @classmethod
+    def _ts_in_window(cls, ts: float | None, info: ValidationInfo) -> float | None:
+        window = (info.context or {}).get("ts_window")
+        if ts is None or window is None:
+            return ts
+        earliest, latest = window
+        if ts < earliest:
+            raise ValueError(f"{ts:.0f} is before the history window, which starts at {_iso(earliest)}")
+        if ts > latest:
+            raise ValueError(f"{ts:.0f} is in the future: after {_iso(latest)} (now + {MAX_CLOCK_SKEW_S:.0f} s of "
+                             f"clock skew)")
+        return ts
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 class EventsRequest(_Strict):
@@ -104,8 +137,10 @@ class HintQResponse(BaseModel):
 # ---------------------------------------------------------------- parsing and error handling
 
 
-async def parse_body(request: Request, model: type[BaseModel], max_bytes: int) -> Any:
-    """Read at most ``max_bytes`` of the body and validate it into ``model``; 4xx with a message otherwise."""
+async def parse_body(request: Request, model: type[BaseModel], max_bytes: int,
+                     context: dict[str, Any] | None = None) -> Any:
+    """Read at most ``max_bytes`` of the body and validate it into ``model`` (``context``: the validators'
+    ``info.context``); 4xx with a message otherwise."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -130,10 +165,12 @@ async def parse_body(request: Request, model: type[BaseModel], max_bytes: int) -
     except (json.JSONDecodeError, RecursionError) as exc:
         raise HTTPException(400, f"malformed JSON: {getattr(exc, 'msg', 'nested too deeply')} "
                                  f"(line {getattr(exc, 'lineno', '?')}, column {getattr(exc, 'colno', '?')})") from None
+    except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() digits
+        raise HTTPException(400, f"malformed JSON: {exc}") from None
     if not isinstance(data, dict):
         raise HTTPException(422, f"expected a JSON object, got {type(data).__name__}")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         raise HTTPException(422, validation_messages(exc)) from None
 
@@ -147,8 +184,31 @@ def validation_messages(exc: ValidationError | RequestValidationError) -> list[s
     return out
 
 
+class _NoSlashRedirect:
+    """ASGI middleware: a path with a trailing slash is answered as the path without it, and the app's root without
+    one (``/hintq`` under the route prefix ``/hintq``, where Serve's proxy leaves a route path of ``""``) as ``/``,
+    where Starlette would answer 307: curl and most clients do not follow a redirect of a POST."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            path, root = scope["path"], scope.get("root_path", "")
+            rel = path[len(root):] if root and path.startswith(root) else path
+            fixed = path + "/" if rel == "" else path[:-1] if len(rel) > 1 and rel.endswith("/") else None
+            if fixed is not None:
+                scope = dict(scope, path=fixed)
+                raw = scope.get("raw_path")
+                if raw is not None:
+                    scope["raw_path"] = raw + b"/" if rel == "" else raw[:-1] if raw.endswith(b"/") else raw
+        await self.app(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """JSON error bodies everywhere; unexpected exceptions are logged and answered with a 500 without internals."""
+    """JSON error bodies everywhere; unexpected exceptions are logged and answered with a 500 without internals;
+    no 307 for a missing or extra trailing slash (:class:`_NoSlashRedirect`)."""
+    app.add_middleware(_NoSlashRedirect)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:

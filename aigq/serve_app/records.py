@@ -15,6 +15,7 @@ Keys (under the store's prefix):
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -24,6 +25,7 @@ from aigq.rewards.context import UserContext
 from aigq.serve_app.store import Store
 
 ITEM_TYPES = ("click", "cart", "buy")
+MAX_TS = 253402300800.0  # 10000-01-01T00:00:00Z: a timestamp must be a datetime (what the context builder makes)
 
 
 def norm(text: str) -> str:
@@ -102,16 +104,31 @@ class Records:
                               for u, bs in behaviours.items()})
 
     def get_behaviours(self, user: int) -> list[Behaviour]:
-        out = [Behaviour(**json.loads(v)) for v in self.store.lrange(f"u:{user}:beh")]
+        """The user's behaviours, newest first; rows that are not a behaviour with a finite timestamp in [0,
+        MAX_TS) — written before ``ts`` was bounded, or by hand — are skipped, not an error for every read."""
+        out = [b for b in map(_behaviour, self.store.lrange(f"u:{user}:beh")) if b is not None]
         return sorted(out, key=lambda b: -b.ts)
 
-    def context(self, user: int, history_days: int = 30) -> tuple[UserContext, list[Behaviour]]:
-        """(CTR/prompt context with days-ago relative to the serving day, the raw behaviours newest first)."""
+    def ts_window(self, history_days: int, skew_s: float) -> tuple[float, float]:
+        """The event timestamps the store accepts: from the first day that :meth:`context` shows (the serving day −
+        ``history_days``) to now + ``skew_s``, where now is the end of the serving day under a replayed world clock
+        (``meta:clock`` set), else the wall clock."""
         today = self.today()
-        behs = self.get_behaviours(user)
-        rows = []
-        for b in behs:
+        world = self.clock == "world" and self.store.get("meta:clock") is not None
+        now = day_start_ts(next_day(today)) if world else time.time()
+        return day_start_ts(today - timedelta(days=history_days)), now + skew_s
+
+    def context(self, user: int, history_days: int = 30) -> tuple[UserContext, list[Behaviour]]:
+        """(CTR/prompt context with days-ago relative to the serving day, the raw behaviours newest first).
+        Behaviours dated more than a day after the serving day are left out of both (stored before ``ts`` was
+        bounded, they would stay the user's newest behaviour for good)."""
+        today = self.today()
+        behs, rows = [], []
+        for b in self.get_behaviours(user):
             d = (today - datetime.fromtimestamp(b.ts, UTC).date()).days
+            if d < -1:
+                continue
+            behs.append(b)
             if d <= history_days:
                 rows.append((max(d, 0), b.type, b.content))
         prof = {k: str(v) for k, v in (self.get_profile(user) or {}).items() if v is not None}
@@ -181,6 +198,17 @@ class Records:
         keys = [norm(q) for q in queries]
         vals = self.store.mget([f"fb:co:{k}" for k in keys])
         return {k: [(q, float(s)) for q, s in json.loads(v)] for k, v in zip(keys, vals, strict=True) if v}
+
+
+def _behaviour(raw: str) -> Behaviour | None:
+    try:
+        v = json.loads(raw)
+        b = Behaviour(**v) if isinstance(v, dict) else None
+    except (ValueError, TypeError):
+        return None
+    ok = (b is not None and type(b.ts) in (int, float) and math.isfinite(b.ts) and 0 <= b.ts < MAX_TS
+          and isinstance(b.type, str) and isinstance(b.content, str))
+    return b if ok else None
 
 
 def day_start_ts(d: date) -> float:

@@ -1,0 +1,223 @@
+"""Hostile inputs to the serving apps, in process (no Ray, no Serve): each app's own FastAPI ingress, called through
+Starlette's TestClient with the scope Serve's proxy gives it (``root_path`` = the route prefix, the path in full),
+the deployment instance injected where Serve's replica context would give it. Issue 19 items 4, 6 and 7: a bad
+``ts`` cannot poison a user, bad stored rows cannot 500 HintQ, ``/hintq`` answers without a trailing slash, and
+every malformed ``/direct/events`` body gets a 4xx with a message."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_EVENTS = 5
+
+
+def _user_class(deployment):
+    """The class as written, under Serve's ingress wrapper (``@serve.deployment @serve.ingress(app) class …``)."""
+    return deployment.func_or_class.__bases__[0]
+
+
+@pytest.fixture
+def apps(tmp_path, monkeypatch):
+    """``client(name)`` → a TestClient on the ``direct``, ``hintq`` or ``think`` app; ``ctx`` is their AppContext."""
+    import ray.serve
+
+    from aigq.serve_app import direct, hintq, think
+    from aigq.serve_app.common import app_context
+    from aigq.serve_app.hintq import HintQCore
+
+    cfg_file = tmp_path / "aigq.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "run": {"output_dir": str(tmp_path / "out")}, "tracking": {"enabled": False},
+        "ctr": {"dir": str(tmp_path / "no-ctr")},
+        "serve": {"sqlite_path": str(tmp_path / "store.db"), "signal_min_interval_s": 0, "clock": "wall",
+                  "max_events_per_request": MAX_EVENTS}}))
+    args = {"config": str(cfg_file), "root": str(REPO)}
+    generated = []
+
+    async def generate(job):
+        generated.append(job)
+
+    d = _user_class(direct.DirectIngress)(args, SimpleNamespace(generate=SimpleNamespace(remote=generate)))
+    h = object.__new__(_user_class(hintq.HintQ))  # its __init__ sets torch's thread count for the whole process
+    h.ctx = app_context(args)
+    h.core, h.ctr_path, h.batches, h.scored = HintQCore(h.ctx.records, h.ctx.cfg, None), None, 0, 0
+    t = _user_class(think.ThinkApp)(args)
+    current = {}
+    monkeypatch.setattr(ray.serve, "get_replica_context", lambda: SimpleNamespace(servable_object=current["obj"]))
+    clients = []
+
+    def client(name: str) -> TestClient:
+        mod, obj = {"direct": (direct, d), "hintq": (hintq, h), "think": (think, t)}[name]
+
+        async def bound(scope, receive, send):  # this app's deployment instance is the one its routes get
+            current["obj"] = obj
+            await mod.app(scope, receive, send)
+
+        c = TestClient(bound, root_path=f"/{name}", raise_server_exceptions=False, follow_redirects=False)
+        clients.append(c.__enter__())
+        return c
+
+    yield SimpleNamespace(client=client, ctx=d.ctx, generated=generated)
+    for c in clients:
+        c.__exit__(None, None, None)
+
+
+# ---------------------------------------------------------------- item 6: /hintq and /hintq/
+
+
+def test_hintq_answers_with_and_without_trailing_slash(apps):
+    apps.ctx.records.write_fallback([("sofa", 1.0), ("area rug", 0.5), ("desk lamp", 0.4)], {})
+    c = apps.client("hintq")
+    for path in ("/hintq", "/hintq/"):
+        # curl -s -X POST localhost:8000/hintq -d '{"user_id": 7}' (the README's example: a form content type)
+        r = c.post(path, content=b'{"user_id": 7}', headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 200, (path, r.status_code, r.headers.get("location"), r.text)
+        assert [s["query"] for s in r.json()["queries"]] == ["sofa", "area rug", "desk lamp"]
+    assert c.get("/hintq/status").status_code == 200 and c.post("/hintq/nope", json={}).status_code in (404, 405)
+
+
+@pytest.mark.parametrize("app,path,body", [
+    ("direct", "/direct/events", {"events": [{"user_id": 1, "type": "search", "content": "lamp"}]}),
+    ("think", "/think/lookup", {"triggers": ["lamp"]}),
+])
+def test_other_post_endpoints_answer_with_and_without_trailing_slash(apps, app, path, body):
+    c = apps.client(app)
+    for p in (path, path + "/"):
+        r = c.post(p, json=body)
+        assert 200 <= r.status_code < 300, (p, r.status_code, r.headers.get("location"), r.text)
+
+
+# ---------------------------------------------------------------- items 4 and 7: /direct/events bodies
+
+
+def _event(**kw):
+    return {"user_id": 1, "type": "click", "content": "oak desk", **kw}
+
+
+def _bad_event_bodies(now: float) -> list[tuple[str, bytes]]:
+    day = 86400.0
+    raw = [
+        ("ts Infinity", b'{"events": [{"user_id": 1, "type": "search", "content": "x", "ts": Infinity}]}'),
+        ("ts -Infinity", b'{"events": [{"user_id": 1, "type": "search", "content": "x", "ts": -Infinity}]}'),
+        ("ts NaN", b'{"events": [{"user_id": 1, "type": "search", "content": "x", "ts": NaN}]}'),
+        ("ts 1e400", b'{"events": [{"user_id": 1, "type": "search", "content": "x", "ts": 1e400}]}'),
+        ("huge int user id", b'{"events": [{"user_id": ' + b"9" * 5000 + b', "type": "search", "content": "x"}]}'),
+    ]
+    bodies = [
+        ("ts 1e20", [_event(ts=1e20)]),
+        ("ts far future", [_event(ts=now + 365 * day)]),
+        ("ts tomorrow", [_event(ts=now + day)]),
+        ("ts before the history window", [_event(ts=now - 400 * day)]),
+        ("ts epoch", [_event(ts=0.0)]),
+        ("ts negative", [_event(ts=-5.0)]),
+        ("ts string", [_event(ts="2024-01-01")]),
+        ("ts bool", [_event(ts=True)]),
+        ("user id bool", [_event(user_id=True)]),
+        ("user id float", [_event(user_id=7.0)]),
+        ("user id 2^63", [_event(user_id=2**63)]),
+        ("user id negative", [_event(user_id=-1)]),
+        ("user id null", [_event(user_id=None)]),
+        ("content too long", [_event(content="x" * 513)]),
+        ("content empty", [_event(content="   ")]),
+        ("category too long", [_event(category="c" * 129)]),
+        ("category not a string", [_event(category=["desks"])]),
+        ("type unknown", [_event(type="teleport")]),
+        ("too many events", [_event(content=f"desk {i}") for i in range(MAX_EVENTS + 1)]),
+        ("no events", []),
+        ("events not a list", {"user_id": 1}),
+        ("unknown event field", [_event(price=3)]),
+        ("profile not an object", [_event(profile="female")]),
+    ]
+    return raw + [(name, json.dumps({"events": evs}).encode()) for name, evs in bodies]
+
+
+def test_malformed_event_bodies_get_4xx_with_message(apps):
+    c = apps.client("direct")
+    for name, body in _bad_event_bodies(time.time()):
+        r = c.post("/direct/events", content=body, headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500, (name, r.status_code, r.text[:300])
+        err = r.json()["error"]
+        assert err and "Traceback" not in r.text, (name, r.text[:300])
+        if name.startswith("ts"):
+            assert r.status_code == 422 and "events.0.ts" in str(err), (name, err)
+    assert apps.ctx.records.get_behaviours(1) == []  # nothing of a rejected request is stored
+    assert apps.generated == []
+
+
+def test_events_in_the_window_are_accepted(apps):
+    c = apps.client("direct")
+    now = time.time()
+    evs = [_event(ts=now - 86400 * 20, content="old desk"), _event(ts=now + 30, type="search", content="lamp"),
+           _event(ts=float(int(now)), content="chair"), _event(content="sofa")]  # ts an integer; no ts = now
+    r = c.post("/direct/events", json={"events": evs})
+    assert r.status_code == 202, r.text
+    assert {b.content for b in apps.ctx.records.get_behaviours(1)} == {"lamp", "sofa", "chair", "old desk"}
+    r = c.post("/direct/events", json={"events": [_event(ts=int(now) - 60)]})  # an int ts is a number of seconds
+    assert r.status_code == 202, r.text
+
+
+def test_a_bad_ts_does_not_poison_the_user(apps):
+    """The issue's measurement: ``"ts": 1e20`` was answered 202, and every later /hintq for the user was a 500."""
+    apps.ctx.records.write_fallback([("sofa", 1.0), ("area rug", 0.5), ("desk lamp", 0.4)], {})
+    d, h = apps.client("direct"), apps.client("hintq")
+    for ts in (1e20, 253402300800.0, time.time() + 10 * 86400):
+        r = d.post("/direct/events", json={"events": [{"user_id": 7, "type": "search", "content": "x", "ts": ts}]})
+        assert r.status_code == 422, (ts, r.status_code, r.text)
+        assert h.post("/hintq/", json={"user_id": 7}).status_code == 200
+
+
+# ---------------------------------------------------------------- item 4: bad rows already in the store
+
+
+def test_bad_stored_behaviours_do_not_break_hintq_or_direct(apps):
+    from aigq.serve_app.direct import user_prompt
+    from aigq.serve_app.hintq import HintQCore
+
+    rec, cfg = apps.ctx.records, apps.ctx.cfg
+    now = time.time()
+    rec.write_fallback([("sofa", 1.0), ("area rug", 0.5), ("desk lamp", 0.4)], {})
+    rec.write_think_index("v1", {"q:garden hose": [("hose reel", 0.9)]}, {"day": 0})
+    good = {"ts": now - 3600, "type": "search", "content": "garden hose", "category": None}
+    bad = [json.dumps({**good, "ts": ts, "content": f"bad {i}"})
+           for i, ts in enumerate([1e20, math.inf, -math.inf, math.nan, -1e20, 1e300, now + 3 * 365 * 86400])]
+    bad += ["not json", "[1, 2]", json.dumps({"ts": now}), json.dumps({**good, "ts": "yesterday"}),
+            json.dumps({**good, "ts": True, "content": "bool ts"})]
+    rec.store.push("u:7:beh", json.dumps(good), 50)
+    for row in bad:
+        rec.store.push("u:7:beh", row, 50)  # newest first: every bad row is "newer" than the good one
+
+    ctx, behs = rec.context(7, cfg.samples.history_days)
+    assert [b.content for b in behs] == ["garden hose"] and [r[2] for r in ctx.behaviours] == ["garden hose"]
+    out = HintQCore(rec, cfg, None).answer(7)
+    assert {"query": "hose reel", "source": "think", "recall_score": 0.9, "score": 0.9} in out["queries"]
+    assert "garden hose" in user_prompt(rec, 7, cfg.samples) and "bad" not in user_prompt(rec, 7, cfg.samples)
+    r = apps.client("hintq").post("/hintq/", json={"user_id": 7})
+    assert r.status_code == 200 and "hose reel" in {s["query"] for s in r.json()["queries"]}, r.text
+
+
+def test_ts_window_follows_the_serving_clock(tmp_path):
+    from datetime import date
+
+    from aigq.serve_app.models import MAX_CLOCK_SKEW_S
+    from aigq.serve_app.records import Records, day_start_ts
+    from aigq.serve_app.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "s.db")
+    wall = Records(store, clock="wall")
+    lo, hi = wall.ts_window(30, MAX_CLOCK_SKEW_S)
+    today = wall.today()
+    assert lo == day_start_ts(date.fromordinal(today.toordinal() - 30))
+    assert abs(hi - (time.time() + MAX_CLOCK_SKEW_S)) < 5
+    world = Records(store, clock="world")
+    world.set_serving_day(date(2024, 3, 10))  # a replayed world: the serving day's events carry its time of day
+    assert world.ts_window(30, 60.0) == (day_start_ts(date(2024, 2, 9)), day_start_ts(date(2024, 3, 11)) + 60.0)
+    store.close()
