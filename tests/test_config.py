@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from aigq.config import ConfigError, flatten, load_config, parse_overrides
 
@@ -17,11 +18,32 @@ def test_tiny_config_loads_with_dotted_overrides():
     assert cfg.world.malformed_rate == 0.002  # from the file, untouched by overrides
 
 
+# configs/*.yaml that are not AIGQ configs, each checked where it is used
+NOT_AIGQ = {"serve.yaml": "Ray Serve's deploy file (tests/test_serve_apps.py deploys it)",
+            "runtime_env.yaml": "Ray's job runtime environment (tests/test_job_submit.py submits with it)"}
+KNOWN = {"tiny_cpu.yaml", "smollm2_cpu.yaml", "qwen3_gpu.yaml", "search_log.yaml"}
+
+
+def _plain(v):
+    return [_plain(x) for x in v] if isinstance(v, list | tuple) else v
+
+
 def test_every_config_in_repo_is_valid():
-    for path in (ROOT / "configs").glob("*.yaml"):
-        if path.name in {"serve.yaml", "runtime_env.yaml"}:
+    """Every AIGQ config under configs/ loads, and every value it sets is the value the loaded config holds."""
+    found = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
+    assert KNOWN | set(NOT_AIGQ) <= set(found), f"configs/ holds {found}"
+    checked = []
+    for name in found:
+        if name in NOT_AIGQ:
             continue
-        load_config(path)
+        path = ROOT / "configs" / name
+        data = yaml.safe_load(path.read_text())
+        assert isinstance(data, dict) and data, f"{name} sets nothing"
+        loaded = flatten(load_config(path))
+        for key, value in flatten(data).items():
+            assert _plain(loaded[key]) == _plain(value), f"{name}: {key} = {value!r} loaded as {loaded[key]!r}"
+        checked.append(name)
+    assert KNOWN <= set(checked)
 
 
 @pytest.mark.parametrize(

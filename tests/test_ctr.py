@@ -17,7 +17,7 @@ from aigq.evaluation.ctr_oracle import oracle_spearman
 from aigq.rewards.context import UserContext
 from aigq.rewards.ctr import CTRScorer, Featurizer, load_categories, load_model
 from aigq.rewards.ctr_categories import CategoryIndex, match_features
-from aigq.rewards.ctr_train import auc, log_loss, rankdata, spearman, train_day
+from aigq.rewards.ctr_train import auc, click_data, log_loss, rankdata, spearman, train_day
 
 CFG = CTRConfig(hash_buckets=1 << 15, epochs_cold=3, epochs_warm=2, eval_days=2)
 
@@ -47,11 +47,23 @@ def test_held_out_auc_beats_popularity_and_ranks_like_the_hidden_model(trained):
     assert m["eval.impressions"] > 300
     print(f"\nsmall world: AUC {m['eval.auc']:.3f} vs popularity {m['eval.popularity_auc']:.3f}, "
           f"log-loss {m['eval.logloss']:.3f} (base rate {m['eval.logloss_base_rate']:.3f})")
-    assert m["eval.auc"] >= m["eval.popularity_auc"] + 0.05
+    # measured: AUC 0.743 vs popularity 0.479; a model blind to the user context reaches only 0.573
+    assert m["eval.auc"] >= m["eval.popularity_auc"] + 0.15
     assert m["eval.logloss"] < m["eval.logloss_base_rate"]
+    # the lift comes from the user's context: the same model scoring each held-out impression with another user's
+    # context, or with none, loses it (measured 0.743 → 0.569 shuffled, 0.570 empty; a context-blind model: lift 0)
+    scorer = CTRScorer.load(res.folder)
+    held = click_data(v.tables, v.meta["start_date"], res.eval_days, scorer.cfg)
+    y, qs, ctx = held.imp["clicked"].to_numpy(), held.imp["query"].to_list(), held.imp["ctx"].to_numpy()
+    own = auc(y, scorer.score(held.contexts, ctx, qs))
+    assert own == pytest.approx(m["eval.auc"])
+    perm = np.random.default_rng(0).permutation(len(held.contexts))
+    shuffled = auc(y, scorer.score([held.contexts[i] for i in perm], ctx, qs))
+    empty = auc(y, scorer.score([UserContext()], np.zeros(len(qs), np.int64), qs))
+    print(f"small world: AUC with the user's context {own:.3f}, another user's {shuffled:.3f}, none {empty:.3f}")
+    assert own >= max(shuffled, empty) + 0.08
     # position bias is learned, not baked into relevance: lower slots are examined less
     assert 1.0 == m["model.examination_slot0"] > m["model.examination_slot1"] > m["model.examination_slot2"]
-    scorer = CTRScorer.load(res.folder)
     o = oracle_spearman(world, v.tables, v.meta["start_date"], res.eval_days, scorer, scorer.cfg)
     print(f"small world: Spearman vs hidden model {o['oracle.spearman']:.3f} over {o['oracle.pairs']} pairs")
     # 500 users / 10 train days (measured 0.23); the 1000-user / 30-day figure is measured by `aigq train-ctr`.
@@ -113,18 +125,78 @@ def test_warm_start_from_previous_day_eq15(trained):
     assert torch.equal(load_model(res10.folder)[0].state_dict()["exam"], before["exam"])  # day 10 untouched
 
 
+# Modules outside aigq/evaluation/ (the evaluators: the simulated A/B and the test-only ctr_oracle) that may reach
+# the simulator's hidden model, each with its reason. Everything else under aigq/ — samples, SFT, the CTR model,
+# rewards, GRPO, rollout, serving, the CLI — must not.
+HIDDEN_ALLOWED = {
+    "data/hidden.py": "the hidden model itself: world/hidden's paths and reader",
+    "data/simulate.py": "the simulator writes world/hidden (click model, interests) beside the public logs",
+    "loop.py": "the daily loop's simulated day T+1: the hidden click model clicks what the deployed HintQ shows",
+    "loop_runner.py": "builds that day simulation's HiddenModel; each day's training reads only copied public tables",
+    "cli_rewards.py": "`aigq train-ctr --oracle`: after training, runs the test-only ctr_oracle when world/hidden exists",
+}
+HIDDEN_MODULES = ("aigq.data.hidden", "aigq.evaluation.ctr_oracle")
+HIDDEN_FILES = {"hidden", "click_model.json"}  # world/hidden/..., read directly as a path
+
+
+def _hidden_uses(path: Path, root: Path) -> list[str]:
+    """In one source file under ``root`` (the aigq/ folder): imports of the hidden model or the oracle (absolute or
+    relative; the module or a name from it) and path joins onto world/hidden (``x / "hidden"``, ``joinpath``)."""
+    package = ["aigq", *path.relative_to(root).parent.parts]
+    uses = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        found: set[str] = set()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                base = package[: len(package) - node.level + 1] if node.level else []
+                mod = ".".join([*base, *([node.module] if node.module else [])])
+                targets = [mod] + [f"{mod}.{a.name}" for a in node.names]
+            found = {t for t in targets if any(t == m or t.startswith(m + ".") for m in HIDDEN_MODULES)
+                     or "hidden" in t.rsplit(".", 1)[-1].lower()}
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            found = {f"path / {c.value!r}" for c in (node.left, node.right)
+                     if isinstance(c, ast.Constant) and c.value in HIDDEN_FILES}
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("joinpath", "join"):
+            found = {f"path join {c.value!r}" for c in node.args if isinstance(c, ast.Constant) and c.value in HIDDEN_FILES}
+        uses += [f"{path.relative_to(root).as_posix()}:{node.lineno}: {t}" for t in sorted(found)]
+    return uses
+
+
 def test_nothing_that_trains_or_scores_reads_the_hidden_model():
-    """Only the test-only evaluator may import aigq.data.hidden (HiddenModel)."""
+    """Only the evaluators (aigq/evaluation/) and the simulator's own modules (HIDDEN_ALLOWED) may import
+    aigq.data.hidden / aigq.evaluation.ctr_oracle or join a path onto world/hidden."""
     root = Path(__file__).resolve().parents[1] / "aigq"
-    offenders = []
-    for folder in ("rewards", "actors"):
-        for f in (root / folder).glob("*.py"):
-            for node in ast.walk(ast.parse(f.read_text())):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import | ast.ImportFrom) else []
-                mod = node.module if isinstance(node, ast.ImportFrom) else ""
-                if "aigq.data.hidden" in (mod or "") or any("hidden" in n or "ctr_oracle" in n for n in names):
-                    offenders.append(f.name)
+    files = sorted(f for f in root.rglob("*.py") if f.relative_to(root).parts[0] != "evaluation")
+    scanned = {f.relative_to(root).as_posix() for f in files}
+    assert {"rewards/ctr.py", "actors/reward.py", "learner/grpo.py", "serve_app/hintq.py", "cli.py",
+            "data/samples.py"} <= scanned  # the whole package is scanned, not a few folders
+    uses = {f.relative_to(root).as_posix(): _hidden_uses(f, root) for f in files}
+    offenders = [u for name, found in uses.items() if name not in HIDDEN_ALLOWED for u in found]
     assert offenders == []
+    # the allow-list stays honest: each entry exists and still needs its exemption
+    assert [name for name in HIDDEN_ALLOWED if not uses.get(name)] == []
+
+
+def test_hidden_model_guard_sees_every_way_in(tmp_path):
+    """The scanner itself: each way of reaching the hidden model is found; the CTR model's "hidden" width is not."""
+    folder = tmp_path / "aigq" / "learner"
+    folder.mkdir(parents=True)
+    cases = {
+        "import aigq.data.hidden": True,
+        "from aigq.data.hidden import HiddenModel": True,
+        "from aigq.data import hidden": True,
+        "from ..data.hidden import click_probability": True,
+        "from ..evaluation.ctr_oracle import oracle_spearman": True,
+        "from aigq.evaluation import ctr_oracle": True,
+        "p = world / 'hidden' / 'interests'": True,
+        "p = Path(world).joinpath('hidden')": True,
+        "arch = {'hidden': 64}\nfrom aigq.data.schema import day_expr\nfrom . import grpo": False,
+    }
+    for code, flagged in cases.items():
+        (folder / "m.py").write_text(code + "\n")
+        assert bool(_hidden_uses(folder / "m.py", tmp_path / "aigq")) == flagged, code
 
 
 def test_category_match_features_hand_worked():

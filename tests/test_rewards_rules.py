@@ -110,6 +110,32 @@ def test_composition_reproduces_hand_computed_rewards():
     assert set(r.summary()) >= {"query.ctr", "query.rouge", "query.total", "seq.format", "seq.rep", "seq.total"}
 
 
+def test_diversity_weight_rewards_the_more_varied_list_hand_computed():
+    """w_diversity > 0: R_seq = w_format·R_fmt + w_rep·R_rep + w_diversity·(1 − mean pairwise similarity)."""
+    pair = {frozenset(("velvet sofa", "desk lamp")): 0.2, frozenset(("velvet sofa", "pool floats")): 0.1,
+            frozenset(("velvet sofa", "velvet sofas")): 0.6}  # every other pair of distinct queries: 0
+
+    def sim(queries):
+        return np.array([[1.0 if a == b else pair.get(frozenset((a, b)), 0.0) for b in queries] for a in queries])
+
+    cfg = CFG.model_copy(update={"w_diversity": 0.5})
+    comp = RewardComposer(cfg, _fixed_ctr({}), expected_count=3, similarity=sim)
+    g = RewardGroup("g", ["velvet sofa ; desk lamp ; pool floats", "velvet sofa ; velvet sofas ; desk lamp"],
+                    ["velvet sofa"], context=UserContext())
+    a, b = comp.score_groups([g])[0].lists
+    # a: mean off-diagonal similarity (0.2 + 0.1 + 0)/3 = 0.1 → diversity 0.9; 3 of 3 queries, no repeat (all
+    #    < 0.75): R_fmt 1, R_rep 0 → R_seq = 1 + 0 + 0.5·0.9 = 1.45
+    # b: (0.6 + 0.2 + 0)/3 = 0.8/3 → diversity 1 − 0.8/3; 0.6 < 0.75 is no repeat → R_seq = 1 + 0.5·(1 − 0.8/3)
+    assert a.seq["format"] == b.seq["format"] == 1.0 and a.seq["rep"] == b.seq["rep"] == 0.0
+    assert a.seq["diversity"] == pytest.approx(0.9) and b.seq["diversity"] == pytest.approx(1 - 0.8 / 3)
+    assert a.seq["total"] == pytest.approx(1.45) and b.seq["total"] == pytest.approx(1 + 0.5 * (1 - 0.8 / 3))
+    assert a.seq["total"] > b.seq["total"]  # the more varied list earns more, never less
+    # the weight moves R_seq only: query rewards are those of w_diversity = 0
+    base = RewardComposer(CFG, _fixed_ctr({}), expected_count=3, similarity=sim).score_groups([g])[0].lists
+    assert [lr.query for lr in base] == [a.query, b.query]
+    assert [lr.seq["total"] for lr in base] == [1.0, 1.0]
+
+
 def test_rewards_clip_to_config_bound():
     cfg = CFG.model_copy(update={"w_rouge": 100.0, "reward_clip": 10.0})
     r = RewardComposer(cfg, None, 1).score_groups([RewardGroup(0, ["sofa"], ["sofa"])])[0]
