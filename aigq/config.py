@@ -401,10 +401,27 @@ class ServeConfig(_Section):
     direct_samples: int = Field(0, ge=0)
     direct_ttl_s: int = Field(7 * 86400, ge=60)  # cache entries older than this are not served ([GAP], ours)
     history_kept: int = Field(50, ge=1)  # behaviours kept per user in the store ([GAP], ours)
+    # every u:{user}:* key (profile, behaviours, signal state) expires this long after the user's last write: 30
+    # days = the default history window, beyond which a silent user's keys would only grow the store ([GAP], ours)
+    user_ttl_s: int = Field(30 * 86400, ge=60)
     signal_types: list[Literal["search", "click", "cart", "buy"]] = ["search"]  # any such event triggers ([GAP], ours)
     signal_new_category_events: int = Field(2, ge=1)  # or k item events in a category new to the user ([GAP], ours)
     signal_min_interval_s: float = Field(10.0, ge=0)  # at most one generation per user per interval ([GAP], ours)
+    # the signal state keeps the user's most recently seen categories (default 200: far more than a user's history
+    # shows) and the most recent not-yet-known ones with their event counts (default 32), so one user's stream of
+    # new categories cannot grow the state without bound ([GAP], ours)
+    signal_categories_kept: int = Field(200, ge=1)
+    signal_pending_kept: int = Field(32, ge=1)
     max_events_per_request: int = Field(1000, ge=1)
+    # one /direct/events request starts generations for at most this many users (default 32, two generator
+    # batches); the other users whose signal fired are stored but deferred to their next event, so one request of
+    # max_events_per_request events cannot start 1,000 LLM runs ([GAP], ours)
+    max_triggered_users_per_request: int = Field(32, ge=1)
+    # generations in flight per DirectIngress replica (default 256 = DirectGenerator's max_queued_requests in
+    # configs/serve.yaml); beyond it a new trigger is dropped, never waited for (counted in /direct/status and the
+    # response; the signal waits for the user's next event), so a burst cannot queue unbounded LLM work or hold
+    # requests open ([GAP], ours)
+    max_pending_generations: int = Field(256, ge=1)
     # AIGQ-Think daily x2q index, Eq. 19: S = α·S_rel + (1 − α)·S_eff
     think_alpha: float = Field(0.7, gt=0, lt=1)  # α ([GAP], ours)
     think_eff_ctr_weight: float = Field(0.5, ge=0, le=1)  # S_eff = w·CTR_norm + (1 − w)·popularity_norm ([GAP], ours)

@@ -3,7 +3,8 @@
 By default runs go to a project-local SQLite store (``<tracking.root>/mlflow.db``) with artifacts beside it
 (``<tracking.root>/artifacts``), so nothing lands in a stray ``./mlruns``. ``$MLFLOW_TRACKING_URI`` (or
 ``tracking.uri``) points the same code at a tracking server. Params are the flattened, resolved config; the config
-itself is logged as ``config.yaml``; pipeline stages are nested runs under one parent run.
+itself is logged as ``config.yaml``; pipeline stages are nested runs under one parent run. Credentials in URLs
+(``serve.redis_url=redis://:secret@host``) are redacted in both (:func:`redacted`).
 
     tracker = Tracker(cfg.tracking)
     with tracker.run("build-samples", cfg):
@@ -18,7 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aigq.config import AIGQConfig, TrackingConfig, dump_yaml, flatten
+import yaml
+
+from aigq.config import AIGQConfig, TrackingConfig, flatten
+from aigq.serve_app.store import redact_url
 
 # Runs are offline: keep MLflow from trying to phone home.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -33,6 +37,16 @@ def tracking_uri(cfg: TrackingConfig) -> str:
     root = Path(cfg.root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def redacted(value: Any) -> Any:
+    """``value`` with the credentials of every URL in it redacted (:func:`redact_url`, a no-op on any other string),
+    through dicts and lists: whatever its key (``serve.redis_url``, ``tracking.uri``, an override list)."""
+    if isinstance(value, dict):
+        return {k: redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redacted(v) for v in value)
+    return redact_url(value) if isinstance(value, str) else value
 
 
 class Tracker:
@@ -74,12 +88,14 @@ class Tracker:
         with mlflow.start_run(run_name=name, nested=nested, tags={"aigq.stage": name, **(tags or {})}) as run:
             if cfg is not None:
                 self.params(flatten(cfg))
-                mlflow.log_text(dump_yaml(cfg), "config.yaml")
+                mlflow.log_text(yaml.safe_dump(redacted(cfg.model_dump()), sort_keys=False, allow_unicode=True),
+                                "config.yaml")
             yield run
 
     def params(self, params: dict[str, Any]) -> None:
+        """Log params (credentials in URLs redacted)."""
         if self.enabled:
-            self._mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+            self._mlflow.log_params({k: str(redacted(v))[:6000] for k, v in params.items()})
 
     def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.enabled:

@@ -2,7 +2,9 @@
 Starlette's TestClient with the scope Serve's proxy gives it (``root_path`` = the route prefix, the path in full),
 the deployment instance injected where Serve's replica context would give it. Issue 19 items 4, 6 and 7: a bad
 ``ts`` cannot poison a user, bad stored rows cannot 500 HintQ, ``/hintq`` answers without a trailing slash, and
-every malformed ``/direct/events`` body gets a 4xx with a message."""
+every malformed ``/direct/events`` body gets a 4xx with a message; items 3 and 5: no ``/status`` shows the store's
+password, one request cannot start unbounded generations, profiles hold only the prompt's fields, user keys
+expire."""
 
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ def apps(tmp_path, monkeypatch):
         clients.append(c.__enter__())
         return c
 
-    yield SimpleNamespace(client=client, ctx=d.ctx, generated=generated)
+    yield SimpleNamespace(client=client, ctx=d.ctx, generated=generated, direct=d, hintq=h, think=t)
     for c in clients:
         c.__exit__(None, None, None)
 
@@ -136,6 +138,10 @@ def _bad_event_bodies(now: float) -> list[tuple[str, bytes]]:
         ("events not a list", {"user_id": 1}),
         ("unknown event field", [_event(price=3)]),
         ("profile not an object", [_event(profile="female")]),
+        ("profile unknown field", [_event(profile={"gender": "Female", "ssn": "078-05-1120"})]),
+        ("profile value too long", [_event(profile={"city": "x" * 10_000})]),
+        ("profile age bool", [_event(profile={"age": True})]),
+        ("profile nested", [_event(profile={"city": {"name": "Hangzhou"}})]),
     ]
     return raw + [(name, json.dumps({"events": evs}).encode()) for name, evs in bodies]
 
@@ -221,3 +227,101 @@ def test_ts_window_follows_the_serving_clock(tmp_path):
     world.set_serving_day(date(2024, 3, 10))  # a replayed world: the serving day's events carry its time of day
     assert world.ts_window(30, 60.0) == (day_start_ts(date(2024, 2, 9)), day_start_ts(date(2024, 3, 11)) + 60.0)
     store.close()
+
+
+# ---------------------------------------------------------------- item 3: no status shows the store's password
+
+
+def test_status_never_shows_the_store_password(apps):
+    from aigq.serve_app.store import RedisStore
+
+    redis_store = object.__new__(RedisStore)  # describe() only reads the URL: no server needed
+    redis_store.url = "redis://aigq:s3cret@cache.internal:6380/0"
+    for name in ("direct", "hintq", "think"):
+        getattr(apps, name).ctx.store = redis_store
+        r = apps.client(name).get(f"/{name}/status")
+        assert r.status_code == 200, (name, r.text)
+        assert "s3cret" not in r.text and r.json()["store"] == "redis:redis://aigq:***@cache.internal:6380/0", r.text
+
+
+# ---------------------------------------------------------------- item 5: bounded growth and cost
+
+
+def _searches(users, text="lamp"):
+    return {"events": [{"user_id": u, "type": "search", "content": f"{text} {u}"} for u in users]}
+
+
+def test_one_request_starts_at_most_the_capped_generations(apps):
+    apps.ctx.cfg.serve.max_triggered_users_per_request = 2
+    c = apps.client("direct")
+    r = c.post("/direct/events", json=_searches(range(1, 6)))
+    assert r.status_code == 202, r.text
+    assert r.json()["triggered"] == [1, 2] and r.json()["deferred"] == 3 and r.json()["users"] == 5, r.text
+    assert all(apps.ctx.records.get_behaviours(u) for u in range(1, 6))  # every user's events are stored
+    # a deferred user's signal fires with their next event, even one that is no signal by itself
+    r = c.post("/direct/events", json={"events": [_event(user_id=u, content="plain click") for u in (3, 4, 5)]})
+    assert r.json()["triggered"] == [3, 4] and r.json()["deferred"] == 1, r.text
+    assert c.get("/direct/status").json()["deferred"] == 4
+    # under the caps the answer is as before: no deferred / dropped counts
+    assert c.post("/direct/events", json=_searches([6])).json() == {"accepted": 1, "users": 1, "triggered": [6]}
+
+
+def test_generations_beyond_the_budget_are_dropped_not_waited_for(apps):
+    import threading
+
+    release, seen = threading.Event(), []
+
+    async def slow_generate(job):  # a generator that is busy until the test releases it
+        import asyncio
+
+        seen.append(job)
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+
+    apps.direct.generator = SimpleNamespace(generate=SimpleNamespace(remote=slow_generate))
+    apps.ctx.cfg.serve.max_pending_generations = 2
+    c = apps.client("direct")
+    t0 = time.monotonic()
+    r = c.post("/direct/events", json=_searches([1, 2, 3]))
+    assert r.status_code == 202 and time.monotonic() - t0 < 5, r.text
+    assert r.json()["triggered"] == [1, 2] and r.json()["dropped"] == 1, r.text
+    r = c.post("/direct/events", json=_searches([4]))
+    assert r.json()["triggered"] == [] and r.json()["dropped"] == 1, r.text
+    st = c.get("/direct/status").json()
+    assert st["pending"] == 2 and st["dropped"] == 2 and st["started"] == 2, st
+    release.set()
+    deadline = time.monotonic() + 10
+    while c.get("/direct/status").json()["pending"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    r = c.post("/direct/events", json={"events": [_event(user_id=3, content="plain click")]})
+    assert r.json()["triggered"] == [3], r.text  # the dropped signal was kept for the user's next event
+    assert sorted(u for u, _ in seen) == [1, 2, 3]
+
+
+def test_profile_holds_only_the_prompt_fields(apps):
+    from aigq.data.prompt import PROFILE_FIELDS
+    from aigq.serve_app.models import Profile
+
+    assert set(Profile.model_fields) == {key for _, key in PROFILE_FIELDS}
+    c = apps.client("direct")
+    r = c.post("/direct/events", json={"events": [_event(profile={"gender": "Female", "ssn": "078-05-1120"})]})
+    assert r.status_code == 422 and r.json()["error"] == ["events.0.profile.ssn: unknown field"], r.text
+    r = c.post("/direct/events", json={"events": [_event(profile={"city": "x" * 65})]})
+    assert r.status_code == 422 and "events.0.profile.city" in r.json()["error"][0], r.text
+    assert apps.ctx.records.get_profile(1) is None
+    profile = {"gender": "Female", "age": 31, "occupation": "Teacher", "city": "Hangzhou"}
+    r = c.post("/direct/events", json={"events": [_event(profile=profile)]})
+    assert r.status_code == 202 and apps.ctx.records.get_profile(1) == profile, r.text
+    r = c.post("/direct/events", json={"events": [_event(profile={"age": "25-34"})]})  # latest wins, None left out
+    assert r.status_code == 202 and apps.ctx.records.get_profile(1) == {"age": "25-34"}, r.text
+
+
+def test_user_keys_written_by_events_expire(apps):
+    c = apps.client("direct")
+    r = c.post("/direct/events", json={"events": [_event(user_id=9, profile={"city": "Hangzhou"}, category="desks")]})
+    assert r.status_code == 202, r.text
+    con, ttl = apps.ctx.store._con(), apps.ctx.cfg.serve.user_ttl_s
+    rows = con.execute("SELECT key, expires FROM kv WHERE key LIKE '%u:9:%' UNION ALL "
+                       "SELECT key, expires FROM list_ttl WHERE key LIKE '%u:9:%'").fetchall()
+    assert sorted(k.rsplit(":", 1)[1] for k, _ in rows) == ["beh", "profile", "signal"], rows
+    assert all(e is not None and abs(e - (time.time() + ttl)) < 60 for _, e in rows), rows

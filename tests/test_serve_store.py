@@ -163,3 +163,146 @@ def test_blocklist_matches_words_not_substrings():
     b = Blocklist(["gun", "Bad Word"])
     assert b.blocked("toy GUN holster") and b.blocked("a  bad   word here")
     assert not b.blocked("gunmetal lamp") and not Blocklist([]).blocked("anything")
+
+
+# ---------------------------------------------------------------- issue 19 item 3: credentials never shown
+
+
+@pytest.mark.parametrize("url,shown", [
+    ("redis://user:s3cret@cache.internal:6380/0", "redis://user:***@cache.internal:6380/0"),
+    ("redis://:s3cret@cache.internal:6380/0", "redis://:***@cache.internal:6380/0"),
+    ("rediss://default:s3%40cret@h/1?ssl_cert_reqs=none", "rediss://default:***@h/1?ssl_cert_reqs=none"),
+    ("redis://u:s3c/r@et@h:1/0", "redis://u:***@h:1/0"),  # unescaped '/' and '@' in the password
+    ("redis://h:6380/0?password=s3cret&db=1", "redis://h:6380/0?password=***&db=1"),
+    ("unix://:s3cret@/run/redis.sock?db=0", "unix://:***@/run/redis.sock?db=0"),
+    ("https://user:s3cret@mlflow.internal/", "https://user:***@mlflow.internal/"),
+])
+def test_redact_url_hides_passwords(url, shown):
+    from aigq.serve_app.store import redact_url
+
+    assert redact_url(url) == shown and "s3cret" not in redact_url(url)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6380/0", "redis://user@host/0", "sqlite:///a/b@c.db",
+                                 "models:/aigq-policy@prod", "https://host/a:b@c", "outputs/tiny/sft/policy", "",
+                                 "plain text: with a colon"])
+def test_redact_url_leaves_urls_without_a_password_alone(url):
+    from aigq.serve_app.store import redact_url
+
+    assert redact_url(url) == url
+
+
+def test_redis_store_with_a_password_never_shows_it(tmp_path):
+    """A real redis-server that requires a password (an ACL user and the default user): the store connects with the
+    URL, and neither its description (every app's /status) nor the error for a wrong password holds the secret."""
+    try:
+        import redis
+    except ModuleNotFoundError:
+        pytest.skip("python package `redis` is not installed (pip install redis)")
+    try:
+        server = RedisServer(tmp_path / "redis")
+    except FileNotFoundError as exc:
+        pytest.skip(f"cannot run the Redis store tests: {exc}")
+    try:
+        admin = redis.Redis.from_url(server.url)
+        admin.execute_command("ACL", "SETUSER", "aigq", "on", ">s3cret", "~*", "+@all")
+        admin.config_set("requirepass", "s3cret")
+        for url in (f"redis://aigq:s3cret@127.0.0.1:{server.port}/0", f"redis://:s3cret@127.0.0.1:{server.port}/0"):
+            s = RedisStore(url, prefix="pw")
+            s.set("a", "1")
+            assert s.get("a") == "1"
+            assert "s3cret" not in s.describe() and ":***@127.0.0.1" in s.describe(), s.describe()
+            s.close()
+        with pytest.raises(StoreError) as err:
+            RedisStore(f"redis://aigq:wr0ng-s3cret@127.0.0.1:{server.port}/0", timeout_s=2)
+        assert "s3cret" not in str(err.value) and "aigq:***@" in str(err.value), str(err.value)
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- issue 19 item 5: user keys expire
+
+
+def test_user_keys_expire(store):
+    rec = Records(store, clock="wall", user_ttl_s=1.0)
+    rec.put_profile(3, {"gender": "Female"})
+    rec.add_behaviours(3, [Behaviour(time.time(), "search", "lamp")])
+    rec.put_signal_state(3, {"categories": ["lamps"], "pending": {}, "last_run": 5.0})
+    rec.load_users({4: {"city": "Hangzhou"}}, {4: [Behaviour(time.time(), "click", "rug")]})
+    assert rec.get_profile(3) == {"gender": "Female"} and rec.get_signal_state(3)["last_run"] == 5.0
+    assert [b.content for b in rec.get_behaviours(3)] == ["lamp"] and rec.get_profile(4) == {"city": "Hangzhou"}
+    time.sleep(0.6)
+    rec.touch_profile(3)  # an event without a profile keeps the stored one alive with the rest
+    rec.add_behaviours(3, [Behaviour(time.time(), "search", "desk")])
+    time.sleep(0.6)
+    assert rec.get_profile(3) == {"gender": "Female"}
+    assert [b.content for b in rec.get_behaviours(3)] == ["desk", "lamp"]
+    assert rec.get_signal_state(3)["last_run"] == 0.0  # not written since: expired
+    assert rec.get_profile(4) is None and rec.get_behaviours(4) == []  # the daily load's users expire too
+    time.sleep(0.6)
+    assert rec.get_profile(3) is None and rec.get_behaviours(3) == []
+
+
+def test_a_list_written_after_it_expired_starts_empty(store):
+    """Redis drops an expired key; SQLite kept the rows and showed them again once the list got a new TTL."""
+    store.push("d:1", "old", keep=5, ttl=0.2)
+    store.set_lists({"u:1:beh": ["old"]}, ttl=0.2)
+    store.push("u:2:beh", "old", keep=5, ttl=0.2)
+    time.sleep(0.35)
+    store.push("d:1", "new", keep=5, ttl=60)
+    store.set_lists({"u:1:beh": ["new"]})  # replaced without a TTL: readable, not expired
+    store.expire("u:2:beh", 60)  # an expired list is gone, not revived
+    assert store.lrange("d:1") == ["new"] and store.lrange("u:1:beh") == ["new"] and store.lrange("u:2:beh") == []
+
+
+def test_sqlite_purges_expired_rows(tmp_path):
+    s = SQLiteStore(tmp_path / "p.db")
+    s.set("gone", "x", ttl=0.1)
+    s.set("kept", "x", ttl=60)
+    s.set("forever", "x")
+    s.push("gone-list", "x", keep=3, ttl=0.1)
+    s.push("kept-list", "x", keep=3, ttl=60)
+    time.sleep(0.25)
+    assert s.purge_expired() == 2
+    con = s._con()
+    assert sorted(r[0] for r in con.execute("SELECT key FROM kv")) == ["aigq:forever", "aigq:kept"]
+    assert [r[0] for r in con.execute("SELECT DISTINCT key FROM lists")] == ["aigq:kept-list"]
+    assert [r[0] for r in con.execute("SELECT key FROM list_ttl")] == ["aigq:kept-list"]
+    s.close()
+
+
+# ---------------------------------------------------------------- issue 19 item 5: bounded signal state
+
+
+def test_signal_keeps_the_most_recent_categories():
+    from aigq.serve_app.direct import signal
+
+    sc = ServeConfig(signal_min_interval_s=0)
+    state = {"categories": [f"c{i:03d}" for i in range(200)], "pending": {}, "last_run": 0.0}  # oldest first
+    _, state = signal(state, [_E("click", category="c000")], sc, now=1)  # seen again: now the most recent
+    reason, state = signal(state, [_E("click", category="a-new"), _E("click", category="a-new")], sc, now=2)
+    assert reason == "2 events in new category a-new"
+    cats = state["categories"]
+    assert len(cats) == 200 and cats[-1] == "a-new" and "c000" in cats and "c001" not in cats, cats[:3] + cats[-3:]
+    _, state = signal(state, [_E("search", "zz", category="aa-searched")], sc, now=3)
+    assert state["categories"][-1] == "aa-searched" and "c002" not in state["categories"]
+
+
+def test_signal_pending_categories_are_bounded():
+    from aigq.serve_app.direct import signal
+
+    sc = ServeConfig(signal_new_category_events=2, signal_min_interval_s=0)
+    reason, state = signal({}, [_E("click", category=f"k{i}") for i in range(1000)], sc, now=1)
+    assert reason is None and len(state["pending"]) == sc.signal_pending_kept == 32
+    assert list(state["pending"])[-1] == "k999" and "k0" not in state["pending"]
+    reason, state = signal(state, [_E("click", category="k999")], sc, now=2)  # the most recent pending one fires
+    assert reason == "2 events in new category k999" and "k999" in state["categories"]
+
+
+def test_a_deferred_signal_fires_with_the_next_events():
+    from aigq.serve_app.direct import signal
+
+    sc = ServeConfig(signal_min_interval_s=60)
+    state = {"categories": [], "pending": {}, "last_run": 0.0, "deferred": "search: desk"}
+    reason, state = signal(state, [_E("click", "oak desk")], sc, now=1000)
+    assert reason == "search: desk" and state["last_run"] == 1000 and "deferred" not in state

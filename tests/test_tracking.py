@@ -51,3 +51,23 @@ def test_disabled_tracker_is_a_noop(cfg, tmp_path):
     with tr.run("x", cfg) as run:
         tr.metrics({"a": 1})
     assert run is None and not (tmp_path / "ml").exists()
+
+
+def test_params_and_config_never_hold_a_password(tmp_path, monkeypatch):
+    """Issue 19 item 3: a Redis URL with a password was logged as a param and in config.yaml."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config(None, [f"tracking.root={tmp_path / 'ml'}", "tracking.experiment=secrets", "serve.store=redis",
+                             "serve.redis_url=redis://aigq:s3cret@cache.internal:6380/0"])
+    tr = Tracker(cfg.tracking)
+    with tr.run("serve", cfg) as run:
+        tr.params({"extra.urls": ["redis://:s3cret@h:1/0", "redis://h:1/0"], "extra.n": 3})
+    params = mlflow.get_run(run.info.run_id).data.params
+    assert params["serve.redis_url"] == "redis://aigq:***@cache.internal:6380/0"
+    assert params["extra.urls"] == "['redis://:***@h:1/0', 'redis://h:1/0']" and params["extra.n"] == "3"
+    assert params["tracking.root"] == str(tmp_path / "ml")  # everything else as it was
+    assert not [k for k, v in params.items() if "s3cret" in v]
+    art = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="config.yaml",
+                                              dst_path=str(tmp_path / "dl"))
+    text = open(art).read()
+    assert "s3cret" not in text and "redis_url: redis://aigq:***@cache.internal:6380/0" in text
+    assert cfg.serve.redis_url == "redis://aigq:s3cret@cache.internal:6380/0"  # the config itself is untouched

@@ -10,6 +10,11 @@ The rule ([GAP], ours; ``serve.signal_*``): any event of a type in ``signal_type
 ``signal_new_category_events`` item events in a category the user had not shown before; at most one run per user
 per ``signal_min_interval_s``.
 
+Bounded cost ([GAP], ours): one request starts generations for at most ``serve.max_triggered_users_per_request``
+users, and at most ``serve.max_pending_generations`` generations are in flight per ingress replica; a user whose
+signal fired beyond either cap is stored but not started (counted as ``deferred`` / ``dropped`` in the response and
+``/status``), and the signal is kept in the user's state, so it fires with the user's next events.
+
 New policy versions arrive by reconfiguring ``DirectGenerator`` (``user_config: {policy: <folder or
 models:/name/version>}``): the new engine is loaded next to the old one and swapped in; no restart, no dropped
 request.
@@ -45,27 +50,38 @@ log = logging.getLogger("aigq.serve.direct")
 
 
 def signal(state: dict, events: list[Any], serve_cfg, now: float) -> tuple[str | None, dict]:
-    """The meaningful-signal rule for one user's new events → (reason or None, updated state). Pure."""
+    """The meaningful-signal rule for one user's new events → (reason or None, updated state). A reason an earlier
+    request deferred (``state["deferred"]``) fires now. Known categories are kept least recently seen first and the
+    ``signal_categories_kept`` most recent kept; pending ones likewise (``signal_pending_kept``). Pure."""
+    reason = state.get("deferred") or None
     state = {"categories": list(state.get("categories", [])), "pending": dict(state.get("pending", {})),
              "last_run": float(state.get("last_run", 0.0))}
-    known = set(state["categories"])
-    reason = None
+    known = dict.fromkeys(state["categories"])  # an ordered set: least recently seen first
+    pending = state["pending"]
+
+    def seen(category: str) -> None:
+        known.pop(category, None)
+        known[category] = None
+
     for e in events:
         if e.type in serve_cfg.signal_types and reason is None:
             reason = f"{e.type}: {e.content[:60]}"
         if e.type in ITEM_TYPES and e.category:
             if e.category in known:
+                seen(e.category)
                 continue
-            n = state["pending"].get(e.category, 0) + 1
-            state["pending"][e.category] = n
+            n = pending.pop(e.category, 0) + 1  # re-inserted last: the most recent
             if n >= serve_cfg.signal_new_category_events:
-                known.add(e.category)
-                state["pending"].pop(e.category)
+                seen(e.category)
                 reason = reason or f"{n} events in new category {e.category}"
+            else:
+                pending[e.category] = n
     for e in events:  # searched categories become known too (not a trigger by themselves)
         if e.type == "search" and e.category:
-            known.add(e.category)
-    state["categories"] = sorted(known)[-200:]
+            seen(e.category)
+            pending.pop(e.category, None)
+    state["categories"] = list(known)[-serve_cfg.signal_categories_kept:]
+    state["pending"] = dict(list(pending.items())[-serve_cfg.signal_pending_kept:])
     if reason is not None and now - state["last_run"] < serve_cfg.signal_min_interval_s:
         return None, state
     if reason is not None:
@@ -136,6 +152,8 @@ class DirectIngress:
         self.tasks: set[asyncio.Task] = set()
         self.failed = 0
         self.started = 0
+        self.deferred = 0  # signals over serve.max_triggered_users_per_request, kept for the user's next events
+        self.dropped = 0  # signals over serve.max_pending_generations, likewise
 
     async def _run(self, user: int, reason: str) -> None:
         try:
@@ -144,7 +162,7 @@ class DirectIngress:
             self.failed += 1
             log.warning("direct generation for user %s failed: %s", user, exc)
 
-    @app.post("/events", status_code=202, response_model=EventsResponse)
+    @app.post("/events", status_code=202, response_model=EventsResponse, response_model_exclude_defaults=True)
     async def events(self, request: Request) -> EventsResponse:
         sc = self.ctx.cfg.serve
         window = self.ctx.records.ts_window(self.ctx.cfg.samples.history_days, MAX_CLOCK_SKEW_S)
@@ -156,14 +174,24 @@ class DirectIngress:
         by_user: dict[int, list[Any]] = {}
         for e in body.events:
             by_user.setdefault(e.user_id, []).append(e)
-        triggered = []
+        triggered, held = [], {"deferred": 0, "dropped": 0}
         for user, evs in by_user.items():
-            profile = next((e.profile for e in reversed(evs) if e.profile), None)
+            profile = next((p for e in reversed(evs) if e.profile and (p := e.profile.model_dump(exclude_none=True))),
+                           None)
             if profile:
                 rec.put_profile(user, profile)
+            else:
+                rec.touch_profile(user)
             rec.add_behaviours(user, [Behaviour(e.ts if e.ts is not None else rec.now_ts(), e.type, e.content,
                                                 e.category) for e in evs])
-            reason, state = signal(rec.get_signal_state(user), evs, sc, now)
+            before = rec.get_signal_state(user)
+            reason, state = signal(before, evs, sc, now)
+            over = ("deferred" if len(triggered) >= sc.max_triggered_users_per_request
+                    else "dropped" if len(self.tasks) >= sc.max_pending_generations else None)
+            if reason and over:  # not started: the signal waits for the user's next events, with the last run's time
+                state.update(last_run=float(before.get("last_run", 0.0)), deferred=reason)
+                held[over] += 1
+                reason = None
             rec.put_signal_state(user, state)
             if reason:
                 task = asyncio.create_task(self._run(user, reason))  # not awaited: the request returns now
@@ -171,7 +199,12 @@ class DirectIngress:
                 task.add_done_callback(self.tasks.discard)
                 triggered.append(user)
                 self.started += 1
-        return EventsResponse(accepted=len(body.events), users=len(by_user), triggered=triggered)
+        self.deferred += held["deferred"]
+        self.dropped += held["dropped"]
+        if held["deferred"] or held["dropped"]:
+            log.info("direct events: %(deferred)d signals deferred (per-request cap), %(dropped)d dropped "
+                     "(generation budget)", held)
+        return EventsResponse(accepted=len(body.events), users=len(by_user), triggered=triggered, **held)
 
     @app.get("/cache/{user_id}", response_model=CacheResponse)
     async def cache(self, user_id: int) -> CacheResponse:
@@ -184,7 +217,7 @@ class DirectIngress:
         the generator itself would wait behind a queue of generations that a burst of signals can fill."""
         gen = self.ctx.records.generator_status()
         return {"generator": gen, "pending": len(self.tasks), "started": self.started, "failed": self.failed,
-                "store": self.ctx.store.describe()}
+                "deferred": self.deferred, "dropped": self.dropped, "store": self.ctx.store.describe()}
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:

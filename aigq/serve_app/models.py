@@ -2,7 +2,10 @@
 
 Bad requests get a 4xx with a message, never a 5xx or a stack trace: oversized body → 413, invalid UTF-8 or
 malformed JSON (or a number too long to convert) → 400, missing fields / wrong types / unknown fields / values out
-of range → 422 listing each problem. Types are strict (``"7"`` is not a user id). An event's ``ts`` must be a finite
+of range → 422 listing each problem. Types are strict (``"7"`` is not a user id). An event's ``profile`` holds only
+the fields the prompt shows (gender, age, occupation, city; ``aigq.data.prompt.PROFILE_FIELDS``), each at most
+``MAX_PROFILE_CHARS`` long: any other field is a 422 (``events.0.profile.<field>: unknown field``), not silently
+dropped, so a client learns that it sent something the service does not keep. An event's ``ts`` must be a finite
 number inside the serving store's window (:meth:`Records.ts_window`: from the start of the history window to now +
 ``MAX_CLOCK_SKEW_S``): one stored far-future or overflowing timestamp would otherwise sit at the head of the user's
 behaviours for good. Every app answers its paths with or without a trailing slash (``POST /hintq`` and
@@ -28,6 +31,7 @@ log = logging.getLogger("aigq.serve")
 
 MAX_TEXT_CHARS = 512  # a query, an item text, a Think trigger
 MAX_CATEGORY_CHARS = 128
+MAX_PROFILE_CHARS = 64  # one profile value (a city name, an occupation) ([GAP], ours)
 # An event's ts may be this far after the serving clock's now (clients' clocks drift; [GAP], ours). Under a
 # replayed world clock "now" is the end of the serving day: that day's events carry the world's time of day.
 MAX_CLOCK_SKEW_S = 300.0
@@ -43,6 +47,18 @@ class _Strict(BaseModel):
 # ---------------------------------------------------------------- direct
 
 
+ProfileText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_PROFILE_CHARS)]
+
+
+class Profile(_Strict):
+    """The profile fields the prompt shows (``aigq.data.prompt.PROFILE_FIELDS``); nothing else is accepted."""
+
+    gender: ProfileText | None = None
+    age: Annotated[int, Field(ge=0, le=150)] | ProfileText | None = None  # years, or a bucket ("25-34")
+    occupation: ProfileText | None = None
+    city: ProfileText | None = None
+
+
 class Event(_Strict):
     user_id: UserId
     type: Literal["search", "click", "cart", "buy"]
@@ -51,7 +67,7 @@ class Event(_Strict):
     # (``ts_window`` in the validation context, given by the endpoint) from the history window's start to now + skew
     ts: float | None = Field(None, ge=0, lt=MAX_TS, allow_inf_nan=False)
     category: Annotated[str, StringConstraints(max_length=MAX_CATEGORY_CHARS)] | None = None
-    profile: dict[str, str | int] | None = None  # gender, age, occupation, city (optional, latest wins)
+    profile: Profile | None = None  # gender, age, occupation, city (optional, latest wins)
 
     @field_validator("ts")
     @classmethod
@@ -80,6 +96,11 @@ class EventsResponse(BaseModel):
     accepted: int
     users: int
     triggered: list[int]  # users whose Direct generation was started (asynchronously)
+    # users whose signal fired but whose generation was not started, kept for their next events: over
+    # serve.max_triggered_users_per_request (deferred) or serve.max_pending_generations in flight (dropped); in the
+    # body only when not 0 (the endpoint excludes defaults), so the usual answer is unchanged
+    deferred: int = 0
+    dropped: int = 0
 
 
 class DirectRunOut(BaseModel):

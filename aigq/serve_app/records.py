@@ -5,6 +5,8 @@ Keys (under the store's prefix):
 * ``u:{user}:profile`` — JSON profile (gender, age, occupation, city);
 * ``u:{user}:beh`` — the user's behaviours, newest first, the ``history_kept`` newest kept;
 * ``u:{user}:signal`` — the Direct trigger rule's state (known categories, pending new-category events, last run);
+  every ``u:`` key expires ``user_ttl_s`` after the user's last write (events, or the daily load): a user who is
+  gone is forgotten instead of kept for good;
 * ``d:{user}`` — the AIGQ-Direct cache: the user's ``M`` newest inference runs (queries, policy version, time);
 * ``think:current`` → the live Think index version; ``think:{version}:{trigger}`` → ranked ``[[query, S], …]``;
   a new day's index is written under its own version and goes live with one write of ``think:current``;
@@ -56,14 +58,14 @@ class DirectRun:
 
 class Records:
     def __init__(self, store: Store, history_kept: int = 50, runs_kept: int = 3, runs_ttl_s: float = 7 * 86400,
-                 clock: str = "world"):
+                 clock: str = "world", user_ttl_s: float = 30 * 86400):
         self.store, self.history_kept, self.runs_kept, self.runs_ttl_s = store, history_kept, runs_kept, runs_ttl_s
-        self.clock = clock
+        self.clock, self.user_ttl_s = clock, user_ttl_s
 
     @classmethod
     def from_config(cls, store: Store, serve_cfg) -> Records:
         return cls(store, serve_cfg.history_kept, serve_cfg.direct_runs_kept, serve_cfg.direct_ttl_s,
-                   serve_cfg.clock)
+                   serve_cfg.clock, serve_cfg.user_ttl_s)
 
     # ------------------------------------------------------------ clock
     def set_serving_day(self, day: date) -> None:
@@ -85,7 +87,11 @@ class Records:
 
     # ------------------------------------------------------------ users
     def put_profile(self, user: int, profile: dict) -> None:
-        self.store.set(f"u:{user}:profile", json.dumps(profile, ensure_ascii=False))
+        self.store.set(f"u:{user}:profile", json.dumps(profile, ensure_ascii=False), self.user_ttl_s)
+
+    def touch_profile(self, user: int) -> None:
+        """Restart the profile's TTL (events without a profile keep the stored one alive as long as the rest)."""
+        self.store.expire(f"u:{user}:profile", self.user_ttl_s)
 
     def get_profile(self, user: int) -> dict | None:
         v = self.store.get(f"u:{user}:profile")
@@ -94,14 +100,16 @@ class Records:
     def add_behaviours(self, user: int, behaviours: list[Behaviour]) -> None:
         """Append (any order in; stored newest first)."""
         for b in sorted(behaviours, key=lambda b: b.ts):
-            self.store.push(f"u:{user}:beh", json.dumps(asdict(b), ensure_ascii=False), self.history_kept)
+            self.store.push(f"u:{user}:beh", json.dumps(asdict(b), ensure_ascii=False), self.history_kept,
+                            self.user_ttl_s)
 
     def load_users(self, profiles: dict[int, dict], behaviours: dict[int, list[Behaviour]]) -> None:
         """Bulk load (daily job): profiles, and behaviour lists replaced by the given ones (newest kept)."""
-        self.store.mset({f"u:{u}:profile": json.dumps(p, ensure_ascii=False) for u, p in profiles.items()})
+        self.store.mset({f"u:{u}:profile": json.dumps(p, ensure_ascii=False) for u, p in profiles.items()},
+                        self.user_ttl_s)
         self.store.set_lists({f"u:{u}:beh": [json.dumps(asdict(b), ensure_ascii=False)
                                              for b in sorted(bs, key=lambda b: -b.ts)[:self.history_kept]]
-                              for u, bs in behaviours.items()})
+                              for u, bs in behaviours.items()}, self.user_ttl_s)
 
     def get_behaviours(self, user: int) -> list[Behaviour]:
         """The user's behaviours, newest first; rows that are not a behaviour with a finite timestamp in [0,
@@ -139,7 +147,7 @@ class Records:
         return json.loads(v) if v else {"categories": [], "pending": {}, "last_run": 0.0}
 
     def put_signal_state(self, user: int, state: dict) -> None:
-        self.store.set(f"u:{user}:signal", json.dumps(state, ensure_ascii=False))
+        self.store.set(f"u:{user}:signal", json.dumps(state, ensure_ascii=False), self.user_ttl_s)
 
     # ------------------------------------------------------------ Direct generator status
     def put_generator_status(self, status: dict) -> None:

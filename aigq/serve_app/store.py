@@ -9,14 +9,21 @@ user behaviour lists, the Think index and the fallback tables:
 
 * ``get / mget / set / mset`` — string values, optional TTL;
 * ``push(key, value, keep, ttl)`` — prepend to a list and keep its ``keep`` newest entries (one transaction);
-* ``lrange(key)`` — a list, newest first; ``set_lists`` replaces whole lists (bulk loads);
+* ``lrange(key)`` — a list, newest first; ``set_lists`` replaces whole lists (bulk loads), optional TTL;
+* ``expire(key, ttl)`` — restart an existing key's TTL (value or list);
 * ``delete(keys) / delete_prefix(prefix)``; ``ping``; ``close``.
 
-Keys are namespaced by ``key_prefix`` so several deployments can share one Redis.
+A TTL counts from the last write that gave it (Redis ``PEXPIRE`` semantics); an expired key reads as absent, and a
+list pushed to after it expired starts empty. SQLite checks expiry on read and deletes expired rows on open and then
+at most once every ``PURGE_EVERY_S`` of writes.
+
+Keys are namespaced by ``key_prefix`` so several deployments can share one Redis. A store describes itself (the
+apps' ``/status``) with its credentials redacted (:func:`redact_url`).
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import time
@@ -24,6 +31,27 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+_SECRET_QUERY = re.compile(r"((?:^|[?&;])(?:password|passwd|pwd|token|secret)=)[^&;#]*", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its credentials replaced by ``***`` (what ``/status`` shows and MLflow logs): the password of the
+    user info (``redis://user:secret@host`` → ``redis://user:***@host``, ``redis://:secret@host`` →
+    ``redis://:***@host``, up to the last ``@`` before the query, so an unescaped ``/`` or ``@`` in it is covered too)
+    and ``password=`` / ``token=`` … query parameters. Anything not of the form ``scheme://…`` is returned as is.
+    Pure."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme or not all(c.isalnum() or c in "+.-" for c in scheme):
+        return url
+    end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    head, tail = rest[:end], rest[end:]  # user info, host, path | query, fragment
+    at = head.rfind("@")
+    if at >= 0:
+        user, colon, _password = head[:at].partition(":")
+        if colon and "/" not in user:
+            head = f"{user}:***{head[at:]}"
+    return scheme + sep + head + _SECRET_QUERY.sub(r"\1***", tail)
 
 
 class StoreError(RuntimeError):
@@ -47,7 +75,7 @@ class Store(ABC):
     def set(self, key: str, value: str, ttl: float | None = None) -> None: ...
 
     @abstractmethod
-    def mset(self, mapping: Mapping[str, str]) -> None: ...
+    def mset(self, mapping: Mapping[str, str], ttl: float | None = None) -> None: ...
 
     @abstractmethod
     def push(self, key: str, value: str, keep: int, ttl: float | None = None) -> None: ...
@@ -56,8 +84,12 @@ class Store(ABC):
     def lrange(self, key: str) -> list[str]: ...
 
     @abstractmethod
-    def set_lists(self, lists: Mapping[str, list[str]]) -> None:
+    def set_lists(self, lists: Mapping[str, list[str]], ttl: float | None = None) -> None:
         """Replace whole lists (values newest first), e.g. a bulk load of users' behaviours."""
+
+    @abstractmethod
+    def expire(self, key: str, ttl: float) -> None:
+        """Expire ``key`` (a value or a list) ``ttl`` seconds from now; nothing when it does not exist."""
 
     @abstractmethod
     def delete(self, keys: Iterable[str]) -> None: ...
@@ -80,7 +112,11 @@ CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, expire
 CREATE TABLE IF NOT EXISTS lists (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS lists_key ON lists (key, seq);
 CREATE TABLE IF NOT EXISTS list_ttl (key TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires) WHERE expires IS NOT NULL;
 """
+
+
+PURGE_EVERY_S = 3600.0  # expired SQLite rows are deleted at most this often ([GAP], ours)
 
 
 class SQLiteStore(Store):
@@ -96,6 +132,7 @@ class SQLiteStore(Store):
         if con.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
             raise StoreError(f"{self.path}: SQLite could not switch to WAL mode (network file system?)")
         con.executescript(_SCHEMA)
+        self.purge_expired()
 
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
@@ -120,6 +157,24 @@ class SQLiteStore(Store):
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        if time.monotonic() - self._purged > PURGE_EVERY_S:
+            self.purge_expired()
+
+    def purge_expired(self) -> int:
+        """Delete expired values and lists (reads already skip them); returns how many keys went."""
+        self._purged = time.monotonic()
+        now = time.time()
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            n = con.execute("DELETE FROM kv WHERE expires IS NOT NULL AND expires <= ?", (now,)).rowcount
+            con.execute("DELETE FROM lists WHERE key IN (SELECT key FROM list_ttl WHERE expires <= ?)", (now,))
+            n += con.execute("DELETE FROM list_ttl WHERE expires <= ?", (now,)).rowcount
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return n
 
     @staticmethod
     def _exp(ttl: float | None) -> float | None:
@@ -146,15 +201,23 @@ class SQLiteStore(Store):
         self._write([("INSERT OR REPLACE INTO kv (key, value, expires) VALUES (?, ?, ?)",
                       (self.k(key), value, self._exp(ttl)))])
 
-    def mset(self, mapping: Mapping[str, str]) -> None:
-        items = list(mapping.items())
+    def mset(self, mapping: Mapping[str, str], ttl: float | None = None) -> None:
+        items, exp = list(mapping.items()), self._exp(ttl)
         for lo in range(0, len(items), 5000):
-            self._write([("INSERT OR REPLACE INTO kv (key, value, expires) VALUES (?, ?, NULL)", (self.k(k), v))
+            self._write([("INSERT OR REPLACE INTO kv (key, value, expires) VALUES (?, ?, ?)", (self.k(k), v, exp))
                          for k, v in items[lo:lo + 5000]])
+
+    @staticmethod
+    def _drop_if_expired(k: str) -> list[tuple[str, tuple]]:
+        """Statements that empty list ``k`` when its TTL has passed (Redis would have dropped the key)."""
+        now = time.time()
+        return [("DELETE FROM lists WHERE key = ? AND EXISTS "
+                 "(SELECT 1 FROM list_ttl WHERE key = ? AND expires <= ?)", (k, k, now)),
+                ("DELETE FROM list_ttl WHERE key = ? AND expires <= ?", (k, now))]
 
     def push(self, key: str, value: str, keep: int, ttl: float | None = None) -> None:
         k = self.k(key)
-        stmts = [("INSERT INTO lists (key, value) VALUES (?, ?)", (k, value)),
+        stmts = [*self._drop_if_expired(k), ("INSERT INTO lists (key, value) VALUES (?, ?)", (k, value)),
                  ("DELETE FROM lists WHERE key = ? AND seq NOT IN "
                   "(SELECT seq FROM lists WHERE key = ? ORDER BY seq DESC LIMIT ?)", (k, k, int(keep)))]
         if ttl is not None:
@@ -169,15 +232,24 @@ class SQLiteStore(Store):
             return []
         return [r[0] for r in con.execute("SELECT value FROM lists WHERE key = ? ORDER BY seq DESC", (k,))]
 
-    def set_lists(self, lists: Mapping[str, list[str]]) -> None:
-        items = list(lists.items())
+    def set_lists(self, lists: Mapping[str, list[str]], ttl: float | None = None) -> None:
+        items, exp = list(lists.items()), self._exp(ttl)
         for lo in range(0, len(items), 500):
             stmts: list[tuple[str, tuple]] = []
             for key, values in items[lo:lo + 500]:
                 k = self.k(key)
-                stmts.append(("DELETE FROM lists WHERE key = ?", (k,)))
+                stmts += [("DELETE FROM lists WHERE key = ?", (k,)), ("DELETE FROM list_ttl WHERE key = ?", (k,))]
                 stmts += [("INSERT INTO lists (key, value) VALUES (?, ?)", (k, v)) for v in reversed(values)]
+                if exp is not None and values:
+                    stmts.append(("INSERT INTO list_ttl (key, expires) VALUES (?, ?)", (k, exp)))
             self._write(stmts)
+
+    def expire(self, key: str, ttl: float) -> None:
+        k, now, exp = self.k(key), time.time(), self._exp(ttl)
+        self._write([("UPDATE kv SET expires = ? WHERE key = ? AND (expires IS NULL OR expires > ?)", (exp, k, now)),
+                     *self._drop_if_expired(k),
+                     ("INSERT OR REPLACE INTO list_ttl (key, expires) SELECT ?, ? WHERE EXISTS "
+                      "(SELECT 1 FROM lists WHERE key = ?)", (k, exp, k))])
 
     def delete(self, keys: Iterable[str]) -> None:
         stmts = []
@@ -224,8 +296,8 @@ class RedisStore(Store):
         try:
             self._r.ping()
         except redis.RedisError as exc:
-            raise StoreError(f"cannot reach Redis at {url}: {exc} (start `redis-server --port <port>` or set "
-                             "serve.redis_url)") from exc
+            raise StoreError(f"cannot reach Redis at {redact_url(url)}: {exc} (start `redis-server --port <port>` "
+                             "or set serve.redis_url)") from exc
 
     def get(self, key: str) -> str | None:
         return self._r.get(self.k(key))
@@ -236,10 +308,16 @@ class RedisStore(Store):
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
         self._r.set(self.k(key), value, px=None if ttl is None else int(ttl * 1000))
 
-    def mset(self, mapping: Mapping[str, str]) -> None:
+    def mset(self, mapping: Mapping[str, str], ttl: float | None = None) -> None:
         items = list(mapping.items())
         for lo in range(0, len(items), 5000):
-            self._r.mset({self.k(k): v for k, v in items[lo:lo + 5000]})
+            if ttl is None:
+                self._r.mset({self.k(k): v for k, v in items[lo:lo + 5000]})
+                continue
+            pipe = self._r.pipeline(transaction=False)
+            for k, v in items[lo:lo + 5000]:
+                pipe.set(self.k(k), v, px=int(ttl * 1000))
+            pipe.execute()
 
     def push(self, key: str, value: str, keep: int, ttl: float | None = None) -> None:
         k = self.k(key)
@@ -253,7 +331,7 @@ class RedisStore(Store):
     def lrange(self, key: str) -> list[str]:
         return self._r.lrange(self.k(key), 0, -1)
 
-    def set_lists(self, lists: Mapping[str, list[str]]) -> None:
+    def set_lists(self, lists: Mapping[str, list[str]], ttl: float | None = None) -> None:
         items = list(lists.items())
         for lo in range(0, len(items), 500):
             pipe = self._r.pipeline(transaction=True)
@@ -261,7 +339,12 @@ class RedisStore(Store):
                 pipe.delete(self.k(key))
                 if values:
                     pipe.rpush(self.k(key), *values)
+                    if ttl is not None:
+                        pipe.pexpire(self.k(key), int(ttl * 1000))
             pipe.execute()
+
+    def expire(self, key: str, ttl: float) -> None:
+        self._r.pexpire(self.k(key), int(ttl * 1000))
 
     def delete(self, keys: Iterable[str]) -> None:
         full = [self.k(k) for k in keys]
@@ -286,7 +369,7 @@ class RedisStore(Store):
         self._r.close()
 
     def describe(self) -> str:
-        return f"redis:{self.url}"
+        return f"redis:{redact_url(self.url)}"
 
 
 def _redis_glob_escape(s: str) -> str:
