@@ -10,6 +10,7 @@ Unknown keys and wrong types are errors that name the key. Every value the paper
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -657,5 +658,37 @@ def flatten(cfg: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]
     return out
 
 
+_SECRET_QUERY = re.compile(r"((?:^|[?&;])(?:password|passwd|pwd|token|secret)=)[^&;#]*", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its credentials replaced by ``***`` (what ``/status`` shows and MLflow logs): the password of the
+    user info (``redis://user:secret@host`` → ``redis://user:***@host``, ``redis://:secret@host`` →
+    ``redis://:***@host``, up to the last ``@`` before the query, so an unescaped ``/`` or ``@`` in it is covered too)
+    and ``password=`` / ``token=`` … query parameters. Anything not of the form ``scheme://…`` is returned as is.
+    Pure."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme or not all(c.isalnum() or c in "+.-" for c in scheme):
+        return url
+    end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    head, tail = rest[:end], rest[end:]  # user info, host, path | query, fragment
+    at = head.rfind("@")
+    if at >= 0:
+        user, colon, _password = head[:at].partition(":")
+        if colon and "/" not in user:
+            head = f"{user}:***{head[at:]}"
+    return scheme + sep + head + _SECRET_QUERY.sub(r"\1***", tail)
+
+
+def _redact_tree(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _redact_tree(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_redact_tree(v) for v in node]
+    return redact_url(node) if isinstance(node, str) else node
+
+
 def dump_yaml(cfg: AIGQConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True)
+    """The resolved config as YAML (saved beside checkpoints and policies, logged to MLflow), URL passwords
+    redacted (:func:`redact_url`): a record of the run, never a place for secrets."""
+    return yaml.safe_dump(_redact_tree(cfg.model_dump()), sort_keys=False, allow_unicode=True)

@@ -21,8 +21,7 @@ from typing import Any
 
 import yaml
 
-from aigq.config import AIGQConfig, TrackingConfig, flatten
-from aigq.serve_app.store import redact_url
+from aigq.config import AIGQConfig, TrackingConfig, flatten, redact_url
 
 # Runs are offline: keep MLflow from trying to phone home.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -80,3 +80,13 @@ def test_overrides_parse_yaml_scalars_and_flatten():
     assert parse_overrides(["a.b=1", "a.c=x", "d=[1, 2]", "e=null"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2], "e": None}
     flat = flatten(load_config(None, ["world.users=7"]))
     assert flat["world.users"] == 7 and "samples.history_len" in flat
+
+
+def test_dumped_config_never_holds_a_url_password():
+    """The config saved beside checkpoints and policies (dump_yaml) is a record, not a place for secrets."""
+    from aigq.config import dump_yaml
+
+    cfg = load_config(None, ["serve.redis_url=redis://:s3cret@127.0.0.1:6380/0"])
+    text = dump_yaml(cfg)
+    assert "s3cret" not in text and "redis://:***@127.0.0.1:6380/0" in text
+    assert cfg.serve.redis_url == "redis://:s3cret@127.0.0.1:6380/0"  # the live config keeps it

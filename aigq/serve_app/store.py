@@ -23,7 +23,6 @@ apps' ``/status``) with its credentials redacted (:func:`redact_url`).
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import threading
 import time
@@ -32,26 +31,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-_SECRET_QUERY = re.compile(r"((?:^|[?&;])(?:password|passwd|pwd|token|secret)=)[^&;#]*", re.IGNORECASE)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its credentials replaced by ``***`` (what ``/status`` shows and MLflow logs): the password of the
-    user info (``redis://user:secret@host`` → ``redis://user:***@host``, ``redis://:secret@host`` →
-    ``redis://:***@host``, up to the last ``@`` before the query, so an unescaped ``/`` or ``@`` in it is covered too)
-    and ``password=`` / ``token=`` … query parameters. Anything not of the form ``scheme://…`` is returned as is.
-    Pure."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or not scheme or not all(c.isalnum() or c in "+.-" for c in scheme):
-        return url
-    end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-    head, tail = rest[:end], rest[end:]  # user info, host, path | query, fragment
-    at = head.rfind("@")
-    if at >= 0:
-        user, colon, _password = head[:at].partition(":")
-        if colon and "/" not in user:
-            head = f"{user}:***{head[at:]}"
-    return scheme + sep + head + _SECRET_QUERY.sub(r"\1***", tail)
+from aigq.config import redact_url  # with the config: every run record and every /status redacts the same way
 
 
 class StoreError(RuntimeError):
