@@ -83,6 +83,38 @@ class WorldConfig(_Section):
     # Malformed rows injected on purpose (exercise validation/quarantine); 0 for a clean world.
     malformed_rate: float = Field(0.0, ge=0, le=0.5)
     chunk_users: int = Field(50_000, ge=1)  # users simulated per chunk (one parquet part per chunk)
+    # ---- World v2 (issue 17, aigq/data/world_v2.py, configs/world_v2.yaml). Every knob below off = world v1 byte
+    # for byte (a test); all but `query_space` need `query_space: compositional`. Values are ([GAP], ours), fixed
+    # with the calibration table in benchmarks/RESULTS.md before any policy was trained on v2.
+    # compositional: a query is a concept — a head-noun leaf (WANDS classes split into head nouns: finer leaves) plus
+    # 0–3 facet values — with a public lexicon (world/lexicon.json), one strict parser and composed popularity.
+    query_space: Literal["vocabulary", "compositional"] = "vocabulary"
+    # τ: the chance a facet of a search takes the user's favourite value (else a popularity draw); it shapes item
+    # clicks and clicks on suggestions through the taste lift log(P_u(v)/p(v)). 0 = the null-taste control.
+    taste: float = Field(0.0, ge=0, le=1)
+    click_taste: float = 0.6  # click-logit weight of a suggestion's taste lift (clipped to ±3)
+    facet_counts: list[float] = [0.3, 0.35, 0.25, 0.1]  # p(0, 1, 2, 3 facets) of a search (and a ranker candidate)
+    facet_type_weights: list[float] = [0.5, 0.6, 0.8, 1.0, 1.2, 1.0]  # brand, price, size, style, colour, material
+    # Missions: a session buys with `session_buy_rate`; for `mission_days` the bought leaf is sated and a session goes
+    # to a complement leaf (same room, another class) with `mission_rate`; refinement: facets = min(3, r + b), r =
+    # the user's earlier searches in the leaf, b ~ `refine_counts` (broad → specific, across sessions).
+    missions: bool = False
+    session_buy_rate: float = Field(0.15, ge=0, le=1)
+    mission_days: int = Field(7, ge=1)
+    mission_rate: float = Field(0.5, ge=0, le=1)
+    mission_weight: float = Field(0.5, ge=0)  # interest weight of the mission leaf in the click model
+    refine_counts: list[float] = [0.55, 0.3, 0.1, 0.05]
+    # Activity: "daily" = v1's Poisson sessions per active day; "lognormal" = sessions per user log-normal (median,
+    # sigma), arrivals uniform over the days, the next session the same day with `same_day_rate` else after a
+    # geometric gap of mean `revisit_gap_days`.
+    activity: Literal["daily", "lognormal"] = "daily"
+    activity_median: float = Field(1.5, gt=0)
+    activity_sigma: float = Field(1.0, ge=0)
+    same_day_rate: float = Field(0.6, ge=0, le=1)
+    revisit_gap_days: float = Field(4.0, ge=1)
+    session_switch: float = Field(0.0, ge=0, le=1)  # chance a later search of a session goes to another interest
+    # The shuffled-lexicon control: facet words permuted over all facet values, complement edges permuted.
+    shuffle_lexicon: bool = False
 
     @field_validator("position_bias")
     @classmethod
@@ -90,6 +122,29 @@ class WorldConfig(_Section):
         if len(v) != 3 or not all(0 < x <= 1 for x in v):
             raise ValueError("position_bias needs 3 values in (0, 1] (HintQ shows 3 queries)")
         return v
+
+    @field_validator("facet_counts", "refine_counts")
+    @classmethod
+    def _four_counts(cls, v: list[float]) -> list[float]:
+        if len(v) != 4 or min(v) < 0 or sum(v) <= 0:
+            raise ValueError("needs 4 non-negative weights (0, 1, 2, 3 facets)")
+        return v
+
+    @field_validator("facet_type_weights")
+    @classmethod
+    def _six_types(cls, v: list[float]) -> list[float]:
+        if len(v) != 6 or min(v) <= 0:
+            raise ValueError("needs 6 positive weights (brand, price, size, style, colour, material)")
+        return v
+
+    @model_validator(mode="after")
+    def _v2_knobs_need_compositional(self) -> WorldConfig:
+        if self.query_space == "vocabulary":
+            on = [k for k, off in (("taste", 0.0), ("missions", False), ("activity", "daily"),
+                                   ("shuffle_lexicon", False)) if getattr(self, k) != off]
+            if on:
+                raise ValueError(f"world.{', world.'.join(on)} need world.query_space: compositional (world v2)")
+        return self
 
 
 class SamplesConfig(_Section):
@@ -466,6 +521,9 @@ class EvalConfig(_Section):
     popularity_days: int = Field(7, ge=1)  # popularity window before the first test day ([GAP], ours)
     coclick_history: int = Field(5, ge=1)  # most recent behaviours that vote ([GAP], ours)
     coclick_decay: float = Field(0.8, gt=0, le=1)  # weight of behaviour i (1 = most recent) = decay^(i-1) ([GAP], ours)
+    # facet-rule / co-click+backoff (aigq/evaluation/facets.py): behaviours read and top leaves expanded ([GAP], ours)
+    rule_history: int = Field(10, ge=1)
+    rule_leaves: int = Field(5, ge=1)
     ebr_dim: int = Field(64, ge=4)  # two-tower output width ([GAP], ours)
     ebr_buckets: int = Field(1 << 17, ge=1024)  # hashed char n-gram space ([GAP], ours)
     ebr_history: int = Field(10, ge=1)  # behaviours in the user tower ([GAP], ours)
@@ -631,18 +689,28 @@ def build_config(data: dict[str, Any] | None = None, overrides: list[str] | None
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> AIGQConfig:
     """Load ``path`` (YAML) and apply dotted ``overrides``; no path = the built-in defaults."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: top level must be a mapping of sections")
-    return build_config(data, overrides)
+    return build_config(_read_yaml(Path(path)) if path is not None else {}, overrides)
+
+
+def _read_yaml(p: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """One config file as a dict. A top-level ``extends: other.yaml`` (relative to this file) loads that file first
+    and merges this one over it, section by section (how the world-v2 control configs reuse configs/world_v2.yaml)."""
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    if p.resolve() in seen:
+        raise ConfigError(f"{p}: `extends` loops back to itself")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of sections")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{p}: `extends` must be a file name")
+    return _merge(_read_yaml(p.parent / base, (*seen, p.resolve())), data)
 
 
 def flatten(cfg: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:

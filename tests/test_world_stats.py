@@ -176,8 +176,11 @@ def test_world_stats_and_targets(tables):
     assert (s["users"], s["users_any_event"], s["query_events"], s["events"], s["exposures"]) == (3, 4, 11, 16, 3)
     assert s["leaf_categories"] == 5 and s["impression_ctr"] == approx(Fraction(1, 3))
     # distinct/events 7/11 ≥ 0.5 pass; seen once 3/11 < 40 % fail; single-query 2/3 pass; CTR 1/3 > 5 % fail;
-    # unseen later 1/2 ≥ 40 % pass
-    assert [ok for _, ok in W.check_targets(s)] == [True, False, True, False, True]
+    # unseen later 1/2 ≥ 40 % pass; sessions of users with ≤ 5 earlier behaviours 8/8: ≥ 25 % pass, ≤ 35 % fail
+    assert s["light_sessions"] == 1.0
+    # with ≤ 4: user 1's third session (5 earlier events) is not light
+    assert W.light_session_share(tables["events"], 4) == approx(Fraction(7, 8))
+    assert [ok for _, ok in W.check_targets(s)] == [True, False, True, False, True, True, False]
     no_exp = W.world_stats({**tables, "exposures": _frame("exposures", [])}, sample_events=4, seed=1)
     assert no_exp["impression_ctr"] is None and no_exp["sample_events"] == 4 and not no_exp["sample_is_all"]
     assert dict(W.check_targets(no_exp))["impression CTR ≤ 5 %"] is None  # no exposures: not applicable

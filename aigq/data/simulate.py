@@ -388,6 +388,8 @@ def simulate_world(
 ) -> dict:
     """Simulate the world described by ``wc`` into folder ``out``; returns the counts also written to meta.json."""
     out = Path(out)
+    if wc.query_space == "compositional":
+        return _simulate_v2(wc, seed, out, progress)
     st = _build_static(wc, seed)
     for name, df in _static_tables(st, wc, seed).items():
         if name == "query_popularity":
@@ -428,6 +430,55 @@ def simulate_world(
         "items": st.vocab.n_categories * wc.items_per_category,
         "profile_affinity": wc.profile_affinity,
         "injected_malformed": injected,
+        **counts,
+    }
+    schema.write_meta(out, meta)
+    return meta
+
+
+def _simulate_v2(wc: WorldConfig, seed: int, out: Path, progress: Callable[[int, int], None] | None) -> dict:
+    """World v2 (``world_v2.py``): the same folder layout, plus the public ``lexicon.json`` and the hidden taste."""
+    from aigq.data import world_v2
+
+    st = world_v2.build_static(wc, seed)
+    for name, df in world_v2.static_tables(st, wc, seed).items():
+        schema.write_part(out, name, df)
+    st.lex.write(out)
+    params = click_params(wc)
+    write_params(out, params)
+    world_v2.write_hidden(st, wc, out)
+    start_us = int(dt.datetime.fromisoformat(wc.start_date).replace(tzinfo=dt.UTC).timestamp()) * 1_000_000
+    counts = {"users": 0, "events": 0, "exposures": 0, "clicked_exposures": 0}
+    injected = {"events": 0, "exposures": 0}
+    queries = []
+    n_chunks = -(-wc.users // wc.chunk_users)
+    for ci in range(n_chunks):
+        uid0 = 1 + ci * wc.chunk_users
+        t = world_v2.chunk(st, wc, seed, ci, uid0, min(wc.chunk_users, wc.users - uid0 + 1), start_us, params)
+        counts["clicked_exposures"] += int(t["exposures"]["clicked"].list.any().sum())
+        if wc.malformed_rate > 0:
+            t["events"], t["exposures"], inj = _inject_malformed(
+                t["events"], t["exposures"], wc.malformed_rate, np.random.default_rng([seed, 5000 + ci]))
+            injected = {k: injected[k] + inj[k] for k in injected}
+        for name in ("users", "events", "exposures"):
+            schema.write_part(out, name, t[name], ci)
+            counts[name] += len(t[name])
+        for name in ("interests", "taste"):
+            (hidden_dir(out) / name).mkdir(parents=True, exist_ok=True)
+            t[name].write_parquet(hidden_dir(out) / name / f"part-{ci:05d}.parquet")
+        queries.append(t["queries"])
+        if progress:
+            progress(ci + 1, n_chunks)
+    q = pl.concat(queries).unique("query", keep="first").sort("query")
+    schema.write_part(out, "queries", q.select("query", "category"))
+    parents = pl.DataFrame({"category": st.lex.leaves, "parent": st.lex.parents})
+    q.join(parents, on="category", how="left").select("query", "category", "parent", "pop").write_parquet(
+        hidden_dir(out) / "query_popularity.parquet")
+    meta = {
+        "source": "simulator", "world_version": 2, "seed": seed, "start_date": wc.start_date, "days": wc.days,
+        "vocabulary": wc.vocabulary, "categories": st.lex.n_leaves, "queries": q.height,
+        "items": st.lex.n_leaves * wc.items_per_category, "taste": wc.taste, "missions": wc.missions,
+        "activity": wc.activity, "shuffle_lexicon": wc.shuffle_lexicon, "injected_malformed": injected,
         **counts,
     }
     schema.write_meta(out, meta)

@@ -234,6 +234,23 @@ def exposure_ctr(exposures: Frame) -> tuple[float | None, float | None]:
     return _ratio(row["clicks"], row["shown"]), row["any_click"] / row["n"]
 
 
+def light_session_share(events: Frame, max_behaviours: int = 5) -> float | None:
+    """Share of sessions (requests) whose user had at most ``max_behaviours`` events (any type) before the session's
+    first event — world-calibration.md's "requests from users with ≤ 5 behaviours"; events without a session id are
+    left out."""
+    ev = (
+        _lazy(events)
+        .with_row_index("seq")
+        .filter(pl.col("session_id").is_not_null())
+        .sort("user_id", "ts", "seq")
+        .with_row_index("pos")
+    )
+    first_pos = ev.group_by("user_id").agg(p0=pl.col("pos").min())
+    sess = ev.group_by("user_id", "session_id").agg(p=pl.col("pos").min()).join(first_pos, on="user_id")
+    row = sess.select(n=pl.len(), light=((pl.col("p") - pl.col("p0")) <= max_behaviours).sum()).collect().row(0)
+    return _ratio(row[1], row[0])
+
+
 def leaf_categories(categories: Frame, fallback: Frame | None = None) -> int:
     """Number of leaf categories: known ``category`` values of the categories table that are not the parent of
     another category; when that table has none, the distinct known ``cat`` values of ``fallback`` (query events)."""
@@ -258,6 +275,7 @@ def world_stats(
     out["queries_per_user"], out["distinct_queries_per_user"] = queries_per_user(qe)
     out["single_query_users"] = single_query_user_share(qe)
     out["multi_day_users"] = multi_day_user_share(events)
+    out["light_sessions"] = light_session_share(events)
     out["repeat_query_rate"] = repeat_query_rate(qe)
     out["pairs"] = pairs.height
     out["same_leaf"], out["same_leaf_pairs"] = same_leaf_share(pairs)
@@ -290,6 +308,8 @@ TARGETS: tuple[tuple[str, str, str, float], ...] = (
     ("single_query_users", "users with exactly 1 query ≥ 30 %", ">=", 0.30),
     ("impression_ctr", "impression CTR ≤ 5 %", "<=", 0.05),
     ("unseen_later_sample", "later 20 % queries never seen earlier (at N) ≥ 40 %", ">=", 0.40),
+    ("light_sessions", "sessions of users with ≤ 5 earlier behaviours ≥ 25 %", ">=", 0.25),
+    ("light_sessions", "sessions of users with ≤ 5 earlier behaviours ≤ 35 %", "<=", 0.35),
 )
 
 

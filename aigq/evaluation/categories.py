@@ -16,6 +16,9 @@ world's **public** tables — never ``world/hidden``:
    its category;
 3. else ``None`` (unknown: counts as no category hit and adds nothing to Unique Cates).
 
+A world-v2 world (``world/lexicon.json``, ``aigq.data.lexicon``) replaces step 2 by its public strict parser: text
+that is not exactly a known query is a concept's leaf or unknown, never a fuzzy neighbour (``from_world``).
+
 Hand example (tested in ``tests/test_eval_metrics.py``): known ``{"velvet sofa": Sofas, "oak desk": Desks}``,
 threshold 0.5: ``"Velvet  Sofa!"`` → Sofas (exact after normalising), ``"velvet sofas"`` → Sofas (trigram
 cosine 0.87), ``"garden hose"`` → None.
@@ -30,9 +33,13 @@ import unicodedata
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
+
+if TYPE_CHECKING:
+    from aigq.data.lexicon import Lexicon
 
 _PUNCT = re.compile(r"[^\w\s]+", re.UNICODE)
 _WS = re.compile(r"\s+")
@@ -90,8 +97,9 @@ def known_texts(queries: pl.DataFrame, items: pl.DataFrame | None = None) -> pl.
 class CategoryMapper:
     """See the module docstring. ``known``: (text, category) pairs in priority order (queries before items)."""
 
-    def __init__(self, known: Iterable[tuple[str, str]], threshold: float = 0.5):
+    def __init__(self, known: Iterable[tuple[str, str]], threshold: float = 0.5, lexicon: Lexicon | None = None):
         self.threshold = float(threshold)
+        self.lexicon = lexicon  # world v2: the strict parser replaces the fuzzy step
         self._exact: dict[str, str] = {}
         texts: list[str] = []
         cats: list[str] = []
@@ -118,7 +126,12 @@ class CategoryMapper:
         """Reads ``world/queries`` (and ``world/items``) through the validated reader; never ``world/hidden``."""
         from aigq.data.validate import read_table, validate_items, validate_queries
 
+        from aigq.data.lexicon import Lexicon
+
         queries = validate_queries(read_table(world, "queries"))[0]
+        lexicon = Lexicon.from_world(world)
+        if lexicon is not None:  # world v2: exact text, else the public parser; never a fuzzy match
+            return cls(known_texts(queries).iter_rows(), threshold, lexicon)
         items = validate_items(read_table(world, "items"))[0] if use_items else None
         return cls.from_tables(queries, items, threshold)
 
@@ -138,6 +151,9 @@ class CategoryMapper:
                 self._memo[q] = None
             elif q in self._exact:
                 self._memo[q] = self._exact[q]
+            elif self.lexicon is not None:
+                hit = self.lexicon.parse(q)
+                self._memo[q] = self.lexicon.leaves[hit[0]] if hit is not None else None
             else:
                 fuzzy.append(q)
         if fuzzy and self._m is not None:
