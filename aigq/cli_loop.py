@@ -27,11 +27,14 @@ def _pct(x: Any, digits: int = 1) -> str:
 def ab_table(table, control: str) -> Table:
     t = Table(title=f"simulated A/B (HintQ top 3, hidden click model, common random numbers; control = {control})",
               header_style="bold")
-    for col in ("arm", "users", "impr.", "CTR %", "PVR %", "UCTR % [95% CI]", f"gain vs {control} % [95% CI]",
-                "unique queries %", "unique leaf cats %"):
+    for col in ("arm", "users", "impr.", "CTR %", "PVR %", "E[UCTR] %", f"E[gain] vs {control} % [95% CI]",
+                "UCTR % [95% CI]", f"gain vs {control} % [95% CI]", "unique queries %", "unique leaf cats %"):
         t.add_column(col, justify="left" if col == "arm" else "right")
     for r in table.iter_rows(named=True):
         t.add_row(r["arm"], f"{r['users']:,}", f"{r['impressions']:,}", _pct(r["ctr"], 2), _pct(r["pvr"]),
+                  _pct(r["euctr"]),
+                  "–" if r["arm"] == control else f"{r['egain'] * 100:+.1f} [{r['egain_lo'] * 100:+.1f}, "
+                                                  f"{r['egain_hi'] * 100:+.1f}]",
                   f"{_pct(r['uctr'])} [{_pct(r['uctr_lo'])}, {_pct(r['uctr_hi'])}]",
                   "–" if r["arm"] == control else f"{r['gain'] * 100:+.1f} [{r['gain_lo'] * 100:+.1f}, "
                                                   f"{r['gain_hi'] * 100:+.1f}]",
@@ -88,12 +91,16 @@ def ab(config: ConfigOpt = None, lists: Lists = None,
 
 
 def _markdown(table, control: str) -> str:
-    lines = [f"| arm | users | CTR % | PVR % | UCTR % [95% CI] | gain vs {control} % [95% CI] | unique queries % | "
-             "unique leaf cats % |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| arm | users | CTR % | PVR % | expected UCTR % | expected gain vs {control} % [95% CI] | "
+             f"UCTR % [95% CI] | gain vs {control} % [95% CI] | unique queries % | unique leaf cats % |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.iter_rows(named=True):
         gain = "–" if r["arm"] == control else (f"{r['gain'] * 100:+.1f} [{r['gain_lo'] * 100:+.1f}, "
                                                  f"{r['gain_hi'] * 100:+.1f}]")
-        lines.append(f"| {r['arm']} | {r['users']} | {_pct(r['ctr'], 2)} | {_pct(r['pvr'])} | {_pct(r['uctr'])} "
+        egain = "–" if r["arm"] == control else (f"{r['egain'] * 100:+.1f} [{r['egain_lo'] * 100:+.1f}, "
+                                                  f"{r['egain_hi'] * 100:+.1f}]")
+        lines.append(f"| {r['arm']} | {r['users']} | {_pct(r['ctr'], 2)} | {_pct(r['pvr'])} | "
+                     f"{_pct(r['euctr'])} | {egain} | {_pct(r['uctr'])} "
                      f"[{_pct(r['uctr_lo'])}, {_pct(r['uctr_hi'])}] | {gain} | "
                      f"{_pct(r.get('discovery.queries'))} | {_pct(r.get('discovery.categories'))} |")
     return "\n".join(lines) + "\n"

@@ -52,7 +52,8 @@ def test_uctr_wilson_and_gain_on_a_hand_made_example():
             for slot in range(3):
                 rows.append({"arm": arm, "request_id": rid, "user_id": user, "day": 1, "slot": slot,
                              "query": f"q{slot}", "source": "direct" if slot == 0 else "popular",
-                             "clicked": slot == 1 and user in clicked_users})
+                             "clicked": slot == 1 and user in clicked_users,
+                             "p_click": 0.5 if (arm == "b" and slot == 0) else 0.1})
     imp = pl.DataFrame(rows)
     t = {r["arm"]: r for r in ab.summarise(imp, "a", resamples=400).iter_rows(named=True)}
     assert t["a"]["users"] == t["b"]["users"] == 4 and t["b"]["requests"] == 5 and t["b"]["impressions"] == 15
@@ -61,6 +62,11 @@ def test_uctr_wilson_and_gain_on_a_hand_made_example():
     assert t["b"]["gain"] == pytest.approx(2.0)  # 0.75 / 0.25 − 1
     assert t["a"]["gain"] == 0.0 and (t["a"]["gain_lo"], t["a"]["gain_hi"]) == (0.0, 0.0)
     assert (t["b"]["uctr_lo"], t["b"]["uctr_hi"]) == pytest.approx(ab.wilson(3, 4))
+    # expected UCTR = mean over users of 1 − Π (1 − p): users 1–3 see 3 impressions, user 4 six
+    ea = np.mean([1 - 0.9**3] * 3 + [1 - 0.9**6])
+    eb = np.mean([1 - 0.5 * 0.9**2] * 3 + [1 - 0.25 * 0.9**4])
+    assert t["a"]["euctr"] == pytest.approx(ea) and t["b"]["euctr"] == pytest.approx(eb)
+    assert t["b"]["egain"] == pytest.approx(eb / ea - 1) and t["b"]["egain_lo"] <= t["b"]["egain"] <= t["b"]["egain_hi"]
     # Wilson 3/10 (textbook values) and the paired bootstrap of a ratio that is 1 on every resample
     assert ab.wilson(3, 10) == pytest.approx((0.1078, 0.6032), abs=1e-4)
     assert ab.wilson(0, 0)[0] != ab.wilson(0, 0)[0]  # NaN for an empty population

@@ -137,7 +137,8 @@ class QueryResolver:
 
     @classmethod
     def for_hidden(cls, hidden: HiddenModel, mapper: Mapper | None = None) -> QueryResolver:
-        return cls(hidden.queries, mapper)
+        """World v2 resolves by the public lexicon's strict parser (``mapper`` unused: no fuzzy match there)."""
+        return ParsedResolver(hidden) if hidden.v2 is not None else cls(hidden.queries, mapper)
 
     def resolve(self, queries: Sequence[str]) -> pl.DataFrame:
         qs = list(dict.fromkeys(queries))
@@ -158,10 +159,23 @@ class QueryResolver:
                             schema={"query": pl.String, "category": pl.String, "pop": pl.Float64, "match": pl.String})
 
 
+class ParsedResolver(QueryResolver):
+    """World v2: text → (category, composed popularity, "parsed" | "unknown") by ``HiddenModel.resolve``."""
+
+    def __init__(self, hidden: HiddenModel):
+        self.hidden, self.mapper = hidden, None
+
+    def resolve(self, queries: Sequence[str]) -> pl.DataFrame:
+        return self.hidden.resolve(list(queries)).select("query", "category", "pop", "match")
+
+
 def click_probabilities(shown: pl.DataFrame, hidden: HiddenModel, resolver: QueryResolver) -> np.ndarray:
-    """``shown`` (user_id, day, query, slot) → hidden p(click) per row, in row order."""
+    """``shown`` (user_id, day, query, slot) → hidden p(click) per row, in row order (world v2: the hidden model
+    parses the text itself and adds the taste term)."""
     if shown.height == 0:
         return np.zeros(0)
+    if hidden.v2 is not None:
+        return hidden.click_probability(shown.select("user_id", pl.col("day").cast(pl.Int32), "query", "slot"))
     res = resolver.resolve(shown["query"].to_list())
     req = shown.select("user_id", pl.col("day").cast(pl.Int32), "query", "slot").join(
         res.select("query", "category", "pop"), on="query", how="left", maintain_order="left")
@@ -280,13 +294,18 @@ def summarise(imp: pl.DataFrame, control: str, cands: dict[str, pl.DataFrame] | 
               mapper: Mapper | None = None, aigq: Sequence[str] = AIGQ_CHANNELS, confidence: float = 0.95,
               resamples: int = 1000, seed: int = 0) -> pl.DataFrame:
     """One row per arm: users, requests, impressions, clicks, ctr, pvr, uctr (+ Wilson interval), gain vs
-    ``control`` (+ paired bootstrap interval) and, for arms showing AIGQ queries, the discovery shares (needs the
+    ``control`` (+ paired bootstrap interval), the expected UCTR ``euctr`` (mean over users of 1 − Π(1 − p_click):
+    no click noise, the primary figure) and its gain ``egain`` (+ paired bootstrap interval) and, for arms showing AIGQ queries, the discovery shares (needs the
     control arm's candidates ``cands[control]``)."""
     users = imp.select("user_id").unique().sort("user_id")
-    ind = {}
+    ind, exp = {}, {}
     for arm, g in imp.group_by("arm", maintain_order=True):
-        per = g.group_by("user_id").agg(c=pl.col("clicked").any())
-        ind[arm[0]] = users.join(per, on="user_id", how="left")["c"].fill_null(False).to_numpy().astype(np.float64)
+        # realised: the user clicked at least once; expected: 1 − Π (1 − p_click) over the user's impressions
+        per = g.group_by("user_id").agg(c=pl.col("clicked").any(),
+                                        e=1.0 - (1.0 - pl.col("p_click").clip(0.0, 1.0 - 1e-12)).log().sum().exp())
+        joined = users.join(per, on="user_id", how="left")
+        ind[arm[0]] = joined["c"].fill_null(False).to_numpy().astype(np.float64)
+        exp[arm[0]] = joined["e"].fill_null(0.0).to_numpy().astype(np.float64)
     if control not in ind:
         raise ValueError(f"control arm {control!r} has no impressions (arms: {sorted(ind)})")
     rows = []
@@ -297,6 +316,11 @@ def summarise(imp: pl.DataFrame, control: str, cands: dict[str, pl.DataFrame] | 
              "clicks": int(g["clicked"].sum()), "ctr": float(g["clicked"].mean()) if g.height else float("nan"),
              "pvr": float(g["source"].is_in(list(aigq)).mean()) if g.height else float("nan"),
              "uctr": float(x.mean()) if len(x) else float("nan"), "uctr_lo": lo, "uctr_hi": hi}
+        e, e_base = exp[name], exp[control].mean()
+        r["euctr"] = float(e.mean()) if len(e) else float("nan")
+        r["egain"] = float(e.mean() / e_base - 1) if e_base > 0 else float("nan")
+        r["egain_lo"], r["egain_hi"] = ((0.0, 0.0) if name == control else
+                                        paired_bootstrap_gain(e, exp[control], resamples, confidence, seed))
         base = ind[control].mean()
         r["gain"] = float(x.mean() / base - 1) if base > 0 else float("nan")
         r["gain_lo"], r["gain_hi"] = ((0.0, 0.0) if name == control else

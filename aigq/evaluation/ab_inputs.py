@@ -1,7 +1,8 @@
 """What the simulated A/B (``aigq.evaluation.ab``) reads from a world and a run: HintQ requests of the evaluation
 window, users' contexts as of the morning of a day, the CTR ranker, and the channels' arm lists.
 
-Nothing here reads ``world/hidden``; :func:`run_from_config` hands the hidden model to ``ab`` (the evaluator).
+Nothing here reads ``world/hidden`` but :func:`oracle_lists` (the hidden-oracle upper bound, given the hidden model
+by :func:`run_from_config`, which hands it to ``ab``, the evaluator).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from aigq.data.schema import day_expr
 from aigq.rewards.context import UserContext, behaviours_table, context_from_row
 
 REQUEST_SCHEMA = {"request_id": pl.Int64, "user_id": pl.Int64, "day": pl.Int32}
+# Upper-bound channel sources (issue 17): the users' true queries of the day, and the hidden oracle — the pooled
+# candidates of every other channel (and the truth) re-ranked by the hidden click model, best first.
+UPPER_TRUTH, UPPER_ORACLE = "truth", "oracle"
 
 
 def window_requests(tables: dict[str, pl.DataFrame], start_date: str, keys: pl.DataFrame,
@@ -128,7 +132,7 @@ def channel_lists(cfg: AIGQConfig, test: pl.DataFrame, given: dict[str, Path], n
     """Each needed channel's arm lists: a given file, else the cached ``<ab dir>/lists/<channel>-<arm>.parquet``
     (``…-c<serve.direct_samples>.parquet`` for policy channels; same test rows; ``fresh`` ignores it), else
     generated with ``aigq.evaluation.recommend.arm_lists`` for ``ab.channels[channel]`` and cached."""
-    from aigq.evaluation.recommend import arm_lists
+    from aigq.evaluation.recommend import arm_frame, arm_lists
 
     out, cache = {}, ab_dir(cfg) / "lists"
     keys = test.select("user_id", "day")
@@ -143,6 +147,11 @@ def channel_lists(cfg: AIGQConfig, test: pl.DataFrame, given: dict[str, Path], n
         if ch not in cfg.ab.channels:
             raise ValueError(f"channel {ch!r} has no source: add ab.channels.{ch}=<eval arm> or --lists {ch}=FILE")
         src = cfg.ab.channels[ch]
+        if src == UPPER_TRUTH:  # an upper bound: the queries the user really searched / clicked that day
+            out[ch] = arm_frame(keys, test["target"].to_list(), cfg.ab.recall_per_channel)
+            continue
+        if src == UPPER_ORACLE:  # built by the evaluator from the other channels (run_from_config)
+            continue
         tag = re.sub(r"[^\w.-]+", "_", src)
         f = cache / (f"{ch}-{tag}-c{n}.parquet" if is_policy_source(src) else f"{ch}-{tag}.parquet")
         if f.is_file() and not fresh:
@@ -205,6 +214,9 @@ def run_from_config(cfg: AIGQConfig, given: dict[str, Path] | None = None,
         test = test.filter(pl.col("user_id").is_in(keep.implode()))
     needed = list(dict.fromkeys(c for arm in a.arms.values() for c in arm))
     channels = channel_lists(cfg, test, dict(given or {}), needed, say, fresh)
+    for ch in needed:
+        if a.channels.get(ch) == UPPER_ORACLE and ch not in channels:
+            channels[ch] = oracle_lists(hidden, test, channels, a.recall_per_channel)
     requests = window_requests(v.tables, start, test.select("user_id", "day"), a.requests)
     ranker, model = None, None
     if a.ranker == "ctr":
@@ -226,3 +238,24 @@ def run_from_config(cfg: AIGQConfig, given: dict[str, Path] | None = None,
     matched = ab.QueryResolver.for_hidden(hidden, mapper.map).resolve(imp["query"].unique().to_list())
     return {"table": table, "impressions": imp, "out": out, "ctr_model": str(model) if model else None,
             "match": dict(matched.group_by("match").len().iter_rows())}
+
+
+def oracle_lists(hidden: Any, test: pl.DataFrame, channels: dict[str, pl.DataFrame], k: int) -> pl.DataFrame:
+    """The hidden oracle's lists: per test user-day, the pooled queries of ``channels`` and of the user's true
+    targets, ranked by the hidden p(click | user, day, query, slot 0) — evaluator-only (it reads world/hidden)."""
+    from aigq.evaluation.recommend import arm_frame
+
+    keys = test.select(pl.col("user_id").cast(pl.Int64), pl.col("day").cast(pl.Int32))
+    pools = [df.select(pl.col("user_id").cast(pl.Int64), pl.col("day").cast(pl.Int32), "queries")
+             for df in channels.values()]
+    pools.append(keys.with_columns(queries=test["target"].cast(pl.List(pl.String))))
+    cand = (pl.concat(pools).explode("queries").drop_nulls("queries").rename({"queries": "query"})
+            .unique(["user_id", "day", "query"], maintain_order=True))
+    if cand.height == 0:
+        return arm_frame(keys, [[] for _ in range(keys.height)], k)
+    p = hidden.click_probability(cand.with_columns(slot=pl.lit(0, pl.Int64)))
+    best = (cand.with_columns(p=pl.Series(p)).sort(["user_id", "day", "p", "query"],
+                                                   descending=[False, False, True, False])
+            .group_by("user_id", "day", maintain_order=True).agg(pl.col("query").head(k)))
+    lists = keys.join(best, on=["user_id", "day"], how="left", maintain_order="left")["query"]
+    return arm_frame(keys, [x if x is not None else [] for x in lists.to_list()], k)

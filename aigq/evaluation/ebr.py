@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import torch
@@ -157,7 +159,17 @@ def train_ebr(pairs: pl.DataFrame, e: EvalConfig, say: Callable[[str], None] | N
     return ebr
 
 
+_FITTED: dict[str, EBR] = {}  # one fit per (samples, eval settings) per process: `ebr` and `ebr-all` share it
+
+
 def fit_ebr(cfg: AIGQConfig, samples_dir=None, say: Callable[[str], None] | None = None) -> EBR:
     from aigq.evaluation.baselines import train_pairs
 
-    return train_ebr(train_pairs(samples_dir or cfg.samples_dir()), cfg.eval, say)
+    d = Path(samples_dir or cfg.samples_dir())
+    path = d / "think.parquet"
+    key = f"{d.resolve()}|{path.stat().st_mtime_ns if path.is_file() else 0}|{cfg.eval.model_dump_json()}"
+    if key not in _FITTED:
+        _FITTED.clear()
+        _FITTED[key] = train_ebr(train_pairs(d), cfg.eval, say)
+    fitted = _FITTED[key]
+    return EBR(fitted.model, vocab=fitted.vocab, history=fitted.history, losses=fitted.losses)

@@ -27,9 +27,11 @@ from aigq.evaluation.categories import normalise
 
 ARM_SCHEMA = {"user_id": pl.Int64, "day": pl.Int32, "queries": pl.List(pl.String)}
 BASELINES = ("ebr", "popularity", "co-click", "zero-shot")
+# Strong transparent baselines over the public query-understanding table (issue 17, ``facets.py``).
+STRONG = ("facet-rule", "co-click+backoff", "ebr-all")
 POLICY_ARMS = tuple(f"{v}-{s}" for v in ("direct", "think")
                     for s in ("sft", "il-sft", "il-sft+grpo", "il-sft+il-grpo"))
-ARMS = BASELINES + POLICY_ARMS
+ARMS = BASELINES + STRONG + POLICY_ARMS
 
 
 def dedup(queries: Sequence[str | None], k: int) -> list[str]:
@@ -75,11 +77,20 @@ def arm_lists(cfg: AIGQConfig, arm: str, test_frame: pl.DataFrame, k: int | None
 
         model = B.fit_popularity(cfg) if arm == "popularity" else B.fit_coclick(cfg)
         return arm_frame(keys, model.recommend(test_frame["prompt"].to_list(), k), k)
-    if arm == "ebr":
+    if arm in ("ebr", "ebr-all"):
         from aigq.evaluation import ebr
 
         model = ebr.fit_ebr(cfg, say=say)
+        if arm == "ebr-all":  # the same towers, scoring the whole known query space (facets.query_space)
+            from aigq.evaluation.facets import query_space
+
+            model = ebr.EBR(model.model, vocab=query_space(cfg), history=model.history)
         return arm_frame(keys, model.recommend(test_frame["prompt"].to_list(), k), k)
+    if arm in ("facet-rule", "co-click+backoff"):
+        from aigq.evaluation import facets
+
+        rule = facets.fit_facet_rule(cfg) if arm == "facet-rule" else facets.fit_coclick_backoff(cfg)
+        return arm_frame(keys, rule.recommend(test_frame["prompt"].to_list(), k), k)
     if arm == "zero-shot":
         from aigq.evaluation import policy
 
