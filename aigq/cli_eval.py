@@ -27,11 +27,12 @@ def _arms(spec: str | None) -> list[str]:
     if not spec:
         return list(ARMS)
     arms = [a.strip() for a in spec.split(",") if a.strip()]
-    bad = [a for a in arms if a not in ARMS]
+    # "<policy arm>@<folder>": that arm's prompts with an explicit policy folder (e.g. the demo's IL-GRPO policy)
+    bad = [a for a in arms if a not in ARMS and not (a.partition("@")[0] in POLICY_ARMS and a.partition("@")[2])]
     if bad:
         console.print(f"[red]unknown arm(s) {', '.join(bad)}[/red]; choose from {', '.join(ARMS)}")
         raise typer.Exit(2)
-    return [a for a in ARMS if a in arms]  # the paper's row order
+    return [a for a in ARMS if a in arms] + [a for a in arms if a not in ARMS]  # the paper's row order, then @
 
 
 PROTOCOLS = ("days", "last-query")
@@ -70,8 +71,9 @@ def eval_cmd(config: ConfigOpt = None,
             _fail(exc)
         fresh = {r.arm: r for r in results}
         kept = earlier_results(cfg, test.height)  # rows of arms not asked for this time (same user-days)
-        results = [fresh.get(a) or kept.get(a) or ArmResult(a, "not evaluated") for a in ARMS
-                   if a in fresh or a in kept or arms is None]
+        order = dict.fromkeys([*ARMS, *fresh, *kept])  # the paper's order, then arm@folder rows
+        results = [fresh.get(a) or kept.get(a) or ArmResult(a, "not evaluated") for a in order
+                   if a in fresh or a in kept or (arms is None and a in ARMS)]
         out, png = show_table(cfg, tracker, results, test)
     console.print(f"table → {out / 'table1.md'}" + (f", plot → {png}" if png else ""))
 

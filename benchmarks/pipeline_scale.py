@@ -8,6 +8,7 @@ volume. Usage::
     .venv/bin/python benchmarks/pipeline_scale.py --events 1e6    # one size
     .venv/bin/python benchmarks/pipeline_scale.py --search-only   # a plain search log: next-search Direct labels
     .venv/bin/python benchmarks/pipeline_scale.py --search-only --count searches   # ~1M and ~10M search events
+    .venv/bin/python benchmarks/pipeline_scale.py --config configs/world_v2.yaml   # world v2's activity and queries
 
 ``--search-only`` simulates with ``world.hint_exposure_rate=0`` (no HintQ exposures), so the Direct split is built
 from next searches (``samples.label_source=auto``) and every user's last query is held out (``last_query``).
@@ -29,8 +30,8 @@ from aigq.config import load_config
 from aigq.data.simulate import simulate_world
 from aigq.data.validate import validate_world
 from aigq.data.samples import build_samples_to
-stage, world, samples, overrides = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
-cfg = load_config(None, overrides)
+stage, world, samples, config, overrides = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+cfg = load_config(config or None, overrides)
 t0 = time.perf_counter()
 out = {}
 if stage == "simulate":
@@ -53,8 +54,8 @@ print(json.dumps(out))
 """
 
 
-def run_stage(stage: str, world: Path, samples: Path, overrides: list[str]) -> dict:
-    res = subprocess.run([sys.executable, "-c", STAGE, stage, str(world), str(samples), *overrides],
+def run_stage(stage: str, world: Path, samples: Path, overrides: list[str], config: str = "") -> dict:
+    res = subprocess.run([sys.executable, "-c", STAGE, stage, str(world), str(samples), config, *overrides],
                          capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"{stage} failed:\n{res.stderr[-3000:]}")
@@ -69,19 +70,21 @@ def main() -> None:
     ap.add_argument("--search-only", action="store_true", help="no HintQ exposures: next-search Direct labels")
     ap.add_argument("--count", choices=["events", "searches"], default="events",
                     help="what --events counts: all events, or search events only")
+    ap.add_argument("--config", default="", help="a config file whose world to scale (e.g. configs/world_v2.yaml; "
+                                                 "--sessions-per-day then only matters for v1 activity)")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="aigq-bench-"))
     base = [f"world.sessions_per_day={args.sessions_per_day}", "world.chunk_users=100000"]
     base += ["world.hint_exposure_rate=0"] if args.search_only else []
-    pilot = run_stage("simulate", work / "pilot", work / "pilot_s", [*base, "world.users=20000"])
+    pilot = run_stage("simulate", work / "pilot", work / "pilot_s", [*base, "world.users=20000"], args.config)
     per_user = pilot[args.count] / pilot["users"]
     print(f"pilot: {per_user:.2f} {args.count} per user at sessions_per_day={args.sessions_per_day}")
     rows = []
     for target in args.events:
         users = int(round(target / per_user / 1000) * 1000)
         w, s = work / f"w{int(target)}", work / f"s{int(target)}"
-        sim = run_stage("simulate", w, s, [*base, f"world.users={users}"])
-        build = run_stage("build", w, s, base)
+        sim = run_stage("simulate", w, s, [*base, f"world.users={users}"], args.config)
+        build = run_stage("build", w, s, base, args.config)
         rows.append({"target": target, "users": sim["users"], "events": sim["events"], "exposures": sim["exposures"],
                      "sim_s": sim["seconds"], "sim_rss": sim["peak_rss_gib"], "build_s": build["seconds"],
                      "validate_s": build["validate_s"], "build_rss": build["peak_rss_gib"],
