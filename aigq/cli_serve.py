@@ -1,14 +1,16 @@
 """``aigq serve up|down|status|rollout`` and ``aigq think-index --day T`` (registered on the main app by cli.py).
 
-``serve up`` joins ``--address`` / $RAY_ADDRESS / a running local cluster, or starts a local head (``ray start
---head``, no dashboard) so the applications outlive the command, then deploys ``configs/serve.yaml``.
+``serve up`` joins ``--address`` / $RAY_ADDRESS / the machine's running Ray head (its ``ray_current_cluster`` file,
+when a GCS answers there), or starts a head (``ray start --head --block``, Ray's token authentication on, recorded
+in ``<run.output_dir>/serve/ray_head.json``; ``aigq serve down --stop-head`` stops exactly it) so the applications
+outlive the command, then deploys ``configs/serve.yaml`` with bearer-token authentication (``serve.auth``,
+:mod:`aigq.serve_app.auth`): the admin token comes from $AIGQ_SERVE_TOKEN or its file, created (0600) when missing;
+``serve up`` prints where it is, never the token.
 """
 
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,45 +21,64 @@ console = Console()
 serve_cli = typer.Typer(add_completion=False, no_args_is_help=True,
                         help="Ray Serve: the direct, think and hintq applications from one config.")
 ServeYaml = Annotated[Path, typer.Option("--serve-config", help="Multi-application Serve config.")]
-Address = Annotated[str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS or a local one).")]
+Address = Annotated[str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS or the machine's "
+                                                  "running head).")]
 
 
-def connect(address: str | None, start: bool = False) -> None:
+def head_record(cfg) -> Path:
+    """Where ``serve up`` records the Ray head it started."""
+    return Path(cfg.run.output_dir).resolve() / "serve" / "ray_head.json"
+
+
+def connect(address: str | None, start: bool = False, record: Path | None = None) -> None:
     import ray
+
+    from aigq import ray_boot as RB
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
+    address = address or os.environ.get("RAY_ADDRESS") or RB.live_local_address(say=say)
     kw: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
     if address:
+        RB.prepare_ray_auth(start=False)
         ray.init(address=address, **kw)
         return
-    try:
-        ray.init(address="auto", **kw)
-    except ConnectionError:
-        if not start:
-            console.print("[red]no running Ray cluster[/red] (start one with `aigq serve up` or pass --address)")
-            raise typer.Exit(1) from None
-        console.print("starting a local Ray head (`ray start --head`); `ray stop` ends it")
-        env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}  # loopback-only head
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", "--include-dashboard=false",
-                        "--disable-usage-stats", f"--num-cpus={os.cpu_count()}"], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
-        ray.init(address="auto", **kw)
+    if not start:
+        console.print("[red]no running Ray cluster[/red] (start one with `aigq serve up` or pass --address)")
+        raise typer.Exit(1)
+    if record is None:
+        raise ValueError("connect(start=True) needs the head record path")
+    console.print("starting a Ray head (`ray start --head --block`, token authentication on)")
+    rec = RB.start_serve_head(record, os.cpu_count() or 1, say=say)
+    console.print(f"Ray head at {rec['address']} (pid {rec['pid']}, recorded in {record}); "
+                  "`aigq serve down --stop-head` stops it", markup=False, highlight=False)
+    ray.init(address=rec["address"], **kw)
+
+
+def serve_auth(cfg, create: bool = True):
+    """The apps' bearer-token policy from ``serve.auth`` (``aigq.serve_app.auth.setup_auth``): with auth on and no
+    admin token, one is created in ``<run.output_dir>/serve/auth_token`` (0600)."""
+    from aigq.serve_app.auth import setup_auth
+
+    return setup_auth(cfg.serve.auth, Path(cfg.run.output_dir).resolve(), Path.cwd(), create=create)
 
 
 def up_stage(cfg, serve_yaml: Path, config: Path | None, overrides: list[str] | None, address: str | None = None,
              apps: list[str] | None = None, timeout_s: float = 600, start: bool = True) -> dict[str, Any]:
     from aigq.serve_app import deploy as D
 
-    connect(address, start=start)
+    connect(address, start=start, record=head_record(cfg))
     sc = D.load_serve_config(serve_yaml, root=Path.cwd(), config=str(config) if config else None,
                              overrides=overrides, host=cfg.serve.host, port=cfg.serve.port, apps=apps)
     # serve.policy, else the run's newest trained policy (IL-GRPO's, else IL-SFT's) — never the serve file's example
     ctx = _ctx_for(cfg)
     D.set_policy(sc, ctx.policy_spec(), ctx.policy_spec(think=True))
+    auth = serve_auth(cfg)
+    D.set_auth(sc, auth.policy.to_args())  # digests only: no token in the Serve config
     D.deploy(sc)
-    return D.wait_running([a["name"] for a in sc["applications"]], timeout_s=timeout_s)
+    return {**D.wait_running([a["name"] for a in sc["applications"]], timeout_s=timeout_s),
+            "auth token (admin)": auth.where}
 
 
 def _deployed_config() -> dict[str, Any]:
@@ -87,8 +108,12 @@ def register(app: typer.Typer, config_opt: Any, overrides_arg: Any, load: Any, t
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from None
         base = f"http://{cfg.serve.host}:{cfg.serve.port}"
-        console.print(table("serve up", {**st, "hintq": f"POST {base}/hintq", "events": f"POST {base}/direct/events",
-                                         "think": f"POST {base}/think/lookup"}))
+        console.print(table("serve up", {**st, "hintq endpoint": f"POST {base}/hintq (read)",
+                                         "events endpoint": f"POST {base}/direct/events (write)",
+                                         "think endpoint": f"POST {base}/think/lookup (admin)"}))
+        if cfg.serve.auth.enabled:
+            console.print('every call but /healthz needs `-H "Authorization: Bearer $TOKEN"` (the token is in the '
+                          "file above, or $" + cfg.serve.auth.token_env + ")", markup=False, highlight=False)
 
     @serve_cli.command("status")
     def status(address: Address = None) -> None:
@@ -99,13 +124,42 @@ def register(app: typer.Typer, config_opt: Any, overrides_arg: Any, load: Any, t
         console.print_json(json.dumps(D.describe()))
 
     @serve_cli.command("down")
-    def down(address: Address = None) -> None:
-        """Delete every Serve application and stop Serve (the Ray cluster keeps running)."""
+    def down(address: Address = None, config: config_opt = Path("configs/tiny_cpu.yaml"),
+             stop_head: Annotated[bool, typer.Option(
+                 "--stop-head", help="Also stop the Ray head that `aigq serve up` started for this run "
+                                     "(<run.output_dir>/serve/ray_head.json); no other Ray.")] = False,
+             overrides: overrides_arg = None) -> None:
+        """Delete every Serve application and stop Serve (the Ray cluster keeps running unless --stop-head)."""
+        import ray
         from ray import serve
 
-        connect(address)
-        serve.shutdown()
-        console.print("serve stopped")
+        from aigq import ray_boot as RB
+
+        cfg = load(config, overrides)
+        record = head_record(cfg)
+        rec = RB.read_head_record(record)
+        if stop_head and rec is None:
+            console.print(f"[red]no Ray head recorded[/red] at {record}: `aigq serve up` did not start one for "
+                          "this run (a head started otherwise is not ours to stop)")
+            raise typer.Exit(1)
+        try:
+            connect(address)
+            serve.shutdown()
+            console.print("serve stopped")
+        except typer.Exit:
+            if not (stop_head and rec):
+                raise
+        if not stop_head:
+            if rec:
+                console.print(f"the Ray head that `aigq serve up` started (pid {rec['pid']}, {rec['address']}) keeps "
+                              "running: `aigq serve down --stop-head` stops it", markup=False, highlight=False)
+            return
+        ray.shutdown()
+        try:
+            console.print(RB.stop_serve_head(record), markup=False, highlight=False)
+        except RuntimeError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
 
     @serve_cli.command("rollout")
     def rollout(policy: Annotated[str, typer.Option(help="Policy folder or models:/<name>/<version>.")],
@@ -213,17 +267,21 @@ def demo_serve(cfg, tracker, table, users: int = 3, config: Path | None = None,
             f"serve.think_users_per_day={cap}"], start=False)
     base = f"http://{cfg.serve.host}:{cfg.serve.port}"
     console.print(table("serve up", st))
+    from aigq.serve_app.auth import client_headers
+
+    headers = client_headers(cfg.serve.auth, Path(cfg.run.output_dir).resolve(), "admin", Path.cwd())
     try:
         rec = _ctx_for(cfg).records
         known = [u for u in _world_users(cfg, 200) if rec.get_behaviours(u)][:users]
         if known and has_policy:
             requests.post(f"{base}/direct/events", json={"events": [
-                {"user_id": known[0], "type": "search", "content": "round dining table"}]}, timeout=30)
+                {"user_id": known[0], "type": "search", "content": "round dining table"}]}, headers=headers,
+                timeout=30)
             deadline = time.time() + 60
             while time.time() < deadline and not rec.get_direct(known[0]):
                 time.sleep(0.5)
         for u in [*known, 10**9]:
-            r = requests.post(f"{base}/hintq", json={"user_id": u}, timeout=30)
+            r = requests.post(f"{base}/hintq", json={"user_id": u}, headers=headers, timeout=30)
             body = r.json()
             shown = "; ".join(f"{s['query']} [{s['source']} {s['score']:.3f}]" for s in body.get("queries", []))
             console.print(f"[bold]HintQ user {u}[/bold] ({r.status_code}, ranker {body.get('ranker')}, "

@@ -437,6 +437,23 @@ class ServeConfig(_Section):
     """Serving (paper §4, issue 6): the nearline Direct cache, the daily Think index, the online HintQ endpoint and
     their store. Serve's own knobs (replicas, autoscaling, queue limits, resources) live in ``configs/serve.yaml``."""
 
+    class Auth(_Section):
+        """Bearer-token authentication of the Serve apps (``aigq/serve_app/auth.py``). Three scopes: ``read``
+        (``POST /hintq``), ``write`` (``POST /direct/events``), ``admin`` (everything else but ``/healthz``: the
+        Direct cache and generator, Think lookups and runs, every ``/status``); the admin token grants all three.
+        Each scope's token comes from its environment variable, else its file (first line); the config holds
+        names and paths, never a token. With ``enabled`` and no admin token, ``aigq serve up`` (and the demo, the
+        daily loop) generates one into ``token_file`` (mode 0600) and prints where it is."""
+
+        enabled: bool = True  # off = every endpoint open to anyone who reaches the HTTP proxy
+        token_env: str = "AIGQ_SERVE_TOKEN"  # admin token (all scopes)
+        token_file: str | None = None  # None → <run.output_dir>/serve/auth_token; relative → against the repo root
+        read_token_env: str = "AIGQ_SERVE_READ_TOKEN"  # read-only token (HintQ answers), optional
+        read_token_file: str | None = None
+        write_token_env: str = "AIGQ_SERVE_WRITE_TOKEN"  # write-only token (behaviour events), optional
+        write_token_file: str | None = None
+
+    auth: Auth = Auth()
     store: Literal["sqlite", "redis"] = "sqlite"  # SQLite = embedded default (WAL); Redis for shared/cluster stores
     sqlite_path: str | None = None  # None → <run.output_dir>/serve/store.db
     # Ray's GCS takes 6379 on a `ray start` head, so our default Redis port is 6380 ([GAP], ours)

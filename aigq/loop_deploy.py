@@ -8,8 +8,8 @@ Both give the same four calls on the arm's store:
   the CTR scorer;
 * ``refresh_direct(users)`` — the nearline AIGQ-Direct step for the day's users: the *deployed* DirectGenerator
   generates each user's list from the store and pushes it onto the user's cache (last M runs);
-* ``answer(users)`` — ask the deployed HintQ for each user (``POST /hintq``, k = serve.hintq_k) → (user_id, slot,
-  query, source).
+* ``answer(users)`` — ask the deployed HintQ for each user (``POST /hintq``, k = serve.hintq_k, with the arm's
+  bearer token: ``serve.auth``) → (user_id, slot, query, source).
 """
 
 from __future__ import annotations
@@ -98,6 +98,13 @@ class ServeDeployment:
         self.sc = D.load_serve_config(serve_yaml, root=Path.cwd(), config=str(config_path) if config_path else None,
                                       overrides=overrides, host=cfg.serve.host, port=cfg.serve.port)
         self.base = f"http://{cfg.serve.host}:{cfg.serve.port}"
+        # the apps check bearer tokens (serve.auth): the arm's admin token, created (0600) when missing; the apps get
+        # its digest, this client the header
+        from aigq.serve_app.auth import client_headers, setup_auth
+
+        out = Path(cfg.run.output_dir).resolve()
+        D.set_auth(self.sc, setup_auth(cfg.serve.auth, out, Path.cwd()).policy.to_args())
+        self.headers = client_headers(cfg.serve.auth, out, "read", Path.cwd())
         self.deployed = False
 
     def rollout(self, policy: Path, think_policy: Path, ctr_model: Path) -> None:
@@ -128,7 +135,8 @@ class ServeDeployment:
 
         def ask(u: int) -> list[dict[str, Any]]:
             for attempt in range(5):
-                r = requests.post(f"{self.base}/hintq", json={"user_id": u, "k": k}, timeout=60)
+                r = requests.post(f"{self.base}/hintq", json={"user_id": u, "k": k}, headers=self.headers,
+                                  timeout=60)
                 if r.status_code == 200:
                     return _rows(u, r.json())
                 if r.status_code != 429:

@@ -86,29 +86,18 @@ def start_policy(cfg: AIGQConfig) -> Path:
 
 
 def ensure_loop_ray(cfg: AIGQConfig) -> None:
-    """Join the configured cluster, or start a local Ray with logical CPUs for IL-GRPO's pools and Serve."""
-    import ray
-
+    """Join the configured cluster, or start a private local Ray with logical CPUs for IL-GRPO's pools and Serve
+    (``aigq.ray_boot``: the decision is printed, Ray's token authentication stays on)."""
     from aigq.actors.learner import pipeline_cpus
+    from aigq.ray_boot import init_ray
 
-    if ray.is_initialized():
-        return
-    address = cfg.learner.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only cluster
     extra = pipeline_cpus(cfg) - cfg.learner.num_workers * cfg.learner.cpus_per_worker + SERVE_CPUS
-    for attempt in range(3):  # Ray gives a new raylet 30 s to register; an overloaded machine can miss that
-        try:
-            ray.init(num_cpus=(os.cpu_count() or 1) + math.ceil(extra), include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
-            return
-        except Exception as exc:  # noqa: BLE001 — Ray raises a bare Exception on a startup timeout
-            ray.shutdown()
-            if attempt == 2:
-                raise RuntimeError(f"could not start a local Ray (3 tries): {exc}") from None
-            time.sleep(5)
+    try:  # Ray gives a new raylet 30 s to register; an overloaded machine can miss that: 3 tries
+        init_ray(cfg.learner.ray_address, (os.cpu_count() or 1) + math.ceil(extra), attempts=3)
+    except Exception as exc:  # noqa: BLE001 — Ray raises a bare Exception on a startup timeout
+        if cfg.learner.ray_address or os.environ.get("RAY_ADDRESS"):
+            raise
+        raise RuntimeError(f"could not start a local Ray (3 tries): {exc}") from None
 
 
 @dataclass

@@ -9,9 +9,10 @@ other Ray users share:
   is not the default ``/tmp/ray`` one: a plain ``ray.init()`` elsewhere on the machine does not join this head;
 - the head runs as ``ray start --head --block`` in its own session and is stopped by signalling that process (and
   then its own process tree), never with ``ray stop`` (which stops every Ray cluster on the machine);
-- Ray 2.60 turns token authentication on by default; this private, loopback-only head is started with
-  ``RAY_AUTH_MODE=disabled`` so ``ray job submit`` needs no token (on a shared cluster use ``RAY_AUTH_MODE=token``
-  and the token in ``~/.ray/auth_token`` on the submitting side instead).
+- Ray's token authentication stays on (``aigq.ray_boot.prepare_ray_auth``): Ray 2.60 cannot bind a head to
+  loopback (its GCS and raylet listen on all interfaces, ``--node-ip-address 127.0.0.1`` is replaced by the
+  machine's address), so the head runs with ``RAY_AUTH_MODE=token`` and Ray's token file (``$RAY_AUTH_TOKEN_PATH`` or
+  ``~/.ray/auth_token``, created 0600 when missing), and ``ray job submit`` runs with the same mode and token.
 
 The job's entrypoint is a shell command run by Ray's job supervisor inside the uploaded ``working_dir``; Ray sets
 ``RAY_ADDRESS`` for it, so every AIGQ stage in it (``ensure_ray``) joins this head instead of starting its own Ray.
@@ -28,11 +29,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from aigq.ray_boot import head_env as token_env
+from aigq.ray_boot import prepare_ray_auth
 
 PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port",
               "--object-manager-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
@@ -86,9 +91,12 @@ class LocalHead:
 
 
 def _answering(url: str) -> bool:
+    """The server at ``url`` answers: 200, or 401 / 403 (up, and asking for Ray's token)."""
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
             return r.status == 200
+    except urllib.error.HTTPError as exc:
+        return exc.code in (401, 403)
     except OSError:
         return False
 
@@ -124,9 +132,9 @@ def local_head(num_cpus: int, timeout_s: float = 180.0, env: dict[str, str] | No
 def _start_head(num_cpus: int, env: dict[str, str] | None) -> LocalHead:
     temp = Path(tempfile.mkdtemp(prefix="aigq-ray-", dir="/tmp"))  # short: Ray's unix socket paths are ≤ 107 chars
     ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
-    head_env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "disabled",
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    head_env.pop("RAY_ADDRESS", None)
+    head_env = token_env({**os.environ, **(env or {}),
+                          "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+    prepare_ray_auth(start=False)  # this process is the head's client (job server status, stop_job): same token
     cmd = [ray_cli(), "start", "--head", "--block", "--temp-dir", str(temp), "--num-cpus", str(num_cpus),
            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1",
            "--disable-usage-stats", *[x for flag, port in ports.items() for x in (flag, str(port))]]
@@ -194,9 +202,11 @@ def submit(head: LocalHead, entrypoint: list[str], runtime_env: Path, cwd: Path,
     sid = submission_id or f"aigq-{int(time.time() * 1000)}"
     cmd = [ray_cli(), "job", "submit", "--address", head.dashboard, "--runtime-env", str(runtime_env),
            "--submission-id", sid, "--", *entrypoint]
-    client_env = dict(os.environ)  # a plain shell: no token needed against a head started with auth disabled
-    for var in ("RAY_ADDRESS", "RAY_AUTH_MODE"):
-        client_env.pop(var, None)
+    client_env = dict(os.environ)  # a plain shell with the head's authentication mode and token
+    client_env.pop("RAY_ADDRESS", None)
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        if head.env.get(var):
+            client_env[var] = head.env[var]
     lines: list[str] = []
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=client_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -71,7 +71,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ctr, groups = build(args.ctr, args.world, args.groups, args.g, Path(tmp))
         n_lists = sum(len(g.outputs) for g in groups)
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        from aigq.ray_boot import prepare_ray_auth
+
+        prepare_ray_auth(start=True)  # Ray's token authentication on: a local head listens on all interfaces
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         cfg = RewardsConfig(similarity=args.similarity, batch_groups=8, num_cpus_per_actor=1)
         print(f"# {len(groups)} groups × G={args.g} = {n_lists} lists of ≤10 queries; similarity={args.similarity}; "

@@ -5,7 +5,8 @@ and CTR ranking (``HintQCore``), measured in the same run; then 1,000 malformed 
     .venv/bin/python benchmarks/serve_load.py [--users 500] [--concurrency 8] [--seconds 15] [--no-append]
 
 The load is closed-loop and bounded: ``concurrency`` clients, each sending its next request when the last one
-returns, for ``seconds`` after a warm-up. The store (SQLite, WAL) holds ``users`` users with behaviours, a Direct
+returns, for ``seconds`` after a warm-up. Both servers check the same bearer token (``aigq.serve_app.auth``, a
+random read token made for the run); every request carries it. The store (SQLite, WAL) holds ``users`` users with behaviours, a Direct
 cache and a Think index; the CTR model has the default architecture with random weights (ranking cost, not quality).
 """
 
@@ -13,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -39,10 +40,12 @@ sys.path.insert(0, {repo!r})
 from aigq.serve_app.common import app_context
 from aigq.serve_app.hintq import HintQCore, load_scorer
 from aigq.serve_app.models import HintQRequest, install_error_handlers, parse_body
+from aigq.serve_app.auth import AuthPolicy, install_auth
 import torch; torch.set_num_threads(1)
 ctx = app_context({{"config": {cfg!r}, "root": {repo!r}}})
 core = HintQCore(ctx.records, ctx.cfg, load_scorer(ctx, None)[0])
-app = FastAPI(); install_error_handlers(app)
+policy = AuthPolicy.from_args({auth!r})
+app = FastAPI(); install_error_handlers(app); install_auth(app, {{("POST", "/hintq"): "read"}}, lambda: policy)
 @app.post("/hintq")
 async def hintq(request: Request):
     body = await parse_body(request, HintQRequest, ctx.cfg.serve.max_body_bytes)
@@ -79,6 +82,10 @@ def populate(cfg_file: Path, users: int) -> None:
                Path(ctx.cfg.ctr.dir) / "day-001")
 
 
+TOKEN = secrets.token_urlsafe(32)  # a read token for this run: both servers accept it, every request sends it
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
 async def load(url: str, users: int, concurrency: int, seconds: float, warmup: float) -> dict:
     import aiohttp
 
@@ -90,7 +97,7 @@ async def load(url: str, users: int, concurrency: int, seconds: float, warmup: f
         async def client(i: int) -> None:
             rng = random.Random(i)
             while (t0 := time.perf_counter()) < t_end:
-                async with s.post(url, json={"user_id": rng.randrange(users + users // 10)}) as r:
+                async with s.post(url, json={"user_id": rng.randrange(users + users // 10)}, headers=AUTH) as r:
                     await r.read()
                     t1 = time.perf_counter()
                     if t0 >= t_measure:
@@ -112,7 +119,7 @@ async def malformed(url: str, n: int = 1000) -> dict:
 
         async def one(i: int) -> None:
             async with sem, s.post(url, data=MALFORMED[i % len(MALFORMED)],
-                                   headers={"content-type": "application/json"}) as r:
+                                   headers={"content-type": "application/json", **AUTH}) as r:
                 await r.read()
                 k = f"{r.status // 100}xx"
                 out[k if k in out else "other"] += 1
@@ -127,7 +134,7 @@ def wait_http(url: str, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            if requests.post(url, json={"user_id": 1}, timeout=5).status_code == 200:
+            if requests.post(url, json={"user_id": 1}, headers=AUTH, timeout=5).status_code == 200:
                 return
         except requests.RequestException:
             pass
@@ -150,17 +157,22 @@ def main() -> None:
                                         "serve": {"sqlite_path": str(tmp / "store.db"), "clock": "wall"}}))
     populate(cfg_file, a.users)
     serve_port, bare_port = free_port(), free_port()
-    bare = subprocess.Popen([sys.executable, "-c", BARE.format(repo=str(REPO), cfg=str(cfg_file), port=bare_port)])
+    from aigq.serve_app.auth import AuthPolicy
+
+    auth = AuthPolicy.from_tokens(True, {"read": TOKEN}).to_args()
+    bare = subprocess.Popen([sys.executable, "-c", BARE.format(repo=str(REPO), cfg=str(cfg_file), port=bare_port,
+                                                               auth=auth)])
     import ray
     from ray import serve
 
+    from aigq.ray_boot import init_ray
     from aigq.serve_app import deploy as D
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    init_ray(None, 2)  # a private local Ray (or $RAY_ADDRESS's cluster), Ray's token authentication on
     try:
         sc = D.load_serve_config(REPO / "configs/serve.yaml", root=REPO, config=str(cfg_file), port=serve_port,
                                  apps=["hintq"])
+        D.set_auth(sc, auth)
         dep = sc["applications"][0]["deployments"][0]
         dep.pop("autoscaling_config", None)
         dep["num_replicas"] = 1  # one replica vs one uvicorn worker

@@ -8,12 +8,23 @@ import os
 import pytest
 
 
+def pytest_configure(config):
+    """Every Ray the tests start keeps Ray's token authentication on (``aigq/ray_boot.py``); its token lives in a
+    folder of this test session, not in ~/.ray (subprocesses — CLI runs, job heads — inherit the path)."""
+    import tempfile
+
+    if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        os.environ["RAY_AUTH_TOKEN_PATH"] = os.path.join(tempfile.mkdtemp(prefix="aigq-ray-auth-"), "auth_token")
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, loopback-only cluster for tests
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    from aigq.ray_boot import prepare_ray_auth
+
+    prepare_ray_auth(start=True)  # token auth on, as for every head the project starts (Ray listens on *)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              ignore_reinit_error=True)
     yield ray
     ray.shutdown()

@@ -62,7 +62,9 @@ def _demo(args: list[str], out: Path) -> subprocess.CompletedProcess:
              "grpo.group_size=2", "grpo.eval_every=1", "grpo.eval_prompts=2", "rewards.num_actors=1",
              "eval.max_tokens=48", "eval.sampled_lists=1", "eval.bootstrap=50", "eval.ebr_epochs=1",
              "serve.max_new_tokens=48", "serve.direct_samples=0"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # Ray's token authentication on, as every Ray the project starts (aigq/ray_boot.py); the token in the test's folder
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")},
+           "RAY_AUTH_TOKEN_PATH": str(out.parent / "ray_auth_token")}
     return subprocess.run([AIGQ, "demo", *args, *small], cwd=ROOT, capture_output=True, text=True, timeout=1200,
                           env=env)
 
@@ -79,7 +81,8 @@ def _check_demo(res: subprocess.CompletedProcess, out: Path) -> dict:
     for arm in ("popularity", "co-click", "ebr", "direct-il-sft"):
         assert metrics[arm]["status"] == "ok", (arm, metrics[arm])
         assert metrics[arm]["query_hr_lo"] <= metrics[arm]["query_hr"] <= metrics[arm]["query_hr_hi"]
-    assert "HintQ user" in res.stdout
+    assert "HintQ user" in res.stdout and "(200, ranker" in res.stdout  # answered, with the demo's bearer token
+    assert "(401" not in res.stdout and "(403" not in res.stdout
     return metrics
 
 

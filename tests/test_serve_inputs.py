@@ -1,6 +1,7 @@
 """Hostile inputs to the serving apps, in process (no Ray, no Serve): each app's own FastAPI ingress, called through
 Starlette's TestClient with the scope Serve's proxy gives it (``root_path`` = the route prefix, the path in full),
-the deployment instance injected where Serve's replica context would give it. Issue 19 items 4, 6 and 7: a bad
+the deployment instance injected where Serve's replica context would give it (every request with the admin bearer
+token; authentication itself: tests/test_serve_auth.py). Issue 19 items 4, 6 and 7: a bad
 ``ts`` cannot poison a user, bad stored rows cannot 500 HintQ, ``/hintq`` answers without a trailing slash, and
 every malformed ``/direct/events`` body gets a 4xx with a message; items 3 and 5: no ``/status`` shows the store's
 password, one request cannot start unbounded generations, profiles hold only the prompt's fields, user keys
@@ -15,62 +16,20 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
-from fastapi.testclient import TestClient
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_EVENTS = 5
 
 
-def _user_class(deployment):
-    """The class as written, under Serve's ingress wrapper (``@serve.deployment @serve.ingress(app) class …``)."""
-    return deployment.func_or_class.__bases__[0]
-
-
 @pytest.fixture
 def apps(tmp_path, monkeypatch):
-    """``client(name)`` → a TestClient on the ``direct``, ``hintq`` or ``think`` app; ``ctx`` is their AppContext."""
-    import ray.serve
+    """``client(name)`` → a TestClient on the ``direct``, ``hintq`` or ``think`` app with the admin bearer token
+    (``serve_helpers.InProcessApps``); ``ctx`` is their AppContext."""
+    from serve_helpers import InProcessApps
 
-    from aigq.serve_app import direct, hintq, think
-    from aigq.serve_app.common import app_context
-    from aigq.serve_app.hintq import HintQCore
-
-    cfg_file = tmp_path / "aigq.yaml"
-    cfg_file.write_text(yaml.safe_dump({
-        "run": {"output_dir": str(tmp_path / "out")}, "tracking": {"enabled": False},
-        "ctr": {"dir": str(tmp_path / "no-ctr")},
-        "serve": {"sqlite_path": str(tmp_path / "store.db"), "signal_min_interval_s": 0, "clock": "wall",
-                  "max_events_per_request": MAX_EVENTS}}))
-    args = {"config": str(cfg_file), "root": str(REPO)}
-    generated = []
-
-    async def generate(job):
-        generated.append(job)
-
-    d = _user_class(direct.DirectIngress)(args, SimpleNamespace(generate=SimpleNamespace(remote=generate)))
-    h = object.__new__(_user_class(hintq.HintQ))  # its __init__ sets torch's thread count for the whole process
-    h.ctx = app_context(args)
-    h.core, h.ctr_path, h.batches, h.scored = HintQCore(h.ctx.records, h.ctx.cfg, None), None, 0, 0
-    t = _user_class(think.ThinkApp)(args)
-    current = {}
-    monkeypatch.setattr(ray.serve, "get_replica_context", lambda: SimpleNamespace(servable_object=current["obj"]))
-    clients = []
-
-    def client(name: str) -> TestClient:
-        mod, obj = {"direct": (direct, d), "hintq": (hintq, h), "think": (think, t)}[name]
-
-        async def bound(scope, receive, send):  # this app's deployment instance is the one its routes get
-            current["obj"] = obj
-            await mod.app(scope, receive, send)
-
-        c = TestClient(bound, root_path=f"/{name}", raise_server_exceptions=False, follow_redirects=False)
-        clients.append(c.__enter__())
-        return c
-
-    yield SimpleNamespace(client=client, ctx=d.ctx, generated=generated, direct=d, hintq=h, think=t)
-    for c in clients:
-        c.__exit__(None, None, None)
+    a = InProcessApps(tmp_path, monkeypatch, {"max_events_per_request": MAX_EVENTS})
+    yield a
+    a.close()
 
 
 # ---------------------------------------------------------------- item 6: /hintq and /hintq/

@@ -5,16 +5,21 @@ Serve ``args`` (``configs/serve.yaml``) of each application::
     config: configs/tiny_cpu.yaml     # an AIGQ config (relative to `root`)
     overrides: ["serve.store=redis"]  # dotted overrides
     root: /path/to/repo               # relative paths resolve against it (default: the working directory)
+    auth: {enabled: true, sha256: {admin: [<hex>], read: [...], write: [...]}}   # set by `aigq serve up`
+
+``auth`` (:mod:`aigq.serve_app.auth`) carries SHA-256 digests of the accepted bearer tokens, never a token; without
+it the replica reads ``serve.auth``'s environment variables and token files itself.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aigq.config import AIGQConfig, load_config
+from aigq.serve_app.auth import AuthPolicy, policy_from_config
 from aigq.serve_app.records import Records
 from aigq.serve_app.store import Store, store_from_config
 
@@ -25,6 +30,7 @@ class AppContext:
     root: Path
     store: Store
     records: Records
+    auth: AuthPolicy = field(default_factory=AuthPolicy)  # what the app's ingress accepts (default: nothing)
 
     def path(self, p: str | Path) -> Path:
         p = Path(p).expanduser()
@@ -50,9 +56,9 @@ class AppContext:
 
 def load_app_config(args: dict[str, Any] | None) -> tuple[AIGQConfig, Path]:
     args = dict(args or {})
-    unknown = set(args) - {"config", "overrides", "root"}
+    unknown = set(args) - {"config", "overrides", "root", "auth"}
     if unknown:
-        raise ValueError(f"unknown application args {sorted(unknown)}; expected config, overrides, root")
+        raise ValueError(f"unknown application args {sorted(unknown)}; expected config, overrides, root, auth")
     root = Path(args.get("root") or os.getcwd()).resolve()
     config = args.get("config")
     path = None if config is None else (Path(config) if Path(config).is_absolute() else root / config)
@@ -67,4 +73,6 @@ def app_context(args: dict[str, Any] | None) -> AppContext:
     if sc.sqlite_path and not Path(sc.sqlite_path).is_absolute():
         sc = sc.model_copy(update={"sqlite_path": str(root / sc.sqlite_path)})
     store = store_from_config(sc, out)
-    return AppContext(cfg, root, store, Records.from_config(store, sc))
+    auth_args = (args or {}).get("auth")
+    auth = AuthPolicy.from_args(auth_args) if auth_args is not None else policy_from_config(sc.auth, out, root)
+    return AppContext(cfg, root, store, Records.from_config(store, sc), auth)

@@ -2,6 +2,7 @@
 ``user_config`` reconfigures running replicas in place; nothing restarts), from Python — no dashboard needed.
 
     cfg = load_serve_config("configs/serve.yaml", root=repo, config="configs/tiny_cpu.yaml", overrides=[...])
+    set_auth(cfg, setup_auth(...).policy.to_args())   # bearer-token digests (aigq.serve_app.auth)
     deploy(cfg); wait_running(); set_policy(cfg, "models:/aigq-policy/4"); deploy(cfg)
 """
 
@@ -41,6 +42,12 @@ def load_serve_config(path: str | Path, root: str | Path | None = None, config: 
     if port:
         http["port"] = port
     return data
+
+
+def set_auth(cfg: dict[str, Any], auth_args: dict[str, Any]) -> None:
+    """Give every application the token digests it accepts (``AuthPolicy.to_args()``: never a token)."""
+    for app in cfg["applications"]:
+        app.setdefault("args", {})["auth"] = auth_args
 
 
 def set_user_config(cfg: dict[str, Any], app: str, deployment: str, **values: Any) -> None:

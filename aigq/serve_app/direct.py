@@ -10,6 +10,10 @@ The rule ([GAP], ours; ``serve.signal_*``): any event of a type in ``signal_type
 ``signal_new_category_events`` item events in a category the user had not shown before; at most one run per user
 per ``signal_min_interval_s``.
 
+A run's ``reason`` says which rule fired (``search``, ``2 events in new category <category>``), never the
+behaviour's text: ``GET /direct/cache/{user}`` (admin scope, :mod:`aigq.serve_app.auth`) shows only that kind,
+also for runs stored before (whose reason held the first 60 characters of the search).
+
 Bounded cost ([GAP], ours): one request starts generations for at most ``serve.max_triggered_users_per_request``
 users, and at most ``serve.max_pending_generations`` generations are in flight per ingress replica; a user whose
 signal fired beyond either cap is stored but not started (counted as ``deferred`` / ``dropped`` in the response and
@@ -34,6 +38,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from aigq.data import prompt as P
+from aigq.serve_app.auth import install_auth
 from aigq.serve_app.common import app_context
 from aigq.serve_app.models import (
     MAX_CLOCK_SKEW_S,
@@ -65,7 +70,7 @@ def signal(state: dict, events: list[Any], serve_cfg, now: float) -> tuple[str |
 
     for e in events:
         if e.type in serve_cfg.signal_types and reason is None:
-            reason = f"{e.type}: {e.content[:60]}"
+            reason = e.type  # the kind of signal, never the behaviour's text (it is shown by /direct/cache)
         if e.type in ITEM_TYPES and e.category:
             if e.category in known:
                 seen(e.category)
@@ -139,8 +144,15 @@ class DirectGenerator:
             raise RuntimeError("store unreachable")
 
 
+def public_reason(reason: str) -> str:
+    """A run's reason as ``/direct/cache`` shows it: the rule's kind only. Runs stored before reasons were kept
+    text-free read ``"search: <the search text>"``; what follows the colon is dropped."""
+    return reason.split(":", 1)[0].strip()
+
+
 app = FastAPI(title="AIGQ direct (nearline u2q)")
 install_error_handlers(app)
+install_auth(app, {("POST", "/events"): "write"})  # everything else (cache, status) is admin; /healthz open
 
 
 @serve.deployment
@@ -209,7 +221,7 @@ class DirectIngress:
     @app.get("/cache/{user_id}", response_model=CacheResponse)
     async def cache(self, user_id: int) -> CacheResponse:
         runs = self.ctx.records.get_direct(user_id)
-        return CacheResponse(user_id=user_id, runs=[r.__dict__ for r in runs])
+        return CacheResponse(user_id=user_id, runs=[{**r.__dict__, "reason": public_reason(r.reason)} for r in runs])
 
     @app.get("/status")
     async def status(self) -> dict[str, Any]:

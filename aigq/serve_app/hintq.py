@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from ray import serve
 
 from aigq.rewards.context import UserContext
+from aigq.serve_app.auth import install_auth
 from aigq.serve_app.common import AppContext, app_context
 from aigq.serve_app.models import HintQRequest, HintQResponse, install_error_handlers, parse_body
 from aigq.serve_app.records import Records, norm, trigger_key
@@ -128,6 +129,7 @@ def load_scorer(ctx: AppContext, folder: str | None):
 
 app = FastAPI(title="AIGQ HintQ (online)")
 install_error_handlers(app)
+install_auth(app, {("POST", "/"): "read"})  # the answer needs read; /status admin; /healthz open
 
 
 @serve.deployment

@@ -6,6 +6,9 @@
   behaviours (trigger keys → queries), computed now — the recency gap between two daily indexes;
 * ``GET /think/status`` → live index version and meta, policy version, replica pid.
 
+All three need the admin scope (a lookup tells whether a text is some user's trigger; a run shows a user's
+triggers and reasoning); ``GET /think/healthz`` is open.
+
 The daily index itself is built by ``aigq think-index --day T`` (:mod:`aigq.serve_app.think_index`). The Think
 policy is set through ``user_config: {policy: ...}`` and swapped on reconfigure without a restart.
 """
@@ -20,6 +23,7 @@ from fastapi import FastAPI, HTTPException, Request
 from ray import serve
 
 from aigq.data import prompt as P
+from aigq.serve_app.auth import install_auth
 from aigq.serve_app.common import app_context
 from aigq.serve_app.direct import user_prompt
 from aigq.serve_app.models import (
@@ -35,6 +39,9 @@ from aigq.serve_app.think_index import trigger_groups
 
 app = FastAPI(title="AIGQ think (x2q index)")
 install_error_handlers(app)
+# every endpoint but /healthz is admin: a lookup reveals which behaviour texts are index triggers, a Think run
+# shows the user's triggers and reasoning (:mod:`aigq.serve_app.auth`)
+install_auth(app, {})
 
 
 def lookup_keys(trigger: str) -> list[str]:
