@@ -182,6 +182,10 @@ class SamplesConfig(_Section):
         "You are a shopping assistant. Based on the user's profile and behaviour sequence below, recommend the "
         "next {n} search queries the user is most likely to want, most likely first, separated by ' ; '."
     )
+    # Prompt budget in tokens of the model input (prompt + "Output:" marker): the oldest behaviours are dropped until
+    # it fits (issue 18, aigq/data/prompt.py fit_prompt). Counted with the policy's tokenizer where it exists when
+    # samples are built (model.source smollm2/path), else prompt.approx_tokens. None = no budget. ([GAP], ours)
+    max_prompt_tokens: int | None = Field(None, ge=16)
 
 
 class ImportConfig(_Section):
@@ -369,6 +373,18 @@ class SFTConfig(_Section):
     log_checkpoint: bool = True  # also log the final checkpoint (weights + optimizer) as an MLflow artifact
 
 
+class LoRAConfig(_Section):
+    """LoRA adapters on the learner group (issue 18, ``aigq/learner/efficient.py``): W + (alpha/rank)·B·A on the
+    target modules of every decoder layer (above ``learner.freeze_layers``); the base model is frozen."""
+
+    enabled: bool = False  # off: full fine-tune (the tiny model's default)
+    rank: int = Field(8, ge=1)  # r ([GAP], ours)
+    alpha: float = Field(16.0, gt=0)  # scaling alpha / r ([GAP], ours: the common 2·r)
+    dropout: float = Field(0.0, ge=0, lt=1)  # dropout on the adapter's input ([GAP], ours)
+    # "all-linear": every Linear inside the decoder layers (q, k, v, o, gate, up, down; never the LM head), or names
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+
+
 class LearnerConfig(_Section):
     """The LearnerWorker group: N Ray actors in one placement group forming a torch.distributed group (DDP)."""
 
@@ -379,6 +395,13 @@ class LearnerConfig(_Section):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     ready_timeout_s: float = Field(120.0, gt=0)  # waiting longer for the placement group is an error
     ray_address: str | None = None  # None: join $RAY_ADDRESS or start a local Ray with this machine's CPUs
+    # Parameter-efficient training (issue 18, aigq/learner/efficient.py); defaults = a full float32 fine-tune.
+    lora: LoRAConfig = LoRAConfig()
+    freeze_layers: int = Field(0, ge=0)  # freeze the embeddings and the lower N decoder layers (0 = none)
+    # With frozen embeddings (LoRA or freeze_layers), the Eq. 1 / output-format token rows still train (a delta per
+    # row; backward then runs through the frozen layers too). false: they stay at their Eq. 1 initialisation.
+    special_rows: bool = True
+    bf16: bool = False  # bf16 autocast for forward passes; where the CPU/GPU lacks native bf16: float32, logged
 
 
 class RolloutConfig(_Section):

@@ -162,6 +162,7 @@ def build_samples(cfg: AIGQConfig, tracker: Tracker, world: Path | None = None,
     """Validate the world (quarantining bad rows), then build Direct / Think / test samples chunk by chunk straight
     into parquet (memory: the validated tables plus one chunk). Returns (validated world, sample statistics)."""
     from aigq.data.samples import build_samples_to
+    from aigq.models.factory import prompt_token_counter
 
     world = world or cfg.world_dir()
     out = Path(out or cfg.samples_dir())
@@ -170,8 +171,11 @@ def build_samples(cfg: AIGQConfig, tracker: Tracker, world: Path | None = None,
         t0 = time.perf_counter()
         validated = validate(world, tracker)  # writes world/quarantine/ in the world folder itself
         t1 = time.perf_counter()
+        count, counted_by = prompt_token_counter(cfg)  # samples.max_prompt_tokens (None: no budget)
+        if count is not None:
+            tracker.params({"samples.prompt_tokens_counted_by": counted_by})
         stats = build_samples_to(validated.tables, validated.meta["start_date"], int(validated.meta["days"]),
-                                 cfg.samples, tmp)
+                                 cfg.samples, tmp, count_tokens=count)
         t2 = time.perf_counter()
         tracker.metrics({f"samples.{k}": v for k, v in stats.items()})
         tracker.metrics({"seconds.validate": t1 - t0, "seconds.build": t2 - t1})

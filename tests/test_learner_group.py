@@ -10,14 +10,16 @@ from tiny_policy import build_policy, write_samples
 from aigq.actors.learner import LearnerConfigError, LearnerGroup
 from aigq.config import build_config
 from aigq.learner import data as D
+from aigq.learner import efficient as E
 from aigq.learner.sft import count_targets, micro_batches
 from aigq.learner.trainer import SFTTrainer
 from aigq.models.factory import load_policy
 
 
-def _cfg(workers: int):
+def _cfg(workers: int, *extra: str):
     return build_config(overrides=[f"learner.num_workers={workers}", "learner.cpus_per_worker=1",
-                                   "sft.global_batch=8", "sft.micro_batch=3", "sft.lr=3e-3", "sft.warmup_steps=0"])
+                                   "sft.global_batch=8", "sft.micro_batch=3", "sft.lr=3e-3", "sft.warmup_steps=0",
+                                   *extra])
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +81,35 @@ def test_more_workers_than_cpus_fails_fast(ray_local, policy):
     with pytest.raises(LearnerConfigError, match=r"needs 3 CPUs but the Ray cluster has 2"):
         LearnerGroup(_cfg(3), folder, 1, tok.pad_token_id)
     assert time.perf_counter() - t0 < 5
+
+
+def test_lora_group_allreduces_only_the_adapters(ray_local, policy):
+    """LoRA + special rows on 2 DDP workers: each step all-reduces exactly the trainable tensors (a comm hook
+    counts the gradient elements), both ranks stay identical, and the result equals one process's LoRA training
+    on the same global batches (float32: bf16 rounding differs with the micro-batch split)."""
+    folder, tok, examples = policy
+    extra = ("learner.lora.enabled=true", "learner.lora.rank=4")
+    group = LearnerGroup(_cfg(2, *extra), folder, STEPS, tok.pad_token_id)
+    try:
+        info = group.info[0]
+        assert info["trainable"].startswith("lora:") and info["precision"] == "float32"
+        group.track_allreduce()
+        losses = []
+        for s in range(2):
+            losses.append(group.train_step(_batch(examples, s))["loss"])
+            assert group.allreduced_numels() == [(s + 1) * info["trainable_numel"]] * 2
+        digests, weights = group.weights_digests(), group.weights()
+    finally:
+        group.shutdown()
+    assert len(set(digests)) == 1
+    model, _ = load_policy(folder)
+    cfg = _cfg(1, *extra)
+    eff = E.prepare(model, cfg.learner, E.policy_special_ids(tok, cfg), seed=cfg.run.seed)
+    assert eff.trainable == info["trainable_numel"] < eff.total / 5
+    trainer = SFTTrainer(model, cfg.sft, STEPS)
+    for s in range(2):
+        batch = _batch(examples, s)
+        m = trainer.train_step(micro_batches(batch, 3, tok.pad_token_id), count_targets(batch))
+        assert losses[s] == pytest.approx(m["nll_sum"] / m["tokens"], rel=1e-5)
+    for name, w in model.state_dict().items():
+        torch.testing.assert_close(weights[name], w, rtol=1e-4, atol=1e-5, msg=name)

@@ -7,9 +7,10 @@ import pytest
 import torch
 from tiny_policy import build_policy, write_samples
 
-from aigq.config import SFTConfig
+from aigq.config import SFTConfig, build_config
 from aigq.learner import checkpoint as C
 from aigq.learner import data as D
+from aigq.learner import efficient as E
 from aigq.learner.sft import micro_batches
 from aigq.learner.trainer import SFTTrainer, get_rng_state, set_rng_state
 from aigq.models.factory import load_policy
@@ -70,6 +71,73 @@ def test_resume_is_exact(setup):
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert not torch.equal(straight.model.state_dict()["lm_head.weight"], load_policy(policy)[0].lm_head.weight)
+
+
+LORA = build_config(overrides=["learner.lora.enabled=true", "learner.lora.rank=4", "learner.lora.dropout=0.1",
+                               "learner.freeze_layers=0"])
+
+
+def _lora_trainer(model_dir, ckpt=None):
+    model, tok = load_policy(model_dir)
+    E.prepare(model, LORA.learner, E.policy_special_ids(tok, LORA), seed=0)
+    if ckpt is not None:
+        E.load_trainable(model, ckpt.trainable_state())
+    return SFTTrainer(model, CFG, TOTAL)
+
+
+def test_resume_is_exact_with_lora(setup):
+    """LoRA (dropout on, so the restored RNG matters) + special rows: the checkpoint holds the trainable tensors
+    and the base's path and digest, not the model; an interrupted + resumed run ends bit-identical."""
+    tmp, policy, tok, examples = setup
+    torch.manual_seed(0)
+    straight = _lora_trainer(policy)
+    for s in range(TOTAL):
+        _step(straight, tok, examples, s)
+
+    torch.manual_seed(0)
+    first = _lora_trainer(policy)
+    for s in range(3):
+        _step(first, tok, examples, s)
+    rng_before = get_rng_state()
+    trainable = {"tensors": E.trainable_state(first.model), "base": policy, "base_sha256": E.folder_digest(policy)}
+    path = C.save_checkpoint(tmp / "ck-lora", first.step, first.model, tok, first.optimizer, first.scheduler,
+                             {0: get_rng_state()}, "run: {}\n", first.state(), trainable=trainable)
+    del first
+    assert not (path / "model").exists() and (path / C.TRAINABLE).is_file()
+    assert (path / C.TRAINABLE).stat().st_size < (policy / "model.safetensors").stat().st_size / 2
+    torch.manual_seed(123)
+    ckpt = C.read_checkpoint(C.latest_checkpoint(tmp / "ck-lora"))
+    assert ckpt.model_dir == policy.resolve() and ckpt.step == 3
+    resumed = _lora_trainer(ckpt.model_dir, ckpt)
+    C.restore_trainer(resumed, ckpt)
+    set_rng_state(ckpt.rng[0])
+    assert get_rng_state() == rng_before
+    for s in range(resumed.step, TOTAL):
+        _step(resumed, tok, examples, s)
+    assert resumed.step == straight.step == TOTAL
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    merged = E.merged_state(straight.model)
+    assert not torch.equal(merged["lm_head.weight"], load_policy(policy)[0].lm_head.weight)
+
+    # a checkpoint refuses a base that changed under it, and a learner configured otherwise
+    import shutil
+
+    base2 = tmp / "base2"
+    shutil.copytree(policy, base2)
+    t = _lora_trainer(base2)
+    trainable = {"tensors": E.trainable_state(t.model), "base": base2, "base_sha256": E.folder_digest(base2)}
+    p2 = C.save_checkpoint(tmp / "ck-moved", 1, t.model, tok, t.optimizer, t.scheduler, {0: get_rng_state()}, "",
+                           t.state(), trainable=trainable)
+    other, _ = load_policy(policy)
+    with torch.no_grad():
+        other.lm_head.weight.add_(1.0)
+    other.save_pretrained(base2)
+    with pytest.raises(FileNotFoundError, match="has changed"):
+        C.read_checkpoint(p2).trainable_state()
+    model, _ = load_policy(policy)
+    with pytest.raises(ValueError, match="do not match the learner config"):
+        E.load_trainable(model, ckpt.trainable_state())  # a full fine-tune's parameters are not the adapters
 
 
 def test_checkpoint_layout_atomic_write_and_pruning(setup, monkeypatch):

@@ -82,3 +82,28 @@ def test_bad_inputs_fail_fast_with_a_clear_message(ray_local, world, tmp_path):
 
     res = runner.invoke(app, ["sft", *base, "--ablation", "plain"])
     assert res.exit_code == 1 and "samples.compress: built True, config False" in _said(res)  # built compressed
+
+
+def test_sft_with_lora_checkpoints_the_adapter_and_resumes(ray_local, world, monkeypatch):
+    """``aigq sft`` with LoRA + bf16 on the learner group (issue 18): the checkpoint holds the trainable tensors and
+    the base's path, resuming continues from it, the policy is a merged HF folder (+ adapter/)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tmp, base = world
+    lora = ["learner.lora.enabled=true", "learner.lora.rank=4", "learner.bf16=true", "sft.register_as=null",
+            "sft.lr=1e-2"]
+    res = runner.invoke(app, ["sft", *base, *TINY, *FAST, *lora, "sft.max_steps=2"])
+    assert res.exit_code == 0, res.output
+    said = _said(res)
+    assert "learner: lora:" in said and ("bf16 autocast" in said or "float32 (learner.bf16 requested" in said)
+    sft = tmp / "out/sft"
+    ck = sft / "checkpoints/step-000002"
+    assert (ck / "trainable.safetensors").is_file() and not (ck / "model").exists()
+    assert json.loads((ck / "base.json").read_text())["path"] == str((sft / "init").resolve())
+    assert (sft / "policy/model.safetensors").is_file() and (sft / "policy/adapter/adapter_config.json").is_file()
+    res = runner.invoke(app, ["sft", *base, *TINY, *FAST, *lora, "sft.max_steps=4", "sft.resume=latest"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((sft / "checkpoints/step-000004/trainer_state.json").read_text())["step"] == 4
+    from aigq.models.factory import load_policy
+
+    model, _ = load_policy(sft / "policy")  # the existing loader reads the merged policy
+    assert not any("lora" in k for k in model.state_dict())

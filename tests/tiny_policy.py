@@ -46,12 +46,12 @@ def write_samples(folder: Path, n: int = 48) -> Path:
     return folder
 
 
-def build_policy(folder: Path, samples: Path, tie: bool = False, seed: int = 0) -> Path:
+def build_policy(folder: Path, samples: Path, tie: bool = False, seed: int = 0, layers: int = 1) -> Path:
     """Base tiny model on ``samples`` + the Eq. 1 tokens, saved as an HF folder."""
     from aigq.models.special_tokens import add_special_tokens
     from aigq.models.tiny import build_tiny, corpus, train_tokenizer
 
-    cfg = TINY.model_copy(update={"tie_embeddings": tie})
+    cfg = TINY.model_copy(update={"tie_embeddings": tie, "layers": layers})
     tok = train_tokenizer(corpus(samples, cfg.corpus_texts), cfg.vocab_size)
     model = build_tiny(cfg, tok, seed)
     add_special_tokens(model, tok, P.special_tokens(SCFG) + P.output_special_tokens(SCFG.label_cap, think=True))

@@ -54,7 +54,8 @@ def _inputs(cfg: AIGQConfig, samples_dir: Path) -> dict[str, Any]:
     if train.height == 0 or held.height == 0:
         raise ValueError(f"{samples_dir}: need train and held-out {g.variant} samples (got {train.height} and "
                          f"{held.height}; held-out = the last sft.eval_days={cfg.sft.eval_days} train days)")
-    return {"resume": resume, "policy": resume / "model" if resume else policy, "ctr": days[-1],
+    # a LoRA / frozen-layer checkpoint's model_dir is its base folder (the learner loads its tensors on top)
+    return {"resume": resume, "policy": read_checkpoint(resume).model_dir if resume else policy, "ctr": days[-1],
             "train": train, "eval": held.head(g.eval_prompts)}
 
 

@@ -28,6 +28,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from aigq.config import AIGQConfig, LearnerConfig
+from aigq.learner import efficient as E
 from aigq.learner.grpo_trainer import RLExample, collate_rl
 from aigq.learner.sft import Example, count_targets, micro_batches
 
@@ -67,9 +68,12 @@ class LearnerWorker:
         dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}", rank=self.rank,
                                 world_size=self.world_size, timeout=timedelta(seconds=lc.ready_timeout_s))
         ckpt = read_checkpoint(Path(resume)) if resume else None
-        model, self.tokenizer = load_policy(ckpt.model_dir if ckpt else Path(self.model_dir), self.cfg.model.dtype)
+        self.base_dir = ckpt.model_dir if ckpt else Path(self.model_dir)  # a LoRA checkpoint's model_dir is its base
+        model, self.tokenizer = load_policy(self.base_dir, self.cfg.model.dtype)
         self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+        self.eff = self._efficient(model, ckpt)
         model.to(self.device)
+        amp, precision = E.autocast_for(lc.bf16, self.device)
 
         def wrap(m):
             return DDP(m, device_ids=[0] if use_gpu else None, broadcast_buffers=False)
@@ -80,9 +84,9 @@ class LearnerWorker:
             ref = None
             if self.cfg.grpo.kl_coef > 0:  # k3 KL to the starting policy (frozen copy)
                 ref = load_policy(Path(self.model_dir), self.cfg.model.dtype)[0].to(self.device).eval()
-            self.trainer = GRPOTrainer(model, self.cfg.grpo, self.total_steps, self.world_size, wrap, ref)
+            self.trainer = GRPOTrainer(model, self.cfg.grpo, self.total_steps, self.world_size, wrap, ref, amp)
         else:
-            self.trainer = SFTTrainer(model, self.cfg.sft, self.total_steps, self.world_size, wrap)
+            self.trainer = SFTTrainer(model, self.cfg.sft, self.total_steps, self.world_size, wrap, amp)
         torch.manual_seed(self.cfg.run.seed + self.rank)
         if ckpt:
             restore_trainer(self.trainer, ckpt)
@@ -91,7 +95,38 @@ class LearnerWorker:
             # a resume with another world size reuses rank 0's RNG for new ranks (exact only with the same size)
             set_rng_state(ckpt.rng.get(self.rank, ckpt.rng[0]))
         return {"rank": self.rank, "backend": backend, "device": str(self.device), "step": self.trainer.step,
-                "iteration": getattr(self.trainer, "iteration", 0)}
+                "iteration": getattr(self.trainer, "iteration", 0), "trainable": self.eff.describe(),
+                "trainable_numel": self.eff.trainable, "precision": precision}
+
+    def _efficient(self, model, ckpt):
+        """LoRA / frozen layers / special-token rows (``learner.*``, ``aigq.learner.efficient``), and a
+        parameter-efficient checkpoint's trainable tensors loaded on top of its base."""
+        lc = self.cfg.learner
+        eff = E.prepare(model, lc, E.policy_special_ids(self.tokenizer, self.cfg), seed=self.cfg.run.seed)
+        state = ckpt.trainable_state() if ckpt else None
+        if ckpt is not None and (state is not None) != E.is_efficient(lc):
+            raise ValueError(f"{ckpt.path} was written by a {'parameter-efficient' if state is not None else 'full'}"
+                             " learner; resume it with the same learner.lora / learner.freeze_layers settings")
+        if state is not None:
+            E.load_trainable(model, state)
+        self._base_sha = None
+        return eff
+
+    def track_allreduce(self) -> None:
+        """Count the gradient elements DDP all-reduces (a comm hook around the default all-reduce); call before the
+        first step. ``allreduced_numel`` reads the running total."""
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        self.allreduced = 0
+
+        def hook(state, bucket):
+            self.allreduced += bucket.buffer().numel()
+            return allreduce_hook(state, bucket)
+
+        self.trainer.net.register_comm_hook(None, hook)
+
+    def allreduced_numel(self) -> int:
+        return self.allreduced
 
     def _to_device(self, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
         return [{k: v.to(self.device) for k, v in b.items()} for b in batches]
@@ -106,13 +141,16 @@ class LearnerWorker:
         """The policy as one safetensors blob for the rollout workers (``rollout.weight_sync``)."""
         from aigq.rollout.weight_sync import serialise
 
-        return serialise(self.trainer.model)
+        return serialise(E.sync_state(self.trainer.model))  # LoRA / special rows merged in
 
     def nccl_init(self, rollout_handles: list[Any], inference_ranks: int) -> None:
         """Rank 0 only: (re)build the NCCL weight-transfer group with the rollout workers' vLLM engines (GPU
         route, ``aigq.rollout.native_sync``)."""
         from aigq.rollout.native_sync import NCCLSender
 
+        if E.is_efficient(self.cfg.learner):
+            raise ValueError("rollout.weight_sync=nccl sends the raw parameters; with learner.lora / freeze_layers "
+                             "use rollout.weight_sync=blob (merged weights)")
         self.nccl_close()
         self.sender = NCCLSender(self.trainer.model, rollout_handles, inference_ranks, *self.address())
 
@@ -147,12 +185,18 @@ class LearnerWorker:
         from aigq.learner.checkpoint import save_checkpoint
 
         t = self.trainer
+        trainable = None
+        if E.is_efficient(self.cfg.learner):
+            if self._base_sha is None:
+                self._base_sha = E.folder_digest(self.base_dir)
+            trainable = {"tensors": E.trainable_state(t.model), "base": str(self.base_dir),
+                         "base_sha256": self._base_sha}
         return str(save_checkpoint(Path(root), t.step, t.model, self.tokenizer, t.optimizer, t.scheduler,
-                                   rng_states, config_yaml, {**t.state(), **state}, keep))
+                                   rng_states, config_yaml, {**t.state(), **state}, keep, trainable))
 
     def save_policy(self, out: str) -> str:
-        self.trainer.model.save_pretrained(out)
-        self.tokenizer.save_pretrained(out)
+        """A normal HF folder with the merged weights (plus ``adapter/`` with LoRA or frozen layers)."""
+        E.save_merged(self.trainer.model, self.tokenizer, Path(out), self.eff)
         return out
 
     def shutdown(self) -> None:
@@ -279,6 +323,13 @@ class LearnerGroup:
     def weights_digests(self) -> list[str]:
         return ray.get([w.weights_digest.remote() for w in self.workers])
 
+    def track_allreduce(self) -> None:
+        ray.get([w.track_allreduce.remote() for w in self.workers])
+
+    def allreduced_numels(self) -> list[int]:
+        """Gradient elements each rank all-reduced since ``track_allreduce``."""
+        return ray.get([w.allreduced_numel.remote() for w in self.workers])
+
     def weights(self, rank: int = 0) -> dict[str, torch.Tensor]:
         return ray.get(self.workers[rank].weights.remote())
 
@@ -306,17 +357,13 @@ def pipeline_cpus(cfg: AIGQConfig) -> float:
 
 
 def ensure_ray(cfg: AIGQConfig) -> None:
-    """Join ``learner.ray_address`` / $RAY_ADDRESS, or start a local Ray. A local Ray offers this machine's cores for
-    the learner group plus logical CPUs for the rollout workers and reward actors: IL-GRPO's phases (generate →
-    score → train) take turns on the cores, while the learner alone must still fit the machine (a learner group
-    larger than the cores fails fast in ``check_resources``). A real cluster is sized by its own resources."""
-    if ray.is_initialized():
-        return
-    address = cfg.learner.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only cluster
-        extra = pipeline_cpus(cfg) - cfg.learner.num_workers * cfg.learner.cpus_per_worker
-        cpus = (os.cpu_count() or 1) + math.ceil(extra)
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    """Join ``learner.ray_address`` / $RAY_ADDRESS, or start a private local Ray (``aigq.ray_boot``: the decision
+    is printed; a head left running on the machine is not joined; Ray's token authentication stays on). A local
+    Ray offers this machine's cores for the learner group plus logical CPUs for the rollout workers and reward
+    actors: IL-GRPO's phases (generate → score → train) take turns on the cores, while the learner alone must still
+    fit the machine (a learner group larger than the cores fails fast in ``check_resources``). A real cluster is
+    sized by its own resources."""
+    from aigq.ray_boot import init_ray
+
+    extra = pipeline_cpus(cfg) - cfg.learner.num_workers * cfg.learner.cpus_per_worker
+    init_ray(cfg.learner.ray_address, (os.cpu_count() or 1) + math.ceil(extra))

@@ -95,7 +95,7 @@ def run_sft(cfg: AIGQConfig, tracker: Tracker, samples_dir: Path | None = None, 
         model_dir = factory.init_policy(cfg, base, out_dir / "init")
         shutil.rmtree(ckpt_root, ignore_errors=True)  # a fresh run does not mix with an old run's checkpoints
     else:
-        model_dir = resume / "model"
+        model_dir = read_checkpoint(resume).model_dir  # a LoRA / frozen-layer checkpoint: its base folder
         say(f"resuming from {resume}")
     _, tokenizer = factory.load_policy(model_dir)
     data = prepare_data(cfg, df, tokenizer)
@@ -109,6 +109,8 @@ def run_sft(cfg: AIGQConfig, tracker: Tracker, samples_dir: Path | None = None, 
         tracker.text(data["example_target"], "example_target.txt")
         say(f"starting {cfg.learner.num_workers} learner workers ({sc.variant}, {len(train)} samples, {steps} steps)")
         group = LearnerGroup(cfg, model_dir, steps, tokenizer.pad_token_id, resume)
+        say(f"learner: {group.info[0]['trainable']}; {group.info[0]['precision']}")
+        figures.update({"trainable_params": group.info[0]["trainable_numel"], "precision": group.info[0]["precision"]})
         try:
             figures.update(_loop(cfg, group, tracker, train, evals, steps, ckpt_root, cfg_yaml, say, on_step))
             policy = out_dir / "policy"

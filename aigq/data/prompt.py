@@ -27,8 +27,9 @@ form producing byte-identical text.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import polars as pl
@@ -155,12 +156,83 @@ def _sequence_line(seq: str) -> str:
     return "User Behavior Sequence: { " + seq + " }" if seq else "User Behavior Sequence: { }"
 
 
-def format_prompt(profile: Mapping[str, Any], behaviours: Sequence[tuple[int, str, str]], cfg: SamplesConfig) -> str:
+def format_prompt(profile: Mapping[str, Any], behaviours: Sequence[tuple[int, str, str]], cfg: SamplesConfig,
+                  count: TokenCounter | None = None) -> str:
     """The prompt for one user. ``behaviours``: ``(days_ago, type, content)`` of the behaviours strictly before the
-    anchor, **most recent first**; those more than ``history_days`` ago are dropped and at most L are shown."""
+    anchor, **most recent first**; those more than ``history_days`` ago are dropped and at most L are shown. With
+    ``cfg.max_prompt_tokens`` the oldest shown behaviours are dropped until it fits (``fit_prompts``; ``count``
+    defaults to ``approx_tokens``)."""
     shown = [b for b in behaviours if b[0] <= cfg.history_days][: cfg.history_len]
     seq = BEHAVIOUR_SEP.join(format_behaviour(i, d, t, c, cfg.compress) for i, (d, t, c) in enumerate(shown, 1))
-    return "\n".join([instruction(cfg), format_profile(profile), _sequence_line(seq)])
+    prompt = "\n".join([instruction(cfg), format_profile(profile), _sequence_line(seq)])
+    if cfg.max_prompt_tokens is not None:
+        prompt = fit_prompts([prompt], cfg.max_prompt_tokens, count or approx_tokens)[0][0]
+    return prompt
+
+
+# ---------------------------------------------------------------- prompt budget (samples.max_prompt_tokens)
+#
+# A budget counts the tokens of the model input (``model_input(prompt)``: prompt + output marker). Over budget, the
+# oldest behaviours (the last-listed lines) go first; the kept ones keep their indices (1 = most recent), so the
+# prompt is exactly the one a shorter history would give. Profile and instruction always stay: a prompt with no
+# behaviour left that is still over budget is kept as it is (``fit_prompts`` counts it).
+
+TokenCounter = Callable[[Sequence[str]], list[int]]  # token counts of a batch of model inputs
+APPROX_CHARS_PER_TOKEN = 3.0  # ([GAP], ours) see approx_tokens
+_TAG = re.compile(r"<[^<>\s]+>")
+
+
+def approx_tokens(texts: Sequence[str]) -> list[int]:
+    """Token counts without a tokenizer: every ``<tag>`` (an Eq. 1 or slot token, one added token each) counts 1,
+    the rest ``ceil(characters / APPROX_CHARS_PER_TOKEN)``. 3.0 characters per token is the 1st percentile of
+    SmolLM2's tokenizer on the tiny world's prompts (median 3.6; the tiny model's own BPE: 1st percentile 3.5,
+    median 4.4), so the budget holds for those tokenizers and leaves the tiny model's prompts ~25 % shorter than
+    needed. Used where the policy's tokenizer does not exist yet when samples are built (the tiny model's BPE is
+    trained on the samples themselves) and at serving time."""
+    out = []
+    for t in texts:
+        tags = len(_TAG.findall(t))
+        out.append(tags + math.ceil(len(_TAG.sub("", t)) / APPROX_CHARS_PER_TOKEN))
+    return out
+
+
+def _split_sequence(prompt: str) -> tuple[str, list[str]] | None:
+    head, found, seq = prompt.partition("User Behavior Sequence: { ")
+    if not found:
+        return None
+    seq = seq.rsplit(" }", 1)[0]
+    return head, seq.split(BEHAVIOUR_SEP) if seq.strip() else []
+
+
+def keep_recent(prompt: str, k: int) -> str:
+    """The prompt with only its ``k`` most recent behaviours (the first ``k`` lines; indices unchanged)."""
+    parts = _split_sequence(prompt)
+    if parts is None:
+        return prompt
+    head, lines = parts
+    return head + _sequence_line(BEHAVIOUR_SEP.join(lines[: max(k, 0)]))
+
+
+def fit_prompts(prompts: Sequence[str], max_tokens: int, count: TokenCounter = approx_tokens
+                ) -> tuple[list[str], list[int | None]]:
+    """Each prompt cut to ``max_tokens`` tokens of model input by keeping its most recent behaviours: the largest
+    number k of them that fits (binary search, one batched ``count`` call per round, ~log2(L) rounds). Returns the
+    prompts and, per prompt, the behaviours kept (None: it fitted untouched)."""
+    out, kept = list(prompts), [None] * len(prompts)
+    sizes = count([model_input(p) for p in prompts]) if prompts else []
+    todo: dict[int, list[int]] = {}  # prompt index → [lo (fits or 0), hi (does not fit)]
+    for i, (p, n) in enumerate(zip(prompts, sizes, strict=True)):
+        if n > max_tokens:
+            parts = _split_sequence(p)
+            todo[i] = [0, len(parts[1]) if parts else 0]
+    while any(hi - lo > 1 for lo, hi in todo.values()):
+        probe = {i: (lo + hi) // 2 for i, (lo, hi) in todo.items() if hi - lo > 1}
+        sized = count([model_input(keep_recent(prompts[i], k)) for i, k in probe.items()])
+        for (i, k), n in zip(probe.items(), sized, strict=True):
+            todo[i][0 if n <= max_tokens else 1] = k
+    for i, (lo, _hi) in todo.items():
+        out[i], kept[i] = keep_recent(prompts[i], lo), lo
+    return out, kept
 
 
 # ---------------------------------------------------------------- polars expressions (same text)

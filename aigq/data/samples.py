@@ -108,6 +108,7 @@ class _World:
     cfg: SamplesConfig
     start_date: str
     chunk_size: int
+    count: P.TokenCounter | None = None  # prompt token counter for samples.max_prompt_tokens (None: approximation)
 
 
 def _table(tables: dict[str, pl.DataFrame], name: str) -> pl.DataFrame:
@@ -285,6 +286,16 @@ def _assemble(a: pl.DataFrame, seq: pl.DataFrame, lab: pl.DataFrame, variant: st
     out = df.sort("key").select(
         "sample_id", "user_id", "day", pl.lit(variant).alias("variant"),
         prompt=P.prompt_expr(profile, pl.col("seq"), cfg), target="target", triggers="triggers", metadata=meta)
+    if cfg.max_prompt_tokens is not None and out.height:  # the prompt budget: keep the most recent behaviours
+        prompts, kept = P.fit_prompts(out["prompt"].to_list(), cfg.max_prompt_tokens, w.count or P.approx_tokens)
+        shown = [n if k is None else min(n, k) for n, k in
+                 zip(out["metadata"].struct.field("n_behaviours").to_list(), kept, strict=True)]
+        # trigger indices of behaviours the budget dropped go too (Think's T_k name shown behaviours only)
+        triggers = [t if k is None else [[i for i in g if i <= k] for g in t]
+                    for t, k in zip(out["triggers"].to_list(), kept, strict=True)]
+        out = out.with_columns(
+            prompt=pl.Series(prompts, dtype=pl.String), triggers=pl.Series(triggers, dtype=out.schema["triggers"]),
+            metadata=pl.col("metadata").struct.with_fields(pl.lit(pl.Series("n_behaviours", shown, dtype=pl.Int32))))
     return out.select([pl.col(c).cast(d) for c, d in OUTPUT_SCHEMA.items()])
 
 
@@ -351,13 +362,16 @@ def _next_search_direct(events: pl.DataFrame, cuts: pl.DataFrame, start_date: st
 
 
 def iter_samples(tables: dict[str, pl.DataFrame], start_date: str, days: int, cfg: SamplesConfig,
-                 llm_gen: LLMGen | None = None, chunk_size: int = 50_000) -> Iterator[tuple[str, pl.DataFrame]]:
+                 llm_gen: LLMGen | None = None, chunk_size: int = 50_000,
+                 count_tokens: P.TokenCounter | None = None) -> Iterator[tuple[str, pl.DataFrame]]:
     """(split, chunk of samples) for Direct, Think and test (see the module docstring for every rule), one chunk of
     ``chunk_size`` anchors at a time. ``llm_gen``: optional batch generator of Think's LLM-Gen candidates, called
-    once per chunk (see ``LLMGen``); None = none."""
+    once per chunk (see ``LLMGen``); None = none. ``count_tokens``: how ``samples.max_prompt_tokens`` counts a
+    prompt's tokens (the policy's tokenizer, ``models.factory.prompt_token_counter``); None = ``P.approx_tokens``."""
     t = {name: _table(tables, name) for name in TABLES}
     cfg = resolve_label_source(cfg, t["exposures"])
     w = _world(t, cfg, start_date, chunk_size)
+    w.count = count_tokens
     last_train = days - cfg.test_days
     last = H.last_queries(t["events"], start_date)  # the last-query split's targets, and the hold-out's cuts
     cuts = H.train_cuts(t["events"], start_date, last_train + 1, cfg.last_query_holdout, last)
@@ -421,10 +435,11 @@ def iter_samples(tables: dict[str, pl.DataFrame], start_date: str, days: int, cf
 
 
 def build_samples(tables: dict[str, pl.DataFrame], start_date: str, days: int, cfg: SamplesConfig,
-                  llm_gen: LLMGen | None = None, chunk_size: int = 50_000) -> SampleSet:
+                  llm_gen: LLMGen | None = None, chunk_size: int = 50_000,
+                  count_tokens: P.TokenCounter | None = None) -> SampleSet:
     """All samples in memory (tests, small worlds); ``build_samples_to`` streams big ones to disk."""
     parts: dict[str, list[pl.DataFrame]] = {name: [pl.DataFrame(schema=OUTPUT_SCHEMA)] for name in SPLITS}
-    for split, part in iter_samples(tables, start_date, days, cfg, llm_gen, chunk_size):
+    for split, part in iter_samples(tables, start_date, days, cfg, llm_gen, chunk_size, count_tokens):
         parts[split].append(part)
     frames = {name: pl.concat(p, rechunk=False) for name, p in parts.items()}
     label_source = resolve_label_source(cfg, _table(tables, "exposures")).label_source
@@ -447,14 +462,14 @@ def user_shards(tables: dict[str, pl.DataFrame], shard_users: int) -> Iterator[d
 
 def build_samples_to(tables: dict[str, pl.DataFrame], start_date: str, days: int, cfg: SamplesConfig,
                      out_dir: Path, llm_gen: LLMGen | None = None, chunk_size: int = 50_000,
-                     shard_users: int = 250_000) -> dict[str, float]:
+                     shard_users: int = 250_000, count_tokens: P.TokenCounter | None = None) -> dict[str, float]:
     """Build and write shard by shard of ``shard_users`` users (:func:`user_shards`) and chunk by chunk
     (``sample_io.SampleWriter``): peak memory is the inputs plus one shard's work. Returns the statistics also
     written to ``meta.json``. The files equal ``write_samples(build_samples(...))``."""
     cfg = resolve_label_source(cfg, _table(tables, "exposures"))  # meta.json records what was used
     with SampleWriter(out_dir, cfg, P.special_tokens(cfg), OUTPUT_SCHEMA) as writer:
         for shard in user_shards(tables, shard_users):
-            for split, part in iter_samples(shard, start_date, days, cfg, llm_gen, chunk_size):
+            for split, part in iter_samples(shard, start_date, days, cfg, llm_gen, chunk_size, count_tokens):
                 writer.write(split, part)
         return writer.close()
 

@@ -9,6 +9,14 @@
         config.yaml         the resolved run configuration
     <root>/latest           name of the newest complete checkpoint
 
+With LoRA or frozen layers (``aigq.learner.efficient``) a checkpoint holds only what trains, instead of ``model/``:
+
+        trainable.safetensors   the trainable tensors (adapters, special-row deltas, unfrozen layers) by name
+        base.json               the base model folder they apply to (with its tokenizer) and its weights' sha256
+
+``Checkpoint.model_dir`` is then that base folder; resuming loads it, sets the learner up the same way and loads the
+trainable tensors (a changed base is refused: its digest must match).
+
 A crash mid-write leaves only a ``.tmp-*`` folder, which is ignored and cleaned up by the next save.
 """
 
@@ -25,6 +33,7 @@ from typing import Any
 import torch
 
 LATEST = "latest"
+TRAINABLE, BASE = "trainable.safetensors", "base.json"  # parameter-efficient checkpoints
 
 
 def step_name(step: int) -> str:
@@ -33,8 +42,10 @@ def step_name(step: int) -> str:
 
 def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer: torch.optim.Optimizer, scheduler,
                     rng_states: dict[int, dict[str, Any]], config_yaml: str, state: dict[str, Any],
-                    keep: int = 2) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically, point ``latest`` at it, keep the newest ``keep``."""
+                    keep: int = 2, trainable: dict[str, Any] | None = None) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically, point ``latest`` at it, keep the newest ``keep``.
+    ``trainable``: ``{"tensors": name → tensor, "base": folder, "base_sha256": digest}`` for a parameter-efficient
+    learner (written instead of ``model/``; ``model`` and ``tokenizer`` are then unused)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-*"):
@@ -42,9 +53,17 @@ def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer: torch.op
     final = root / step_name(step)
     tmp = root / f".tmp-{step_name(step)}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
-    model.save_pretrained(tmp / "model")
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp / "model")
+    if trainable is not None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainable["tensors"].items()},
+                  tmp / TRAINABLE)
+        (tmp / BASE).write_text(json.dumps({"path": str(Path(trainable["base"]).resolve()),
+                                            "sha256": trainable["base_sha256"]}, indent=2))
+    else:
+        model.save_pretrained(tmp / "model")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp / "model")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
     (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
@@ -82,7 +101,31 @@ class Checkpoint:
 
     @property
     def model_dir(self) -> Path:
+        """The full model folder; for a parameter-efficient checkpoint, the base folder its tensors apply to."""
+        if self.base is not None:
+            return Path(self.base["path"])
         return self.path / "model"
+
+    @property
+    def base(self) -> dict[str, str] | None:
+        """``{"path", "sha256"}`` of a parameter-efficient checkpoint's base; None for a full-model checkpoint."""
+        f = self.path / BASE
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def trainable_state(self) -> dict[str, torch.Tensor] | None:
+        """The trainable tensors of a parameter-efficient checkpoint (None for a full-model checkpoint), after
+        checking that the base folder is still the one they were trained on."""
+        base = self.base
+        if base is None:
+            return None
+        from safetensors.torch import load_file
+
+        from aigq.learner.efficient import folder_digest
+
+        if not Path(base["path"]).is_dir() or folder_digest(Path(base["path"])) != base["sha256"]:
+            raise FileNotFoundError(f"{self.path}: its base model {base['path']} is missing or has changed since "
+                                    "the checkpoint was written (its weights' sha256 differs)")
+        return load_file(self.path / TRAINABLE)
 
     @property
     def step(self) -> int:
@@ -91,7 +134,8 @@ class Checkpoint:
 
 def read_checkpoint(path: Path) -> Checkpoint:
     path = Path(path)
-    missing = [f for f in ("model", "optimizer.pt", "scheduler.json", "trainer_state.json", "rng.json")
+    weights = (TRAINABLE, BASE) if (path / BASE).exists() else ("model",)
+    missing = [f for f in (*weights, "optimizer.pt", "scheduler.json", "trainer_state.json", "rng.json")
                if not (path / f).exists()]
     if missing:
         raise FileNotFoundError(f"{path}: not a complete checkpoint (missing {', '.join(missing)})")

@@ -21,7 +21,8 @@ REQUIRED: dict[str, pl.DataType] = {
     "target": pl.List(pl.String()), "triggers": pl.List(pl.List(pl.Int32())),
 }
 # Keys of the samples config that change the text the policy sees (a mismatch means the samples are stale).
-_TEXT_KEYS = ("rerank", "compress", "history_len", "history_days", "label_cap", "instruction", "instruction_plain")
+_TEXT_KEYS = ("rerank", "compress", "history_len", "history_days", "label_cap", "instruction", "instruction_plain",
+              "max_prompt_tokens")
 
 
 class SampleSchemaError(ValueError):

@@ -14,7 +14,7 @@ An update round over one rollout batch (this worker's shard of it):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -82,12 +82,17 @@ def gather_entropies(values: torch.Tensor) -> torch.Tensor:
 
 class GRPOTrainer:
     def __init__(self, model: nn.Module, cfg: GRPOConfig, total_steps: int, world_size: int = 1,
-                 wrap: Callable[[nn.Module], nn.Module] | None = None, ref_model: nn.Module | None = None):
+                 wrap: Callable[[nn.Module], nn.Module] | None = None, ref_model: nn.Module | None = None,
+                 amp: Callable[[], AbstractContextManager] | None = None):
+        """``amp``: context factory for the forward passes (bf16 autocast); only parameters with
+        ``requires_grad`` are optimised (LoRA / frozen layers, ``aigq.learner.efficient``)."""
         self.model, self.cfg, self.total_steps, self.world_size = model, cfg, total_steps, world_size
+        self.amp = amp or nullcontext
         self.lp = TokenLogProbs(model)
         self.net = wrap(self.lp) if wrap else self.lp
         self.ref = TokenLogProbs(ref_model).eval() if ref_model is not None else None
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
         # constant LR (the paper gives one value); a scheduler object keeps checkpoints uniform with IL-SFT's
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _s: 1.0)
         self.step = 0  # optimizer steps so far
@@ -98,8 +103,9 @@ class GRPOTrainer:
         self.lp.eval()
         out = []
         for mb in mbs:
-            logp, ent = self.lp(mb["input_ids"], mb["attention_mask"])
-            ref = self.ref(mb["input_ids"], mb["attention_mask"])[0] if self.ref is not None else None
+            with self.amp():
+                logp, ent = self.lp(mb["input_ids"], mb["attention_mask"])
+                ref = self.ref(mb["input_ids"], mb["attention_mask"])[0] if self.ref is not None else None
             out.append((logp, ent, ref))
         return out
 
@@ -126,7 +132,8 @@ class GRPOTrainer:
                 k += 1
                 last = j == len(part) - 1
                 with nullcontext() if last or not hasattr(self.net, "no_sync") else self.net.no_sync():
-                    logp, ent = self.net(mb["input_ids"], mb["attention_mask"])
+                    with self.amp():
+                        logp, ent = self.net(mb["input_ids"], mb["attention_mask"])
                     eps = grpo.adaptive_clip_eps(ent_old, tau, cfg.eps_low, cfg.eps_high)
                     out = grpo.policy_loss(logp, logp_old, mb["adv"], eps, mb["gen_mask"], tokens, entropy=ent,
                                            ent_coef=ent_coef, logp_ref=logp_ref, kl_coef=cfg.kl_coef)
@@ -140,7 +147,7 @@ class GRPOTrainer:
                 sums["tokens"] += n
             if not part:  # this rank has no rollouts in this part: still join the gradient all-reduce
                 self._empty_backward(device)
-            sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+            sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip))
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
@@ -155,5 +162,6 @@ class GRPOTrainer:
 
     def _empty_backward(self, device: torch.device | None) -> None:
         ids = torch.zeros((1, 2), dtype=torch.long, device=device)
-        logp, ent = self.net(ids, torch.ones_like(ids))
+        with self.amp():
+            logp, ent = self.net(ids, torch.ones_like(ids))
         ((logp.sum() + ent.sum()) * 0.0).backward()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -31,12 +31,19 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 class SFTTrainer:
+    """``amp``: a context factory the forward passes run in (``efficient.autocast_for``: bf16 autocast); only the
+    parameters with ``requires_grad`` are optimised (all of them in a full fine-tune; LoRA / frozen layers:
+    ``aigq.learner.efficient``)."""
+
     def __init__(self, model: nn.Module, cfg: SFTConfig, total_steps: int, world_size: int = 1,
-                 wrap: Callable[[nn.Module], nn.Module] | None = None):
+                 wrap: Callable[[nn.Module], nn.Module] | None = None,
+                 amp: Callable[[], AbstractContextManager] | None = None):
         self.model, self.cfg, self.total_steps, self.world_size = model, cfg, total_steps, world_size
+        self.amp = amp or nullcontext
         self.target_lm = TargetLM(model)
         self.net = wrap(self.target_lm) if wrap else self.target_lm
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.lr_min_ratio))
         self.step = 0
@@ -53,11 +60,12 @@ class SFTTrainer:
         for k, mb in enumerate(micro_batches):
             last = k == len(micro_batches) - 1
             with nullcontext() if last or not hasattr(self.net, "no_sync") else self.net.no_sync():
-                nll, n = self.net(**mb)
+                with self.amp():
+                    nll, n = self.net(**mb)
                 (nll * scale).backward()
             nll_sum += float(nll.detach())
             tokens += int(n)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip))
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -70,7 +78,8 @@ class SFTTrainer:
         self.target_lm.eval()
         nll_sum, tokens = 0.0, 0
         for mb in micro_batches:
-            nll, n = self.target_lm(**mb)
+            with self.amp():
+                nll, n = self.target_lm(**mb)
             nll_sum += float(nll)
             tokens += int(n)
         return {"nll_sum": nll_sum, "tokens": tokens}

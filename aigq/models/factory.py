@@ -99,6 +99,34 @@ def policy_tokens(cfg: AIGQConfig) -> list[str]:
     return tokens + P.output_special_tokens(cfg.samples.label_cap, cfg.sft.variant == "think")
 
 
+def prompt_token_counter(cfg: AIGQConfig) -> tuple[P.TokenCounter | None, str]:
+    """How ``build-samples`` counts prompt tokens for ``samples.max_prompt_tokens``, and that in words: the policy's
+    own tokenizer (the base folder's, with the tokens ``init_policy`` will add, each one token) when the base folder
+    exists (``model.source`` smollm2 / path, prepared); else ``prompt.approx_tokens`` (the tiny model's BPE is
+    trained on these very samples, so it cannot exist yet). (None, "none") without a budget."""
+    if cfg.samples.max_prompt_tokens is None:
+        return None, "none"
+    if cfg.model.source != "tiny":
+        try:
+            base = check_model_dir(base_model_dir(cfg))
+        except ModelNotFoundError:
+            base = None
+        if base is not None:
+            from tokenizers import AddedToken
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(base, local_files_only=True, trust_remote_code=False)
+            vocab = tok.get_vocab()
+            tok.add_tokens([AddedToken(t, single_word=False, lstrip=False, rstrip=False, normalized=False,
+                                       special=False) for t in dict.fromkeys(policy_tokens(cfg)) if t not in vocab])
+
+            def count(texts):
+                return [len(ids) for ids in tok(list(texts), add_special_tokens=False)["input_ids"]]
+
+            return count, f"the policy's tokenizer ({base})"
+    return P.approx_tokens, f"approximation (1 per <tag>, {P.APPROX_CHARS_PER_TOKEN:g} characters per token)"
+
+
 def init_policy(cfg: AIGQConfig, base: Path, out: Path) -> Path:
     """The starting policy: the base model with the special tokens added and initialised by Eq. 1."""
     from aigq.models.special_tokens import add_special_tokens
