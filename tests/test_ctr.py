@@ -131,6 +131,7 @@ def test_warm_start_from_previous_day_eq15(trained):
 HIDDEN_ALLOWED = {
     "data/hidden.py": "the hidden model itself: world/hidden's paths and reader",
     "data/simulate.py": "the simulator writes world/hidden (click model, interests) beside the public logs",
+    "data/world_v2.py": "world v2's simulator: writes world/hidden (taste, v2.json) and clicks with the shared model",
     "loop.py": "the daily loop's simulated day T+1: the hidden click model clicks what the deployed HintQ shows",
     "loop_runner.py": "builds that day simulation's HiddenModel; each day's training reads only copied public tables",
     "cli_rewards.py": "`aigq train-ctr --oracle`: after training, runs the test-only ctr_oracle when world/hidden exists",
