@@ -49,6 +49,9 @@ def _cpu_env() -> None:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"{cores[0]}-{cores[-1]}" if cores else "all")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in-process: no spawn inside actors/tests
+    # vLLM-CPU logs a thread-binding warning on every generate call and INFO lines per engine start: the demo's
+    # output drowned in them (issue 19). Errors still show; VLLM_LOGGING_LEVEL=INFO brings the rest back.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 
 class VLLMEngine:
