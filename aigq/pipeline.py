@@ -8,7 +8,6 @@ existing folder as it was, and a folder at that path that is not one of ours is 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ from typing import Any, NoReturn
 
 import polars as pl
 
+from aigq.atomic import staged_dir
 from aigq.config import AIGQConfig
 from aigq.data import schema
 from aigq.data.validate import QUARANTINE, NotALogError
@@ -51,30 +51,6 @@ def _check_ours(folder: Path, kind: str) -> None:
             f"remove it or choose another folder")
 
 
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path)
-
-
-def _swap_in(new: Path, folder: Path) -> None:
-    """Put ``new`` at ``folder``: the old folder is renamed aside first and deleted only once ``new`` is in place (if
-    that rename fails the old folder goes back), so at every moment one of the two complete folders exists."""
-    if not folder.exists():
-        new.rename(folder)
-        return
-    old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-    _remove(old)
-    folder.rename(old)
-    try:
-        new.rename(folder)
-    except BaseException:
-        old.rename(folder)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 @contextmanager
 def _staged(folder: Path, kind: str) -> Iterator[Path]:
     """Build a ``kind`` folder whole in a temporary sibling (``.<name>.tmp-<pid>``), yielded; it replaces ``folder``
@@ -82,18 +58,9 @@ def _staged(folder: Path, kind: str) -> Iterator[Path]:
     existing folder untouched (the temporary one is removed either way). A folder that is not one of ours is refused
     before anything is written. A symlinked folder is rewritten where it points."""
     folder = Path(folder)
-    real = folder.resolve() if folder.is_symlink() else folder
-    _check_ours(real, kind)
-    real.parent.mkdir(parents=True, exist_ok=True)
-    tmp = real.parent / f".{real.name}.tmp-{os.getpid()}"
-    _remove(tmp)  # left by a killed run of a process with the same id
-    tmp.mkdir()
-    try:
+    _check_ours(folder.resolve() if folder.is_symlink() else folder, kind)
+    with staged_dir(folder) as tmp:
         yield tmp
-        _swap_in(tmp, real)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _moved(path: Path | None, tmp: Path, folder: Path) -> Path | None:

@@ -114,8 +114,7 @@ def run_sft(cfg: AIGQConfig, tracker: Tracker, samples_dir: Path | None = None, 
         try:
             figures.update(_loop(cfg, group, tracker, train, evals, steps, ckpt_root, cfg_yaml, say, on_step))
             policy = out_dir / "policy"
-            shutil.rmtree(policy, ignore_errors=True)
-            group.save_policy(policy)
+            group.save_policy(policy)  # swapped in whole (save_merged): Serve may be reading the old one
             figures["weights_identical"] = len(set(group.weights_digests())) == 1
         finally:
             group.shutdown()

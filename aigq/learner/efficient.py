@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aigq.atomic import staged_dir
 from aigq.config import LearnerConfig
 
 log = logging.getLogger(__name__)
@@ -299,11 +300,18 @@ def save_merged(model: nn.Module, tokenizer, out: Path, eff: Efficient | None = 
     """A normal Hugging Face folder with the merged weights (loadable by every loader: engines, Serve, eval);
     with LoRA or special rows also ``adapter/``: the trainable tensors (``trainable.safetensors``) and, for LoRA,
     peft's own adapter files (``adapter_config.json``, ``adapter_model.safetensors``) — the base is the folder the
-    run started from (``adapter/aigq_adapter.json``)."""
-    from safetensors.torch import save_file
-
+    run started from (``adapter/aigq_adapter.json``). Written whole into a temporary sibling and swapped in
+    (:func:`aigq.atomic.staged_dir`): Serve or eval reading ``out`` meanwhile see the old policy or the new one."""
     out = Path(out)
     model = getattr(model, "module", model)
+    with staged_dir(out) as tmp:
+        _write_merged(model, tokenizer, tmp, eff)
+    return out
+
+
+def _write_merged(model: nn.Module, tokenizer, out: Path, eff: Efficient | None) -> None:
+    from safetensors.torch import save_file
+
     state = merged_state(model)
     if eff is None or eff.mode == "full":
         model.save_pretrained(out)
@@ -330,4 +338,3 @@ def save_merged(model: nn.Module, tokenizer, out: Path, eff: Efficient | None = 
              "note": "the folder above holds the merged policy; these tensors are the trained part only"}, indent=2))
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-    return out

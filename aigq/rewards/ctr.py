@@ -46,6 +46,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from aigq.atomic import staged_dir
 from aigq.config import CTRConfig
 from aigq.rewards.context import UserContext
 from aigq.rewards.ctr_categories import CategoryIndex, match_features
@@ -278,21 +279,22 @@ class SuccessRates:
 def save_model(model: CTRModel, cfg: CTRConfig, folder: str | Path, meta: dict[str, Any] | None = None,
                categories: CategoryIndex | None = None, success: SuccessRates | None = None) -> Path:
     """``folder/model.safetensors`` + ``folder/model.json`` (architecture, featuriser config, meta), + the category
-    lookup (``ctr_categories``) for a model with category features, + ``success.parquet`` with ``success`` (a stale
-    one from an earlier save is removed: its presence switches the scoring)."""
+    lookup (``ctr_categories``) for a model with category features, + ``success.parquet`` with ``success``. The
+    folder is written whole in a temporary sibling and swapped in (:func:`aigq.atomic.staged_dir`): a reward actor
+    or Serve loading it meanwhile sees the old model or the new one, and nothing of an earlier save survives (a stale
+    ``success.parquet`` would switch the scoring)."""
     if model.categories and categories is None:
         raise ValueError("a CTR model with category features is saved with its CategoryIndex")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if model.categories:
-        categories.save(folder)
-    if success is not None:
-        success.save(folder)
-    else:
-        (folder / SUCCESS_FILE).unlink(missing_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    info = {"format_version": FORMAT_VERSION, "arch": model.arch, "featurizer": cfg.model_dump(), "meta": meta or {}}
-    (folder / "model.json").write_text(json.dumps(info, indent=2, default=str))
+    with staged_dir(folder) as tmp:
+        if model.categories:
+            categories.save(tmp)
+        if success is not None:
+            success.save(tmp)
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        info = {"format_version": FORMAT_VERSION, "arch": model.arch, "featurizer": cfg.model_dump(),
+                "meta": meta or {}}
+        (tmp / "model.json").write_text(json.dumps(info, indent=2, default=str))
     return folder
 
 
