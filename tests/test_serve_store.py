@@ -306,3 +306,26 @@ def test_a_deferred_signal_fires_with_the_next_events():
     state = {"categories": [], "pending": {}, "last_run": 0.0, "deferred": "search: desk"}
     reason, state = signal(state, [_E("click", "oak desk")], sc, now=1000)
     assert reason == "search: desk" and state["last_run"] == 1000 and "deferred" not in state
+
+
+def test_fallback_refresh_is_never_seen_half_done(store):
+    """Issue 19 item 10: a HintQ read between the store calls of the daily fallback refresh sees the old co-search
+    table or the new one, never neither (it used to delete the prefix, then write, in two transactions)."""
+    Records(store).write_fallback([("sofa", 1.0)], {"sofa": [("couch", 1.0)], "lamp": [("desk lamp", 1.0)]})
+    reader, seen = Records(store), []
+
+    class Spy:  # the store as the refresh sees it: a reader looks in before each of its calls goes through
+        def __getattr__(self, name):
+            attr = getattr(store, name)
+            if not callable(attr):
+                return attr
+
+            def call(*a, **kw):
+                seen.append(reader.coclick(["sofa", "lamp"]))
+                return attr(*a, **kw)
+            return call
+
+    Records(Spy()).write_fallback([("sofa", 1.0)], {"sofa": [("sofa bed", 0.9)]})
+    old, new = {"sofa": [("couch", 1.0)], "lamp": [("desk lamp", 1.0)]}, {"sofa": [("sofa bed", 0.9)]}
+    assert seen and all(s in (old, new) for s in seen), seen
+    assert reader.coclick(["sofa", "lamp"]) == new  # "lamp" went with the old table

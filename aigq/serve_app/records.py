@@ -194,8 +194,9 @@ class Records:
 
     # ------------------------------------------------------------ fallback
     def write_fallback(self, popular: list[tuple[str, float]], coclick: dict[str, list[tuple[str, float]]]) -> None:
-        self.store.delete_prefix("fb:co:")
-        self.store.mset({f"fb:co:{norm(k)}": json.dumps(v, ensure_ascii=False) for k, v in coclick.items()})
+        # one transaction: a HintQ request during the daily refresh finds the old table or the new, never none
+        self.store.replace_prefix("fb:co:", {f"fb:co:{norm(k)}": json.dumps(v, ensure_ascii=False)
+                                             for k, v in coclick.items()})
         self.store.set("fb:popular", json.dumps(popular, ensure_ascii=False))
 
     def popular(self) -> list[tuple[str, float]]:

@@ -78,6 +78,11 @@ class Store(ABC):
     def delete_prefix(self, prefix: str) -> int: ...
 
     @abstractmethod
+    def replace_prefix(self, prefix: str, mapping: Mapping[str, str]) -> None:
+        """Every key under ``prefix`` replaced by ``mapping`` (keys under ``prefix``) in one transaction: a reader
+        sees the old set or the new one, never neither (the serving fallback's co-search table, issue 19)."""
+
+    @abstractmethod
     def ping(self) -> bool: ...
 
     def close(self) -> None:  # noqa: B027 — optional
@@ -247,6 +252,12 @@ class SQLiteStore(Store):
         self._write([(f"DELETE FROM {t} WHERE key LIKE ? ESCAPE '\\'", (pat,)) for t in ("kv", "lists", "list_ttl")])
         return int(n)
 
+    def replace_prefix(self, prefix: str, mapping: Mapping[str, str]) -> None:
+        pat = self.k(prefix).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        self._write([*((f"DELETE FROM {t} WHERE key LIKE ? ESCAPE '\\'", (pat,)) for t in ("kv", "lists", "list_ttl")),
+                     *(("INSERT OR REPLACE INTO kv (key, value, expires) VALUES (?, ?, NULL)", (self.k(k), v))
+                       for k, v in mapping.items())])
+
     def ping(self) -> bool:
         return self._con().execute("SELECT 1").fetchone()[0] == 1
 
@@ -341,6 +352,15 @@ class RedisStore(Store):
         if batch:
             n += self._r.unlink(*batch)
         return n
+
+    def replace_prefix(self, prefix: str, mapping: Mapping[str, str]) -> None:
+        old = list(self._r.scan_iter(match=_redis_glob_escape(self.k(prefix)) + "*", count=1000))
+        pipe = self._r.pipeline(transaction=True)  # MULTI/EXEC: the old keys go and the new arrive together
+        for lo in range(0, len(old), 1000):
+            pipe.unlink(*old[lo:lo + 1000])
+        if mapping:
+            pipe.mset({self.k(k): v for k, v in mapping.items()})
+        pipe.execute()
 
     def ping(self) -> bool:
         return bool(self._r.ping())
