@@ -284,3 +284,42 @@ def test_user_keys_written_by_events_expire(apps):
                        "SELECT key, expires FROM list_ttl WHERE key LIKE '%u:9:%'").fetchall()
     assert sorted(k.rsplit(":", 1)[1] for k, _ in rows) == ["beh", "profile", "signal"], rows
     assert all(e is not None and abs(e - (time.time() + ttl)) < 60 for _, e in rows), rows
+
+
+def test_store_calls_never_block_the_event_loop(apps):
+    """Issue 19 item 10: every blocking store call of a request handler runs on a worker thread, never on the
+    replica's event loop (a slow SQLite write or Redis round trip would stall every other request of the replica)."""
+    import asyncio
+
+    on_loop: list[str] = []
+
+    class Spy:
+        def __init__(self, store):
+            self._store = store
+
+        def __getattr__(self, name):
+            attr = getattr(self._store, name)
+            if not callable(attr):
+                return attr
+
+            def call(*a, **kw):
+                try:
+                    asyncio.get_running_loop()
+                    on_loop.append(name)
+                except RuntimeError:
+                    pass
+                return attr(*a, **kw)
+            return call
+
+    apps.ctx.records.write_fallback([("sofa", 1.0)], {})
+    for app in (apps.direct, apps.hintq, apps.think):
+        app.ctx.records.store = Spy(app.ctx.records.store)
+    d, h, t = apps.client("direct"), apps.client("hintq"), apps.client("think")
+    assert d.post("/direct/events", json={"events": [{"user_id": 5, "type": "search", "content": "sofa"}]}
+                  ).status_code == 202
+    assert h.post("/hintq/", json={"user_id": 5}).status_code == 200
+    assert d.get("/direct/cache/5").status_code == 200 and d.get("/direct/status").status_code == 200
+    assert h.get("/hintq/status").status_code == 200 and t.get("/think/status").status_code == 200
+    assert t.post("/think/lookup", json={"triggers": ["sofa"]}).status_code == 200
+    assert apps.generated, "the events started a generation"
+    assert on_loop == []

@@ -177,12 +177,34 @@ class DirectIngress:
     @app.post("/events", status_code=202, response_model=EventsResponse, response_model_exclude_defaults=True)
     async def events(self, request: Request) -> EventsResponse:
         sc = self.ctx.cfg.serve
-        window = self.ctx.records.ts_window(self.ctx.cfg.samples.history_days, MAX_CLOCK_SKEW_S)
+        window = await asyncio.to_thread(self.ctx.records.ts_window, self.ctx.cfg.samples.history_days,
+                                         MAX_CLOCK_SKEW_S)
         body: EventsRequest = await parse_body(request, EventsRequest, sc.max_body_bytes, {"ts_window": window})
         if len(body.events) > sc.max_events_per_request:
             return JSONResponse({"error": f"{len(body.events)} events exceed the limit of "
                                           f"{sc.max_events_per_request} per request"}, status_code=413)
-        rec, now = self.ctx.records, time.time()
+        # the store work (blocking SQLite / Redis calls) runs on a worker thread, not on the replica's event loop;
+        # the generations it decides to start are created back here, on the loop
+        by_user, start, held = await asyncio.to_thread(self._record, body, time.time())
+        triggered = []
+        for user, reason in start:
+            task = asyncio.create_task(self._run(user, reason))  # not awaited: the request returns now
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            triggered.append(user)
+            self.started += 1
+        self.deferred += held["deferred"]
+        self.dropped += held["dropped"]
+        if held["deferred"] or held["dropped"]:
+            log.info("direct events: %(deferred)d signals deferred (per-request cap), %(dropped)d dropped "
+                     "(generation budget)", held)
+        return EventsResponse(accepted=len(body.events), users=by_user, triggered=triggered, **held)
+
+    def _record(self, body: EventsRequest, now: float) -> tuple[int, list[tuple[int, str]], dict[str, int]]:
+        """Store the events, update each user's signal state and decide which generations start (at most
+        ``serve.max_triggered_users_per_request`` per request, ``serve.max_pending_generations`` in flight): (users,
+        [(user, reason) to start], held counts)."""
+        sc, rec = self.ctx.cfg.serve, self.ctx.records
         by_user: dict[int, list[Any]] = {}
         for e in body.events:
             by_user.setdefault(e.user_id, []).append(e)
@@ -199,35 +221,26 @@ class DirectIngress:
             before = rec.get_signal_state(user)
             reason, state = signal(before, evs, sc, now)
             over = ("deferred" if len(triggered) >= sc.max_triggered_users_per_request
-                    else "dropped" if len(self.tasks) >= sc.max_pending_generations else None)
+                    else "dropped" if len(self.tasks) + len(triggered) >= sc.max_pending_generations else None)
             if reason and over:  # not started: the signal waits for the user's next events, with the last run's time
                 state.update(last_run=float(before.get("last_run", 0.0)), deferred=reason)
                 held[over] += 1
                 reason = None
             rec.put_signal_state(user, state)
             if reason:
-                task = asyncio.create_task(self._run(user, reason))  # not awaited: the request returns now
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-                triggered.append(user)
-                self.started += 1
-        self.deferred += held["deferred"]
-        self.dropped += held["dropped"]
-        if held["deferred"] or held["dropped"]:
-            log.info("direct events: %(deferred)d signals deferred (per-request cap), %(dropped)d dropped "
-                     "(generation budget)", held)
-        return EventsResponse(accepted=len(body.events), users=len(by_user), triggered=triggered, **held)
+                triggered.append((user, reason))
+        return len(by_user), triggered, held
 
     @app.get("/cache/{user_id}", response_model=CacheResponse)
     async def cache(self, user_id: int) -> CacheResponse:
-        runs = self.ctx.records.get_direct(user_id)
+        runs = await asyncio.to_thread(self.ctx.records.get_direct, user_id)
         return CacheResponse(user_id=user_id, runs=[{**r.__dict__, "reason": public_reason(r.reason)} for r in runs])
 
     @app.get("/status")
     async def status(self) -> dict[str, Any]:
         """The generator's live policy as it last published it to the store (on every policy load and batch): asking
         the generator itself would wait behind a queue of generations that a burst of signals can fill."""
-        gen = self.ctx.records.generator_status()
+        gen = await asyncio.to_thread(self.ctx.records.generator_status)
         return {"generator": gen, "pending": len(self.tasks), "started": self.started, "failed": self.failed,
                 "deferred": self.deferred, "dropped": self.dropped, "store": self.ctx.store.describe()}
 

@@ -163,7 +163,7 @@ class HintQ:
     async def hintq(self, request: Request) -> dict[str, Any]:
         body: HintQRequest = await parse_body(request, HintQRequest, self.ctx.cfg.serve.max_body_bytes)
         k = body.k or self.ctx.cfg.serve.hintq_k
-        ctx, cands, fallback = self.core.recall(body.user_id, k)
+        ctx, cands, fallback = await asyncio.to_thread(self.core.recall, body.user_id, k)  # store reads off the loop
         probs = await self._score((ctx, [c["query"] for c in cands])) if self.core.scorer and cands else None
         return self.core.response(body.user_id, cands, probs, k, fallback)
 
@@ -171,7 +171,7 @@ class HintQ:
     async def status(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "ctr_model": self.ctr_path, "blocklist": self.core.blocklist.terms,
                 "batches": self.batches, "scored_requests": self.scored, "store": self.ctx.store.describe(),
-                "think_index": self.ctx.records.think_version()}
+                "think_index": await asyncio.to_thread(self.ctx.records.think_version)}
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:

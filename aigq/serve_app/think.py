@@ -75,6 +75,9 @@ class ThinkApp:
     @app.post("/lookup", response_model=LookupResponse)
     async def lookup(self, request: Request) -> LookupResponse:
         body: LookupRequest = await parse_body(request, LookupRequest, self.ctx.cfg.serve.max_body_bytes)
+        return await asyncio.to_thread(self._lookup, body)  # store reads off the event loop
+
+    def _lookup(self, body: LookupRequest) -> LookupResponse:
         rec = self.ctx.records
         results: dict[str, list[tuple[str, float]]] = {}
         for trig in body.triggers:
@@ -104,8 +107,8 @@ class ThinkApp:
     @app.get("/status")
     async def status(self) -> dict[str, Any]:
         cur = self.holder.current
-        return {"pid": os.getpid(), "index_version": self.ctx.records.think_version(),
-                "index": self.ctx.records.think_meta(), "policy_version": cur.version if cur else None,
+        version, meta = await asyncio.to_thread(lambda: (self.ctx.records.think_version(), self.ctx.records.think_meta()))
+        return {"pid": os.getpid(), "index_version": version, "index": meta, "policy_version": cur.version if cur else None,
                 "policy_error": self.policy_error, "loads": self.holder.loads, "store": self.ctx.store.describe()}
 
     @app.get("/healthz")
