@@ -1,6 +1,6 @@
 """HintQ under load on 127.0.0.1: p50/p99 latency and sustained QPS through Ray Serve (the ``hintq`` app of
 configs/serve.yaml, one replica) beside a bare FastAPI/uvicorn app (one worker process) doing the same store reads
-and CTR ranking (``HintQCore``), measured in the same run; then 1,000 malformed requests → count of 4xx / 5xx.
+and CTR ranking (``HintQCore``), measured in the same run; then 1,000 malformed requests → count of 4xx / 5xx per endpoint.
 
     .venv/bin/python benchmarks/serve_load.py [--users 500] [--concurrency 8] [--seconds 15] [--no-append]
 
@@ -31,7 +31,10 @@ sys.path.insert(0, str(REPO))
 
 MALFORMED = [b"{not json", b'{"user_id": 1', b"\xff\xfe\x00\x81", b"", b"[1,2]", b"{}", b'{"user_id": "7"}',
              b'{"user_id": -1}', b'{"user_id": 7, "k": 50}', b'{"user_id": 7, "x": 1}', b'{"user_id": 1e400}',
-             b"null", b'{"user_id": ' + b"[" * 3000 + b"]" * 3000 + b"}", b'{"user_id": 1, "pad": "' + b"x" * 70_000 + b'"}']
+             b"null", b'{"user_id": ' + b"[" * 3000 + b"]" * 3000 + b"}", b'{"user_id": 1, "pad": "' + b"x" * 70_000 + b'"}',
+             b'{"user_id": 7, "user_id": 8}', b'{"user_id": 7, "k": null}', b'{"user_id": 7, "k": true}',
+             b'{"user_id": 9223372036854775808}', b'{"user_id": Infinity}', b'"user_id"']
+STATUS_CLASSES = ("2xx", "4xx", "5xx", "other")
 
 BARE = '''
 import sys, uvicorn
@@ -110,10 +113,24 @@ async def load(url: str, users: int, concurrency: int, seconds: float, warmup: f
             "p99": float(np.percentile(a, 99)), "codes": codes}
 
 
-async def malformed(url: str, n: int = 1000) -> dict:
+def count_statuses(answers) -> dict[str, dict[str, int]]:
+    """``(endpoint, HTTP status)`` pairs → ``{endpoint: {"2xx": n, "4xx": n, "5xx": n, "other": n}}``, plus
+    ``"all"`` summed over the endpoints (the RESULTS.md row's 4xx / 5xx)."""
+    out: dict[str, dict[str, int]] = {"all": dict.fromkeys(STATUS_CLASSES, 0)}
+    for endpoint, status in answers:
+        k = f"{status // 100}xx"
+        k = k if k in STATUS_CLASSES else "other"
+        out.setdefault(endpoint, dict.fromkeys(STATUS_CLASSES, 0))[k] += 1
+        out["all"][k] += 1
+    return out
+
+
+async def malformed(url: str, n: int = 1000, endpoint: str = "POST /hintq") -> dict:
+    """``n`` malformed bodies (``MALFORMED`` in turn) to ``url`` → :func:`count_statuses` of the answers, per
+    endpoint; the top-level ``2xx`` / ``4xx`` / ``5xx`` / ``other`` are the totals."""
     import aiohttp
 
-    out = {"2xx": 0, "4xx": 0, "5xx": 0, "other": 0}
+    answers: list[tuple[str, int]] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8)) as s:
         sem = asyncio.Semaphore(8)
 
@@ -121,11 +138,17 @@ async def malformed(url: str, n: int = 1000) -> dict:
             async with sem, s.post(url, data=MALFORMED[i % len(MALFORMED)],
                                    headers={"content-type": "application/json", **AUTH}) as r:
                 await r.read()
-                k = f"{r.status // 100}xx"
-                out[k if k in out else "other"] += 1
+                answers.append((endpoint, r.status))
 
         await asyncio.gather(*(one(i) for i in range(n)))
-    return out
+    counts = count_statuses(answers)
+    return {**counts["all"], "per_endpoint": {k: v for k, v in counts.items() if k != "all"}}
+
+
+def malformed_report(res: dict) -> str:
+    """One line per server and endpoint: ``serve POST /hintq: 4xx 1000, 5xx 0, 2xx 0, other 0``."""
+    return "\n".join(f"{name} {ep}: " + ", ".join(f"{k} {c[k]}" for k in ("4xx", "5xx", "2xx", "other"))
+                     for name, r in res.items() for ep, c in r["malformed"]["per_endpoint"].items())
 
 
 def wait_http(url: str, timeout: float = 120) -> None:
@@ -190,6 +213,7 @@ def main() -> None:
         serve.shutdown()
         ray.shutdown()
         bare.terminate()
+    print(malformed_report(res), flush=True)
     row(res, a)
 
 
@@ -225,8 +249,8 @@ Command: `.venv/bin/python benchmarks/serve_load.py` (`make bench-serve`): {a.us
 (20 behaviours, 3 Direct runs of 10 queries, Think index on their latest behaviours), default-size CTR model with
 random weights; closed-loop load on 127.0.0.1 with {a.concurrency} concurrent clients for {a.seconds:.0f} s after a
 {a.warmup:.0f} s warm-up, both servers in the same run on the same 2-core machine (the load generator shares it);
-then 1,000 malformed requests (14 kinds: bad JSON, invalid UTF-8, empty, wrong types, unknown fields, oversized
-body, …) to each. Latency in ms.
+then 1,000 malformed requests (20 kinds: bad JSON, invalid UTF-8, empty, wrong types, unknown fields, oversized
+body, duplicate keys, …) to each. Latency in ms.
 
 | date / commit | server | p50 ms | p99 ms | QPS | status codes under load | malformed: 4xx / 5xx |
 |---|---|---|---|---|---|---|

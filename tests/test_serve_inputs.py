@@ -323,3 +323,189 @@ def test_store_calls_never_block_the_event_loop(apps):
     assert t.post("/think/lookup", json={"triggers": ["sofa"]}).status_code == 200
     assert apps.generated, "the events started a generation"
     assert on_loop == []
+
+
+# ---------------------------------------------------------------- item 7: malformed requests on every endpoint
+
+J = {"content-type": "application/json"}
+BIG = 2**63
+
+
+def _j(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def _malformed_requests(now: float) -> list[tuple[str, str, str, str, bytes | None, dict, int | None]]:
+    """(name, app, method, path, body, headers, expected status or None for any 4xx) on every endpoint."""
+    ev = {"user_id": 1, "type": "search", "content": "lamp"}
+    out: list = []
+    # bodies that are wrong for every JSON endpoint, whatever its model
+    for app, path, good in (("hintq", "/hintq/", {"user_id": 7}), ("hintq", "/hintq", {"user_id": 7}),
+                            ("direct", "/direct/events", {"events": [ev]}),
+                            ("think", "/think/lookup", {"triggers": ["lamp"]}),
+                            ("think", "/think/generate", {"user_id": 7})):
+        raw = _j(good)
+        out += [
+            (f"{path} missing body", app, "POST", path, None, {}, 400),
+            (f"{path} blank body", app, "POST", path, b"  \n", J, 400),
+            (f"{path} JSON array", app, "POST", path, b"[" + raw + b"]", J, 422),
+            (f"{path} JSON string", app, "POST", path, b'"user_id"', J, 422),
+            (f"{path} JSON null", app, "POST", path, b"null", J, 422),
+            (f"{path} JSON number", app, "POST", path, b"7", J, 422),
+            (f"{path} truncated", app, "POST", path, raw[:-1], J, 400),
+            (f"{path} Content-Length too small", app, "POST", path, raw, {**J, "content-length": "3"}, 400),
+            (f"{path} Content-Length too large", app, "POST", path, raw,
+             {**J, "content-length": str(len(raw) + 10)}, 400),
+            (f"{path} Content-Length non-numeric", app, "POST", path, raw, {**J, "content-length": "ten"}, 400),
+            (f"{path} Content-Length negative", app, "POST", path, raw, {**J, "content-length": "-1"}, 400),
+            (f"{path} Content-Length superscript digit", app, "POST", path, raw, {**J, "content-length": b"\xb2"},
+             400),
+            (f"{path} Content-Length 5000 digits", app, "POST", path, raw, {**J, "content-length": "9" * 5000}, 413),
+            (f"{path} unknown field", app, "POST", path, _j({**good, "zzz": 1}), J, 422),
+        ]
+    # duplicate keys: rejected (400), not "last wins" — at the top level and nested
+    out += [
+        ("hintq duplicate user_id", "hintq", "POST", "/hintq/", b'{"user_id": 7, "user_id": 8}', J, 400),
+        ("hintq duplicate k", "hintq", "POST", "/hintq/", b'{"user_id": 7, "k": 1, "k": 3}', J, 400),
+        ("events duplicate key in an event", "direct", "POST", "/direct/events",
+         b'{"events": [{"user_id": 1, "user_id": 2, "type": "search", "content": "x"}]}', J, 400),
+        ("events duplicate events", "direct", "POST", "/direct/events",
+         b'{"events": [], "events": [{"user_id": 1, "type": "search", "content": "x"}]}', J, 400),
+        ("lookup duplicate triggers", "think", "POST", "/think/lookup", b'{"triggers": ["a"], "triggers": ["b"]}',
+         J, 400),
+        ("generate duplicate user_id", "think", "POST", "/think/generate", b'{"user_id": 1, "user_id": 2}', J, 400),
+    ]
+    # user ids, in every body that has one
+    bad_ids = [("bool", True), ("float", 7.0), ("2^63", BIG), ("negative", -1), ("string", "7"), ("null", None),
+               ("huge", 10**30), ("object", {"id": 7})]
+    for label, uid in bad_ids:
+        out += [(f"hintq user id {label}", "hintq", "POST", "/hintq/", _j({"user_id": uid}), J, 422),
+                (f"generate user id {label}", "think", "POST", "/think/generate", _j({"user_id": uid}), J, 422),
+                (f"events user id {label}", "direct", "POST", "/direct/events",
+                 _j({"events": [{**ev, "user_id": uid}]}), J, 422)]
+    # k on /hintq and /think/lookup
+    for label, k in [("0", 0), ("true", True), ("false", False), ("null", None), ("-1", -1), ("huge", 10**30),
+                     ("2^63", BIG), ("float", 3.0), ("string", "3"), ("over the limit", 101)]:
+        out += [(f"hintq k {label}", "hintq", "POST", "/hintq/", _j({"user_id": 7, "k": k}), J, 422),
+                (f"lookup k {label}", "think", "POST", "/think/lookup", _j({"triggers": ["lamp"], "k": k}), J, 422)]
+    out += [("hintq k 11", "hintq", "POST", "/hintq/", _j({"user_id": 7, "k": 11}), J, 422),
+            ("hintq k Infinity", "hintq", "POST", "/hintq/", b'{"user_id": 7, "k": Infinity}', J, 422),
+            ("hintq user id NaN", "hintq", "POST", "/hintq/", b'{"user_id": NaN}', J, 422)]
+    # /think/lookup over its limits
+    out += [
+        ("lookup 101 triggers", "think", "POST", "/think/lookup", _j({"triggers": [f"t{i}" for i in range(101)]}),
+         J, 422),
+        ("lookup 5000 triggers", "think", "POST", "/think/lookup", _j({"triggers": ["t"] * 5000}), J, 422),
+        ("lookup trigger too long", "think", "POST", "/think/lookup", _j({"triggers": ["x" * 513]}), J, 422),
+        ("lookup trigger blank", "think", "POST", "/think/lookup", _j({"triggers": ["   "]}), J, 422),
+        ("lookup trigger prefix only", "think", "POST", "/think/lookup", _j({"triggers": ["q:"]}), J, 422),
+        ("lookup trigger prefix and blanks", "think", "POST", "/think/lookup", _j({"triggers": ["i:   "]}), J, 422),
+        ("lookup no triggers", "think", "POST", "/think/lookup", _j({"triggers": []}), J, 422),
+        ("lookup triggers a string", "think", "POST", "/think/lookup", _j({"triggers": "lamp"}), J, 422),
+        ("lookup trigger a number", "think", "POST", "/think/lookup", _j({"triggers": [7]}), J, 422),
+        ("lookup body too large", "think", "POST", "/think/lookup", _j({"triggers": ["x" * 500] * 200}), J, 413),
+    ]
+    # /direct/events: ts, content, categories, event counts (the item-4 bodies are in _bad_event_bodies)
+    for label, raw in [("ts Infinity", b"Infinity"), ("ts -Infinity", b"-Infinity"), ("ts 1e20", b"1e20"),
+                       ("ts far future", str(now + 30 * 86400).encode()), ("ts year 9999", b"253402214400")]:
+        body = b'{"events": [{"user_id": 1, "type": "click", "content": "x", "ts": ' + raw + b"}]}"
+        out.append((f"events {label}", "direct", "POST", "/direct/events", body, J, 422))
+    out += [
+        ("events content too long", "direct", "POST", "/direct/events",
+         _j({"events": [{**ev, "content": "x" * 5000}]}), J, 422),
+        ("events category too long", "direct", "POST", "/direct/events",
+         _j({"events": [{**ev, "type": "click", "category": "c" * 5000}]}), J, 422),
+        ("events thousands of categories in one event", "direct", "POST", "/direct/events",
+         _j({"events": [{**ev, "type": "click", "category": [f"c{i}" for i in range(3000)]}]}), J, None),
+        ("events thousands of categories, one per event", "direct", "POST", "/direct/events",
+         _j({"events": [{**ev, "type": "click", "category": f"c{i}"} for i in range(3000)]}), J, 413),
+        ("events one over max_events_per_request", "direct", "POST", "/direct/events",
+         _j({"events": [{**ev, "content": f"lamp {i}"} for i in range(MAX_EVENTS + 1)]}), J, 413),
+        ("events not a list", "direct", "POST", "/direct/events", _j({"events": ev}), J, 422),
+        ("events an event that is a list", "direct", "POST", "/direct/events", _j({"events": [[1, "search"]]}), J,
+         422),
+    ]
+    # path ids and paths
+    for label, path in [("negative", "-1"), ("2^63", str(BIG)), ("20 digits", "9" * 20), ("5000 digits", "9" * 5000),
+                        ("float", "1.5"), ("bool", "true"), ("string", "alice"), ("dot-dot", "%2e%2e"),
+                        ("plus sign", "+1"), ("blank", "%201"), ("underscore", "1_000"), ("hex", "0x10"),
+                        ("arabic digit", "%D9%A3"), ("dot-dot slash", "..%2Fstatus"),
+                        ("dot-dot slash twice", "..%2F..%2F..%2Fhintq"), ("extra segment", "1/2")]:
+        out.append((f"cache id {label}", "direct", "GET", f"/direct/cache/{path}", None, {}, None))
+    for app in ("direct", "hintq", "think"):
+        out += [(f"{app} status extra segment", app, "GET", f"/{app}/status/..%2F..%2Fdirect%2Fcache%2F1", None, {},
+                 404),
+                (f"{app} status POST", app, "POST", f"/{app}/status", b"{}", J, 405),
+                (f"{app} unknown path", app, "GET", f"/{app}/..%2Fetc%2Fpasswd", None, {}, 404)]
+    return out
+
+
+def test_malformed_requests_on_every_endpoint_get_4xx_with_message(apps):
+    clients = {name: apps.client(name) for name in ("direct", "hintq", "think")}
+    bad = []
+    for name, app, method, path, body, headers, want in _malformed_requests(time.time()):
+        r = clients[app].request(method, path, content=body, headers=headers)
+        try:
+            err = r.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            err = None
+        ok = (r.status_code == want if want else 400 <= r.status_code < 500) and err and "Traceback" not in r.text
+        if not ok:
+            bad.append((name, r.status_code, r.text[:200]))
+    assert bad == [], "\n".join(map(str, bad))
+    assert apps.ctx.records.get_behaviours(1) == [] and apps.generated == []  # nothing of it is stored or started
+
+
+def test_duplicate_keys_are_rejected_and_distinct_objects_are_not(apps):
+    """The decision: a JSON object naming a key twice is a 400 (not "last wins"), so no layer in front of the app
+    can read another user id than the one served; the same key in two different objects is fine."""
+    h, d = apps.client("hintq"), apps.client("direct")
+    r = h.post("/hintq/", content=b'{"user_id": 7, "user_id": 8}', headers=J)
+    assert r.status_code == 400 and "duplicate key 'user_id'" in r.json()["error"], r.text
+    body = b'{"events": [{"user_id": 1, "type": "search", "content": "a"}, {"user_id": 2, "type": "search", ' \
+           b'"content": "b"}]}'
+    r = d.post("/direct/events", content=body, headers=J)
+    assert r.status_code == 202 and r.json()["users"] == 2, r.text
+
+
+def test_valid_requests_at_the_bounds_still_pass(apps):
+    apps.ctx.records.write_fallback([("sofa", 1.0), ("area rug", 0.5), ("desk lamp", 0.4)], {})
+    h, d, t = apps.client("hintq"), apps.client("direct"), apps.client("think")
+    top = str(BIG - 1)
+    for uid in ("0", "7", "007", top):
+        r = d.get(f"/direct/cache/{uid}")
+        assert r.status_code == 200 and r.json() == {"user_id": int(uid), "runs": []}, (uid, r.text)
+    for body in ({"user_id": 0}, {"user_id": BIG - 1}, {"user_id": 7, "k": 1}, {"user_id": 7, "k": 10}):
+        r = h.post("/hintq/", json=body)
+        assert r.status_code == 200 and r.json()["user_id"] == body["user_id"], (body, r.text)
+    assert len(h.post("/hintq/", json={"user_id": 7}).json()["queries"]) == apps.ctx.cfg.serve.hintq_k
+    raw = b'{"user_id": 7}'
+    assert h.post("/hintq/", content=raw, headers={**J, "content-length": str(len(raw))}).status_code == 200
+    r = t.post("/think/lookup", json={"triggers": [f"t{i}" for i in range(100)] + [], "k": 100})
+    assert r.status_code == 200, r.text
+    assert t.post("/think/lookup", json={"triggers": ["q:lamp", "i:oak desk", "x" * 512], "k": 1}).status_code == 200
+    evs = [{"user_id": BIG - 1, "type": "click", "content": "c" * 512, "category": "k" * 128}] * MAX_EVENTS
+    r = d.post("/direct/events", json={"events": evs})
+    assert r.status_code == 202 and r.json()["accepted"] == MAX_EVENTS, r.text
+    for app in ("direct", "hintq", "think"):
+        assert apps.client(app).get(f"/{app}/status").status_code == 200
+
+
+def test_serve_load_counts_malformed_answers_per_endpoint(apps):
+    """benchmarks/serve_load.py's malformed phase: its counting, and every body it sends gets a 4xx in process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_load", REPO / "benchmarks" / "serve_load.py")
+    sl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sl)
+    got = sl.count_statuses([("POST /hintq", 422), ("POST /hintq", 400), ("POST /hintq", 500),
+                             ("POST /direct/events", 413), ("POST /direct/events", 202), ("GET /x", 307)])
+    zero = dict.fromkeys(("2xx", "4xx", "5xx", "other"), 0)
+    assert got == {"all": {**zero, "2xx": 1, "4xx": 3, "5xx": 1, "other": 1},
+                   "POST /hintq": {**zero, "4xx": 2, "5xx": 1}, "POST /direct/events": {**zero, "2xx": 1, "4xx": 1},
+                   "GET /x": {**zero, "other": 1}}
+    report = sl.malformed_report({"serve": {"malformed": {"per_endpoint": {"POST /hintq": got["POST /hintq"]}}}})
+    assert report == "serve POST /hintq: 4xx 2, 5xx 1, 2xx 0, other 0"
+    h = apps.client("hintq")
+    answers = [("POST /hintq", h.post("/hintq", content=body, headers=J).status_code) for body in sl.MALFORMED]
+    assert sl.count_statuses(answers)["all"]["4xx"] == len(sl.MALFORMED), answers

@@ -30,9 +30,10 @@ import asyncio
 import logging
 import os
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -42,11 +43,13 @@ from aigq.serve_app.auth import install_auth
 from aigq.serve_app.common import app_context
 from aigq.serve_app.models import (
     MAX_CLOCK_SKEW_S,
+    USER_ID_PATH_PATTERN,
     CacheResponse,
     EventsRequest,
     EventsResponse,
     install_error_handlers,
     parse_body,
+    path_user_id,
 )
 from aigq.serve_app.policy import PolicyHolder
 from aigq.serve_app.records import ITEM_TYPES, Behaviour, DirectRun, Records
@@ -232,7 +235,8 @@ class DirectIngress:
         return len(by_user), triggered, held
 
     @app.get("/cache/{user_id}", response_model=CacheResponse)
-    async def cache(self, user_id: int) -> CacheResponse:
+    async def cache(self, user_id: Annotated[str, PathParam(pattern=USER_ID_PATH_PATTERN)]) -> CacheResponse:
+        user_id = path_user_id(user_id)  # 0 ≤ id < 2^63, ASCII digits only (a negative or huge id is a 422)
         runs = await asyncio.to_thread(self.ctx.records.get_direct, user_id)
         return CacheResponse(user_id=user_id, runs=[{**r.__dict__, "reason": public_reason(r.reason)} for r in runs])
 

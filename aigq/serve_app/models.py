@@ -1,8 +1,10 @@
 """Request and response models of the three apps, and the strict body parser every JSON endpoint uses.
 
-Bad requests get a 4xx with a message, never a 5xx or a stack trace: oversized body → 413, invalid UTF-8 or
-malformed JSON (or a number too long to convert) → 400, missing fields / wrong types / unknown fields / values out
-of range → 422 listing each problem. Types are strict (``"7"`` is not a user id). An event's ``profile`` holds only
+Bad requests get a 4xx with a message, never a 5xx or a stack trace: oversized body → 413, a Content-Length that is
+not a decimal number or does not match the body, invalid UTF-8, malformed JSON (or a number too long to convert), or
+a JSON object that names a key twice (rejected, not "last wins") → 400, missing fields / wrong types / unknown
+fields / values out of range (an explicit ``"k": null`` included) → 422 listing each problem; a path's user id is
+ASCII digits within the same bounds as a body's. Types are strict (``"7"`` is not a user id). An event's ``profile`` holds only
 the fields the prompt shows (gender, age, occupation, city; ``aigq.data.prompt.PROFILE_FIELDS``), each at most
 ``MAX_PROFILE_CHARS`` long: any other field is a 422 (``events.0.profile.<field>: unknown field``), not silently
 dropped, so a client learns that it sent something the service does not keep. An event's ``ts`` must be a finite
@@ -37,7 +39,7 @@ MAX_PROFILE_CHARS = 64  # one profile value (a city name, an occupation) ([GAP],
 MAX_CLOCK_SKEW_S = 300.0
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_CHARS)]
-UserId = Annotated[int, Field(ge=0, le=2**63 - 1)]
+UserId = Annotated[int, Field(ge=0, le=2**63 - 1)]  # = MAX_USER_ID
 
 
 class _Strict(BaseModel):
@@ -122,6 +124,14 @@ class LookupRequest(_Strict):
     triggers: list[Text] = Field(min_length=1, max_length=100)  # index keys ("q:<query>", "i:<item text>") or text
     k: int = Field(10, ge=1, le=100)
 
+    @field_validator("triggers")
+    @classmethod
+    def _keys_have_text(cls, triggers: list[str]) -> list[str]:
+        for i, t in enumerate(triggers):
+            if t[:2] in ("q:", "i:") and not t[2:].strip():
+                raise ValueError(f"trigger {i} ({t!r}) has no text after its prefix")
+        return triggers
+
 
 class LookupResponse(BaseModel):
     version: str | None
@@ -132,12 +142,32 @@ class ThinkUserRequest(_Strict):
     user_id: UserId
 
 
+MAX_USER_ID = 2**63 - 1
+USER_ID_PATH_PATTERN = r"^[0-9]{1,19}$"  # ASCII digits only: no sign, no blanks, no "1_000", no "../"
+
+
+def path_user_id(raw: str) -> int:
+    """A user id from a path segment already matched against :data:`USER_ID_PATH_PATTERN` → int; 422 above
+    :data:`MAX_USER_ID` (the same bounds as a body's ``user_id``)."""
+    uid = int(raw)
+    if uid > MAX_USER_ID:
+        raise HTTPException(422, [f"path.user_id: Input should be less than or equal to {MAX_USER_ID}"])
+    return uid
+
+
 # ---------------------------------------------------------------- hintq
 
 
 class HintQRequest(_Strict):
     user_id: UserId
-    k: int | None = Field(None, ge=1, le=10)  # None → serve.hintq_k (3)
+    k: int | None = Field(None, ge=1, le=10)  # left out → serve.hintq_k (3); an explicit null is a 422
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k_not_null(cls, k: Any) -> Any:
+        if k is None:
+            raise ValueError("k may not be null: leave it out for the default")
+        return k
 
 
 class Suggestion(BaseModel):
@@ -158,16 +188,31 @@ class HintQResponse(BaseModel):
 # ---------------------------------------------------------------- parsing and error handling
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object names a key twice."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook``: a key given twice is rejected (400) rather than "last wins": a proxy,
+    an auth layer or a log reader that keeps the first one would see another request than the one served."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKeyError(f"duplicate key {key[:64]!r} in a JSON object")
+        out[key] = value
+    return out
+
+
 async def parse_body(request: Request, model: type[BaseModel], max_bytes: int,
                      context: dict[str, Any] | None = None) -> Any:
     """Read at most ``max_bytes`` of the body and validate it into ``model`` (``context``: the validators'
     ``info.context``); 4xx with a message otherwise."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):  # "²".isdigit() is True but int("²") fails
             raise HTTPException(400, "invalid Content-Length header")
-        if int(declared) > max_bytes:
-            raise HTTPException(413, f"request body of {declared} bytes exceeds the limit of {max_bytes} bytes")
+        if len(declared.lstrip("0")) > len(str(max_bytes)) or int(declared) > max_bytes:  # no int() of 5,000 digits
+            raise HTTPException(413, f"request body of {declared[:24]} bytes exceeds the limit of {max_bytes} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -175,6 +220,8 @@ async def parse_body(request: Request, model: type[BaseModel], max_bytes: int,
             raise HTTPException(413, f"request body exceeds the limit of {max_bytes} bytes")
         chunks.append(chunk)
     raw = b"".join(chunks)
+    if declared is not None and size != int(declared):
+        raise HTTPException(400, f"request body of {size} bytes does not match its Content-Length of {int(declared)}")
     if not raw.strip():
         raise HTTPException(400, "empty request body: expected a JSON object")
     try:
@@ -182,7 +229,9 @@ async def parse_body(request: Request, model: type[BaseModel], max_bytes: int,
     except UnicodeDecodeError as exc:
         raise HTTPException(400, f"request body is not valid UTF-8 (byte {exc.start})") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except DuplicateKeyError as exc:
+        raise HTTPException(400, f"malformed JSON: {exc}") from None
     except (json.JSONDecodeError, RecursionError) as exc:
         raise HTTPException(400, f"malformed JSON: {getattr(exc, 'msg', 'nested too deeply')} "
                                  f"(line {getattr(exc, 'lineno', '?')}, column {getattr(exc, 'colno', '?')})") from None
