@@ -81,7 +81,7 @@ class HiddenModel:
     def resolve(self, queries: list[str]) -> pl.DataFrame:
         """World v2: text → (query, category, pop, match, v0..v5) by the public lexicon's strict parser (match
         "parsed"; unparseable → null category, pop 0, match "unknown": the base rate)."""
-        from aigq.data.world_v2 import pop_logp
+        from aigq.data.concepts import pop_logp
 
         assert self.v2 is not None, "resolve() is for world v2"
         qs = list(dict.fromkeys(queries))
@@ -110,7 +110,7 @@ class HiddenModel:
         if self.v2 is None:
             return self.category_features(requests.join(self.queries.drop("parent"), on="query", how="left",
                                                         maintain_order="left"))
-        from aigq.data.world_v2 import taste_lift
+        from aigq.data.concepts import taste_lift
 
         res = self.resolve(requests["query"].to_list())
         f = self.category_features(requests.join(res.drop("match"), on="query", how="left", maintain_order="left"))

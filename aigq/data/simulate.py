@@ -228,11 +228,8 @@ def _chunk(
     ns = rng.poisson(lam[:, None] * (np.arange(1, D + 1)[None, :] >= first[:, None]))
     ud = np.repeat(np.arange(n * D), ns.ravel())
     s_u, s_day, s_sec = ud // D, ud % D + 1, rng.integers(0, DAY_S - 3600, len(ud))
-    order = np.lexsort((s_sec, s_day, s_u))
-    s_u, s_day, s_sec = s_u[order], s_day[order], s_sec[order]
+    s_u, s_day, s_sec, s_ord, s_id = sort_sessions(uid, s_u, s_day, s_sec)
     NS = len(s_u)
-    s_ord = np.arange(NS) - np.searchsorted(s_u, s_u, side="left")
-    s_id = uid[s_u] * (1 << 20) + s_ord
     slot = np.minimum((np.cumsum(w, 1)[s_u] < rng.random(NS)[:, None]).sum(1), K - 1)
     seg = (s_day[:, None] >= chg[s_u, slot]).sum(1)
     cat = segs[s_u, slot, seg]
@@ -248,13 +245,7 @@ def _chunk(
     cc[:, 9:12] = np.where(p1 >= 0, _sibling(st, np.maximum(p1, 0).repeat(3, 1), rng.random((NE, 3))), cc[:, 9:12])
     cq = _sample_query(st, cc, rng.random((NE, N_CAND)))
     score = np.log(st.q_pop[cq]) + 1.5 * (cc == p1) + 0.8 * (cc == p2) + 0.5 * rng.gumbel(size=(NE, N_CAND))
-    srt = np.argsort(cq, axis=1, kind="stable")
-    sq = np.take_along_axis(cq, srt, 1)
-    dup = np.zeros_like(sq, dtype=bool)
-    dup[:, 1:] = sq[:, 1:] == sq[:, :-1]
-    np.put_along_axis(score, srt, np.where(dup, -np.inf, np.take_along_axis(score, srt, 1)), 1)
-    rank = np.argsort(-score, axis=1, kind="stable")[:, : wc.ranker_top_k]
-    topk = np.where(np.isfinite(np.take_along_axis(score, rank, 1)), np.take_along_axis(cq, rank, 1), -1)
+    topk = ranker_topk(cq, score, wc.ranker_top_k)
     ok = (topk[:, :3] >= 0).all(1)
     e, topk = e[ok], topk[ok]
     shown, eu, ed = topk[:, :3], s_u[e], s_day[e]
@@ -289,11 +280,7 @@ def _chunk(
     ev_item = np.concatenate([np.full(len(he) + len(sr_s), -1), ck_item, ck_item[cart], ck_item[buy]])
     o = np.lexsort((ev_key, ev_s))
     ev_s, ev_type, ev_q, ev_item = ev_s[o], ev_type[o], ev_q[o], ev_item[o]
-    gap = rng.exponential(45.0, len(ev_s)) + 1.0
-    cs = np.cumsum(gap)
-    first_ev = np.searchsorted(ev_s, ev_s, side="left")
-    offset = np.minimum(cs - cs[first_ev] + gap[first_ev], 3500.0)
-    ev_sec = (s_day[ev_s] - 1) * DAY_S + s_sec[ev_s] + 5.0 + offset
+    ev_sec = event_seconds(rng, ev_s, s_day, s_sec)
     ev_cat = np.where(ev_q >= 0, V.q_cat[np.maximum(ev_q, 0)], (ev_item - 1) // wc.items_per_category)
     qs, cats = pl.Series(V.queries), pl.Series(V.categories)
     events = pl.DataFrame(
@@ -337,10 +324,7 @@ def _chunk(
         }
     )
     # hidden interests: one row per (user, interest, segment) with the days it is active
-    fr = np.concatenate([first[:, None, None].repeat(K, 1), chg], axis=2)
-    to = np.minimum(np.concatenate([chg - 1, np.full((n, K, 1), D)], axis=2), D)
-    keep = (w[..., None] > 0) & (fr <= D) & (fr <= to)
-    ii = np.nonzero(keep)
+    ii, fr, to = interest_segments(first, chg, w, D)
     interests = pl.DataFrame(
         {
             "user_id": uid[ii[0]],
@@ -353,6 +337,45 @@ def _chunk(
         }
     )
     return {"users": users, "events": events, "exposures": exposures, "interests": interests}
+
+
+def sort_sessions(uid: np.ndarray, s_u: np.ndarray, s_day: np.ndarray, s_sec: np.ndarray):
+    """Sessions sorted by (user, day, start second) → (s_u, s_day, s_sec, ordinal within the user, session id)."""
+    order = np.lexsort((s_sec, s_day, s_u))
+    s_u, s_day, s_sec = s_u[order], s_day[order], s_sec[order]
+    s_ord = np.arange(len(s_u)) - np.searchsorted(s_u, s_u, side="left")
+    return s_u, s_day, s_sec, s_ord, uid[s_u] * (1 << 20) + s_ord
+
+
+def ranker_topk(cq: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
+    """The legacy ranker's top ``k`` candidate ids per exposure (duplicates scored −inf; −1 pads short rows)."""
+    score = score.copy()
+    srt = np.argsort(cq, axis=1, kind="stable")
+    sq = np.take_along_axis(cq, srt, 1)
+    dup = np.zeros_like(sq, dtype=bool)
+    dup[:, 1:] = sq[:, 1:] == sq[:, :-1]
+    np.put_along_axis(score, srt, np.where(dup, -np.inf, np.take_along_axis(score, srt, 1)), 1)
+    rank = np.argsort(-score, axis=1, kind="stable")[:, :k]
+    return np.where(np.isfinite(np.take_along_axis(score, rank, 1)), np.take_along_axis(cq, rank, 1), -1)
+
+
+def event_seconds(rng: np.random.Generator, ev_s: np.ndarray, s_day: np.ndarray, s_sec: np.ndarray) -> np.ndarray:
+    """Seconds since the world's start of events sorted by session: exponential gaps (mean 45 s) from the session's
+    start, capped inside its hour."""
+    gap = rng.exponential(45.0, len(ev_s)) + 1.0
+    cs = np.cumsum(gap)
+    first_ev = np.searchsorted(ev_s, ev_s, side="left")
+    offset = np.minimum(cs - cs[first_ev] + gap[first_ev], 3500.0)
+    return (s_day[ev_s] - 1) * DAY_S + s_sec[ev_s] + 5.0 + offset
+
+
+def interest_segments(first: np.ndarray, chg: np.ndarray, w: np.ndarray, D: int):
+    """Hidden interest rows: indices (user, slot, segment) of the live segments and their (from_day, to_day)."""
+    n, K = w.shape
+    fr = np.concatenate([first[:, None, None].repeat(K, 1), chg], axis=2)
+    to = np.minimum(np.concatenate([chg - 1, np.full((n, K, 1), D)], axis=2), D)
+    keep = (w[..., None] > 0) & (fr <= D) & (fr <= to)
+    return np.nonzero(keep), fr, to
 
 
 def click_params(wc: WorldConfig) -> ClickParams:
@@ -389,7 +412,9 @@ def simulate_world(
     """Simulate the world described by ``wc`` into folder ``out``; returns the counts also written to meta.json."""
     out = Path(out)
     if wc.query_space == "compositional":
-        return _simulate_v2(wc, seed, out, progress)
+        from aigq.data import world_v2
+
+        return world_v2.simulate(wc, seed, out, progress)
     st = _build_static(wc, seed)
     for name, df in _static_tables(st, wc, seed).items():
         if name == "query_popularity":
@@ -435,51 +460,3 @@ def simulate_world(
     schema.write_meta(out, meta)
     return meta
 
-
-def _simulate_v2(wc: WorldConfig, seed: int, out: Path, progress: Callable[[int, int], None] | None) -> dict:
-    """World v2 (``world_v2.py``): the same folder layout, plus the public ``lexicon.json`` and the hidden taste."""
-    from aigq.data import world_v2
-
-    st = world_v2.build_static(wc, seed)
-    for name, df in world_v2.static_tables(st, wc, seed).items():
-        schema.write_part(out, name, df)
-    st.lex.write(out)
-    params = click_params(wc)
-    write_params(out, params)
-    world_v2.write_hidden(st, wc, out)
-    start_us = int(dt.datetime.fromisoformat(wc.start_date).replace(tzinfo=dt.UTC).timestamp()) * 1_000_000
-    counts = {"users": 0, "events": 0, "exposures": 0, "clicked_exposures": 0}
-    injected = {"events": 0, "exposures": 0}
-    queries = []
-    n_chunks = -(-wc.users // wc.chunk_users)
-    for ci in range(n_chunks):
-        uid0 = 1 + ci * wc.chunk_users
-        t = world_v2.chunk(st, wc, seed, ci, uid0, min(wc.chunk_users, wc.users - uid0 + 1), start_us, params)
-        counts["clicked_exposures"] += int(t["exposures"]["clicked"].list.any().sum())
-        if wc.malformed_rate > 0:
-            t["events"], t["exposures"], inj = _inject_malformed(
-                t["events"], t["exposures"], wc.malformed_rate, np.random.default_rng([seed, 5000 + ci]))
-            injected = {k: injected[k] + inj[k] for k in injected}
-        for name in ("users", "events", "exposures"):
-            schema.write_part(out, name, t[name], ci)
-            counts[name] += len(t[name])
-        for name in ("interests", "taste"):
-            (hidden_dir(out) / name).mkdir(parents=True, exist_ok=True)
-            t[name].write_parquet(hidden_dir(out) / name / f"part-{ci:05d}.parquet")
-        queries.append(t["queries"])
-        if progress:
-            progress(ci + 1, n_chunks)
-    q = pl.concat(queries).unique("query", keep="first").sort("query")
-    schema.write_part(out, "queries", q.select("query", "category"))
-    parents = pl.DataFrame({"category": st.lex.leaves, "parent": st.lex.parents})
-    q.join(parents, on="category", how="left").select("query", "category", "parent", "pop").write_parquet(
-        hidden_dir(out) / "query_popularity.parquet")
-    meta = {
-        "source": "simulator", "world_version": 2, "seed": seed, "start_date": wc.start_date, "days": wc.days,
-        "vocabulary": wc.vocabulary, "categories": st.lex.n_leaves, "queries": q.height,
-        "items": st.lex.n_leaves * wc.items_per_category, "taste": wc.taste, "missions": wc.missions,
-        "activity": wc.activity, "shuffle_lexicon": wc.shuffle_lexicon, "injected_malformed": injected,
-        **counts,
-    }
-    schema.write_meta(out, meta)
-    return meta

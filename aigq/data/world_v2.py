@@ -21,15 +21,17 @@ sessions of searches and item clicks) and changes what ``../shared/world-calibra
   days, the next session on the same day with chance ``same_day_rate`` else after a geometric gap;
 * the click level is ``click_base`` (set low in ``configs/world_v2.yaml``).
 
-The hidden click model (``hidden.py``) reads the same quantities back: interest rows (mixture segments, plus
+The static concept space (leaves, rooms, popularity, items) and the pure functions the hidden model shares are in
+``concepts.py``. The hidden click model (``hidden.py``) reads the same quantities back: interest rows (mixture segments, plus
 mission rows with weight ``mission_weight`` and satiation rows with weight −1; interest is clipped at 0), the
 favourites in ``hidden/taste``, and ``hidden/v2.json`` (τ, click_taste, the popularity tables and bounds).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,171 +39,23 @@ import polars as pl
 
 from aigq.config import WorldConfig
 from aigq.data import schema
-from aigq.data.hidden import click_probability, hidden_dir
-from aigq.data.lexicon import FACET_TYPES, Lexicon, build_lexicon
-from aigq.data.vocabulary import load_vocabulary
-
-DAY_S = 86_400
-N_CAND = 16
-ITEM_QUERY_MATCH = 1.5  # item-click logit per facet the item shares with the query
-ITEM_TASTE = 0.5  # item-click logit per unit of taste lift
-# Rooms of the complement graph, by keywords of the WANDS class name (first room that matches; unmatched classes
-# get a seeded room). Fixed here, before any training; the shuffled-lexicon control permutes it.
-ROOMS: dict[str, tuple[str, ...]] = {
-    "outdoor": ("outdoor", "patio", "garden", "pergola", "awning", "planter", "lawn", "deck", "fenc", "mailbox",
-                "picnic", "swing", "playhouse", "landscape", "log storage", "fountain", "string light", "umbrella",
-                "weather"),
-    "bath": ("bath", "shower", "toilet", "towel", "tub", "vanit", "sauna", "hamper"),
-    "kitchen": ("kitchen", "cook", "crock", "espresso", "bread", "canister", "food storage", "strainer", "pantry",
-                "range hood", "refrigerator", "trash"),
-    "dining": ("dining", "bar", "stool", "sideboard", "glassware", "flatware", "plates", "serving", "bowls"),
-    "bedroom": ("bed", "mattress", "dresser", "nightstand", "headboard", "sheet", "armoire", "closet", "crib"),
-    "living": ("sofa", "sectional", "coffee", "end table", "console", "tv stand", "accent", "recliner", "ottoman",
-               "living room", "chaise", "rug", "bookcase", "massage"),
-    "office": ("desk", "office", "computer", "lectern", "memo", "chairmat", "projector", "shelving", "storage"),
-    "decor": ("wall", "mirror", "lamp", "light", "chandelier", "sconce", "vase", "curtain", "candle", "frame",
-              "decor", "faux", "wreath", "christmas", "fan", "tray", "object", "clock"),
-    "utility": ("door", "knob", "pull", "lever", "tile", "molding", "washing", "dryer", "laundry", "smoke", "gate",
-                "rack", "hook"),
-}
-
-
-@dataclass
-class V2Static:
-    lex: Lexicon
-    leaf_p: np.ndarray  # (L,) leaf popularity
-    leaf_cum: np.ndarray
-    parent_id: np.ndarray
-    sib: tuple[np.ndarray, np.ndarray, np.ndarray]  # flat, offset, count: same parent class
-    comp: tuple[np.ndarray, np.ndarray, np.ndarray]  # complements: same room, another class
-    room: np.ndarray
-    fval_p: list[np.ndarray]  # per facet type, value popularity
-    type_logp: np.ndarray  # (T,) log weight of a facet type being used
-    item_vals: np.ndarray  # (L, I, T) item facet values
-    item_logw: np.ndarray  # (I,) log Zipf popularity inside a leaf
-    lo: float
-    hi: float  # log-popularity bounds of the concept space (popnorm = (logp − lo)/(hi − lo))
-
-
-def _zipf(n: int, s: float) -> np.ndarray:
-    w = 1.0 / np.arange(1, n + 1) ** s
-    return w / w.sum()
-
-
-def _csr(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    cnt = np.array([len(g) for g in groups])
-    return (np.concatenate([np.asarray(g, np.int64) for g in groups]), np.cumsum(np.r_[0, cnt[:-1]]), cnt)
-
-
-def _pick(csr: tuple[np.ndarray, np.ndarray, np.ndarray], leaf: np.ndarray, u: np.ndarray) -> np.ndarray:
-    flat, off, cnt = csr
-    return flat[off[leaf] + np.minimum((u * cnt[leaf]).astype(np.int64), cnt[leaf] - 1)]
-
-
-def room_of(cls: str, rng: np.random.Generator) -> int:
-    low = cls.lower()
-    for i, keys in enumerate(ROOMS.values()):
-        if any(k in low for k in keys):
-            return i
-    return int(rng.integers(0, len(ROOMS)))
-
-
-def build_static(wc: WorldConfig, seed: int) -> V2Static:
-    classes = load_vocabulary(wc.vocabulary, 0, seed).categories
-    lex = build_lexicon(classes, wc.shuffle_lexicon, seed)
-    rng = np.random.default_rng([seed, 23])
-    L, T = lex.n_leaves, len(FACET_TYPES)
-    leaf_p = _zipf(L, wc.category_zipf)[rng.permutation(L)]
-    leaf_cum = np.cumsum(leaf_p)
-    leaf_cum[-1] = 1.0
-    parents = sorted(set(lex.parents))
-    parent_id = np.array([parents.index(p) for p in lex.parents])
-    room_rng = np.random.default_rng([seed, 29])
-    room = np.array([room_of(p, room_rng) for p in lex.parents])
-    if wc.shuffle_lexicon:  # the control: complement edges permuted (rooms reassigned over the leaves)
-        room = room[np.random.default_rng([seed, 31]).permutation(L)]
-    sib, comp = [], []
-    for i in range(L):
-        s = [j for j in np.nonzero(parent_id == parent_id[i])[0] if j != i]
-        c = [j for j in np.nonzero(room == room[i])[0] if parent_id[j] != parent_id[i]]
-        sib.append(s or [int(j) for j in rng.choice(L, 3, replace=False) if j != i][:2] or [i])
-        comp.append(c or sib[-1])
-    fval_p = [_zipf(n, 1.0)[rng.permutation(n)] for n in lex.n_values]
-    type_logp = np.log(np.array(wc.facet_type_weights, dtype=np.float64))
-    I = wc.items_per_category
-    item_vals = np.stack([np.searchsorted(np.cumsum(p)[:-1], rng.random((L, I)), side="right") for p in fval_p], 2)
-    nf = np.log(np.asarray(wc.facet_counts, dtype=np.float64) + 1e-12)
-    best = np.sort([np.log(p.max()) for p in fval_p])[::-1]
-    worst = np.sort([np.log(p.min()) for p in fval_p])
-    hi = np.log(leaf_p.max()) + max(nf[k] + best[:k].sum() for k in range(4))
-    lo = np.log(leaf_p.min()) + min(nf[k] + worst[:k].sum() for k in range(4))
-    return V2Static(lex, leaf_p, leaf_cum, parent_id, _csr(sib), _csr(comp), room, fval_p, type_logp, item_vals,
-                    np.log(_zipf(I, wc.item_zipf)), float(lo), float(hi))
-
-
-def pop_logp(st_leaf_p: np.ndarray, fval_p: list[np.ndarray], facet_counts: list[float], leaf: np.ndarray,
-             vals: np.ndarray) -> np.ndarray:
-    """Composed log-popularity of concepts: log p(leaf) + log p(facet count) + Σ log p(value). vals: (n, T), −1 =
-    absent."""
-    k = (vals >= 0).sum(1)
-    out = np.log(st_leaf_p[leaf]) + np.log(np.asarray(facet_counts)[np.minimum(k, 3)] + 1e-12)
-    for t, p in enumerate(fval_p):
-        out = out + np.where(vals[:, t] >= 0, np.log(p[np.maximum(vals[:, t], 0)]), 0.0)
-    return out
-
-
-def taste_lift(fav: np.ndarray, tau: float, fval_p: list[np.ndarray], vals: np.ndarray) -> np.ndarray:
-    """Σ over present facets of log(P_u(v)/p(v)) (module docstring); fav, vals: (n, T); 0 when τ = 0."""
-    out = np.zeros(len(vals))
-    if tau <= 0:
-        return out
-    for t, p in enumerate(fval_p):
-        v = vals[:, t]
-        pv = p[np.maximum(v, 0)]
-        lift = np.log((tau * (v == fav[:, t]) + (1 - tau) * pv) / pv)
-        out += np.where(v >= 0, lift, 0.0)
-    return out
-
-
-def encode(leaf: np.ndarray, vals: np.ndarray, n_values: list[int]) -> np.ndarray:
-    code = leaf.astype(np.int64)
-    for t, n in enumerate(n_values):
-        code = code * (n + 1) + (vals[:, t] + 1)
-    return code
-
-
-def decode(code: np.ndarray, n_values: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    code = code.astype(np.int64).copy()
-    vals = np.empty((len(code), len(n_values)), np.int64)
-    for t in range(len(n_values) - 1, -1, -1):
-        vals[:, t] = code % (n_values[t] + 1) - 1
-        code //= n_values[t] + 1
-    return code, vals
-
-
-def render(lex: Lexicon, leaf: np.ndarray, vals: np.ndarray) -> pl.Series:
-    """Concept texts (Lexicon.render, vectorised with polars)."""
-    cols = [pl.Series([*ws, None])[pl.Series(np.where(vals[:, t] >= 0, vals[:, t], len(ws)))]
-            for t, ws in enumerate(lex.words)]
-    cols.append(pl.Series(lex.nouns)[pl.Series(leaf)])
-    return pl.DataFrame({str(i): c for i, c in enumerate(cols)}).select(
-        pl.concat_str(pl.all(), separator=" ", ignore_nulls=True))[:, 0]
-
-
-def _draw_facets(rng: np.random.Generator, st: V2Static, nf: np.ndarray, fav: np.ndarray | None,
-                 tau: float) -> np.ndarray:
-    """(n, T) values: nf facet types by weight without replacement (Gumbel top-k), each the favourite with chance τ
-    else a popularity draw; −1 = absent."""
-    n, T = len(nf), len(st.fval_p)
-    keys = st.type_logp[None, :] + rng.gumbel(size=(n, T))
-    rank = np.argsort(np.argsort(-keys, 1), 1)
-    vals = np.full((n, T), -1, np.int64)
-    for t, p in enumerate(st.fval_p):
-        v = np.searchsorted(np.cumsum(p)[:-1], rng.random(n), side="right")
-        if fav is not None and tau > 0:
-            v = np.where(rng.random(n) < tau, fav[:, t], v)
-        vals[:, t] = np.where(rank[:, t] < nf, v, -1)
-    return vals
+from aigq.data.concepts import (
+    DAY_S,
+    ITEM_QUERY_MATCH,
+    ITEM_TASTE,
+    N_CAND,
+    ROOMS,
+    V2Static,
+    _pick,
+    decode,
+    draw_facets,
+    encode,
+    pop_logp,
+    render,
+    taste_lift,
+)
+from aigq.data.hidden import click_probability, hidden_dir, write_params
+from aigq.data.lexicon import FACET_TYPES
 
 
 def _sessions(rng: np.random.Generator, wc: WorldConfig, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -298,11 +152,20 @@ def _click_features(st: V2Static, wc: WorldConfig, segs, chg, w, eu, ed, leaf, s
 
 def chunk(st: V2Static, wc: WorldConfig, seed: int, ci: int, uid0: int, n: int, start_us: int,
           params) -> dict[str, pl.DataFrame]:
-    from aigq.data.simulate import CITIES, GENDERS, OCCUPATIONS, TYPE_NAMES
+    from aigq.data.simulate import (
+        CITIES,
+        GENDERS,
+        OCCUPATIONS,
+        TYPE_NAMES,
+        event_seconds,
+        interest_segments,
+        ranker_topk,
+        sort_sessions,
+    )
 
     rng = np.random.default_rng([seed, 2000 + ci])
     D, K, S, lex, tau = wc.days, wc.interests_max, 3, st.lex, wc.taste
-    nv, I = lex.n_values, wc.items_per_category
+    nv, n_items = lex.n_values, wc.items_per_category
     uid = np.arange(uid0, uid0 + n, dtype=np.int64)
     first, s_u, s_day = _sessions(rng, wc, n)
     fav = np.stack([np.searchsorted(np.cumsum(p)[:-1], rng.random(n), side="right") for p in st.fval_p], 1)
@@ -321,11 +184,8 @@ def chunk(st: V2Static, wc: WorldConfig, seed: int, ci: int, uid0: int, n: int, 
         sib = _pick(st.sib, segs[..., s - 1], rng.random((n, K)))
         segs[..., s] = np.where(rng.random((n, K)) < 0.5, sib, draw_leaf((n, K)))
     s_sec = rng.integers(0, DAY_S - 3600, len(s_u))
-    order = np.lexsort((s_sec, s_day, s_u))
-    s_u, s_day, s_sec = s_u[order], s_day[order], s_sec[order]
+    s_u, s_day, s_sec, s_ord, s_id = sort_sessions(uid, s_u, s_day, s_sec)
     NS = len(s_u)
-    s_ord = np.arange(NS) - np.searchsorted(s_u, s_u, side="left")
-    s_id = uid[s_u] * (1 << 20) + s_ord
     slot = np.minimum((np.cumsum(w, 1)[s_u] < rng.random(NS)[:, None]).sum(1), K - 1)
     seg = (s_day[:, None] >= chg[s_u, slot]).sum(1)
     cat = segs[s_u, slot, seg]
@@ -343,17 +203,11 @@ def chunk(st: V2Static, wc: WorldConfig, seed: int, ci: int, uid0: int, n: int, 
     cc[:, 0:6] = np.where(p1 >= 0, p1, cc[:, 0:6])
     cc[:, 6:9] = np.where(p2 >= 0, p2, cc[:, 6:9])
     cc[:, 9:12] = np.where(p1 >= 0, _pick(st.sib, np.maximum(p1, 0).repeat(3, 1), rng.random((NE, 3))), cc[:, 9:12])
-    cv = _draw_facets(rng, st, _categorical(rng, wc.facet_counts, NE * N_CAND), None, 0.0)
+    cv = draw_facets(rng, st, _categorical(rng, wc.facet_counts, NE * N_CAND), None, 0.0)
     logp = pop_logp(st.leaf_p, st.fval_p, wc.facet_counts, cc.ravel(), cv).reshape(NE, N_CAND)
     cq = encode(cc.ravel(), cv, nv).reshape(NE, N_CAND)
     score = logp + 1.5 * (cc == p1) + 0.8 * (cc == p2) + 0.5 * rng.gumbel(size=(NE, N_CAND))
-    srt = np.argsort(cq, axis=1, kind="stable")
-    sq = np.take_along_axis(cq, srt, 1)
-    dup = np.zeros_like(sq, dtype=bool)
-    dup[:, 1:] = sq[:, 1:] == sq[:, :-1]
-    np.put_along_axis(score, srt, np.where(dup, -np.inf, np.take_along_axis(score, srt, 1)), 1)
-    rank = np.argsort(-score, axis=1, kind="stable")[:, : wc.ranker_top_k]
-    topk = np.where(np.isfinite(np.take_along_axis(score, rank, 1)), np.take_along_axis(cq, rank, 1), -1)
+    topk = ranker_topk(cq, score, wc.ranker_top_k)
     ok = (topk[:, :3] >= 0).all(1)
     e, topk = e[ok], topk[ok]
     shown, eu, ed = topk[:, :3], s_u[e], s_day[e]
@@ -386,7 +240,7 @@ def chunk(st: V2Static, wc: WorldConfig, seed: int, ci: int, uid0: int, n: int, 
         nf = np.minimum(3, r + _categorical(rng, wc.refine_counts, len(sr_s)))
     else:
         nf = _categorical(rng, wc.facet_counts, len(sr_s))
-    sr_vals = _draw_facets(rng, st, nf, fav[sr_user], tau)
+    sr_vals = draw_facets(rng, st, nf, fav[sr_user], tau)
     sr_q = encode(sr_leaf, sr_vals, nv)
     # item clicks: Zipf popularity + the query's facets + the user's taste
     c = np.minimum(rng.poisson(wc.clicks_per_search, len(sr_s)), 30)
@@ -403,7 +257,7 @@ def chunk(st: V2Static, wc: WorldConfig, seed: int, ci: int, uid0: int, n: int, 
         for t, p in enumerate(st.fval_p):
             pv = p[iv[..., t]]
             sc = sc + ITEM_TASTE * np.log((tau * (iv[..., t] == fu[:, None, t]) + (1 - tau) * pv) / pv)
-    ck_item = sr_leaf[ck_r] * I + np.argmax(sc + rng.gumbel(size=sc.shape), 1) + 1
+    ck_item = sr_leaf[ck_r] * n_items + np.argmax(sc + rng.gumbel(size=sc.shape), 1) + 1
     ck_key = np.repeat(10 + 100 * sr_j, c) + 1 + 3 * (np.arange(len(ck_s)) - np.repeat(np.cumsum(c) - c, c))
     cart = rng.random(len(ck_s)) < wc.cart_rate
     if wc.missions:
@@ -419,11 +273,7 @@ def chunk(st: V2Static, wc: WorldConfig, seed: int, ci: int, uid0: int, n: int, 
     ev_item = np.concatenate([np.full(len(he) + len(sr_s), -1), ck_item, ck_item[cart], ck_item[buy]])
     o = np.lexsort((ev_key, ev_s))
     ev_s, ev_type, ev_q, ev_item = ev_s[o], ev_type[o], ev_q[o], ev_item[o]
-    gap = rng.exponential(45.0, len(ev_s)) + 1.0
-    cs = np.cumsum(gap)
-    first_ev = np.searchsorted(ev_s, ev_s, side="left")
-    offset = np.minimum(cs - cs[first_ev] + gap[first_ev], 3500.0)
-    ev_sec = (s_day[ev_s] - 1) * DAY_S + s_sec[ev_s] + 5.0 + offset
+    ev_sec = event_seconds(rng, ev_s, s_day, s_sec)
     # text of every concept this chunk wrote (searches, shown, the ranker's top-K)
     codes = np.unique(np.concatenate([sr_q, topk[topk >= 0].ravel()]))
     c_leaf, c_vals = decode(codes, nv)
@@ -434,7 +284,7 @@ def chunk(st: V2Static, wc: WorldConfig, seed: int, ci: int, uid0: int, n: int, 
         idx = np.searchsorted(codes, np.maximum(code, 0))
         return texts.gather(pl.Series(idx)).set(pl.Series(code < 0), None) if len(code) else pl.Series([], dtype=pl.String)
 
-    ev_leaf = np.where(ev_q >= 0, decode(np.maximum(ev_q, 0), nv)[0], (ev_item - 1) // I)
+    ev_leaf = np.where(ev_q >= 0, decode(np.maximum(ev_q, 0), nv)[0], (ev_item - 1) // n_items)
     events = pl.DataFrame({
         "user_id": uid[s_u[ev_s]],
         "ts": pl.Series(start_us + (ev_sec * 1e6).astype(np.int64)).cast(schema.TS),
@@ -462,10 +312,7 @@ def chunk(st: V2Static, wc: WorldConfig, seed: int, ci: int, uid0: int, n: int, 
         "occupation": np.array(OCCUPATIONS)[rng.integers(0, len(OCCUPATIONS), n)],
         "first_seen": pl.Series(start_us + (first - 1) * DAY_S * 1_000_000).cast(schema.TS),
     })
-    fr = np.concatenate([first[:, None, None].repeat(K, 1), chg], axis=2)
-    to = np.minimum(np.concatenate([chg - 1, np.full((n, K, 1), D)], axis=2), D)
-    keep = (w[..., None] > 0) & (fr <= D) & (fr <= to)
-    ii = np.nonzero(keep)
+    ii, fr, to = interest_segments(first, chg, w, D)
     rows = {"u": ii[0], "slot": ii[1], "weight": w[ii[0], ii[1]], "leaf": segs[ii], "from": fr[ii], "to": to[ii]}
     if wc.missions:
         mr = _mission_rows(wc, s_u, s_day, cat, bought, buy_mis)
@@ -485,32 +332,55 @@ def chunk(st: V2Static, wc: WorldConfig, seed: int, ci: int, uid0: int, n: int, 
             "queries": queries}
 
 
-def static_tables(st: V2Static, wc: WorldConfig, seed: int) -> dict[str, pl.DataFrame]:
-    lex, I = st.lex, wc.items_per_category
-    L = lex.n_leaves
-    rng = np.random.default_rng([seed, 37])
-    leaf = np.repeat(np.arange(L), I)
-    vals = st.item_vals.reshape(L * I, -1)
-    brand_t = FACET_TYPES.index("brand")
-    no_brand = vals.copy()
-    no_brand[:, brand_t] = -1
-    for t in (FACET_TYPES.index("price"), FACET_TYPES.index("size")):
-        no_brand[:, t] = -1
-    desc = render(lex, leaf, no_brand)
-    brand = pl.Series(lex.words[brand_t]).gather(pl.Series(vals[:, brand_t]))
-    tier = vals[:, FACET_TYPES.index("price")]
-    base = np.exp(rng.normal(3.5, 0.8, L))
-    items = pl.DataFrame({
-        "item_id": np.arange(1, L * I + 1),
-        "title": (brand + " " + desc).str.to_titlecase(),
-        "category": pl.Series(lex.leaves).gather(pl.Series(leaf)),
-        "category_path": (pl.Series(lex.parents) + " > " + pl.Series(lex.leaves)).gather(pl.Series(leaf)),
-        "brand": brand.str.to_titlecase(),
-        "price": np.round(base[leaf] * np.exp(0.35 * tier + rng.normal(0, 0.2, L * I)), 2),
-        "description": desc + " by " + brand.str.to_titlecase(),
-    })
-    categories = pl.DataFrame({"category": lex.leaves, "parent": lex.parents})
-    return {"items": items, "categories": categories}
+def simulate(wc: WorldConfig, seed: int, out: Path, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Simulate world v2 into ``out`` (``simulate.simulate_world`` dispatches here): the v1 folder layout plus the
+    public ``lexicon.json`` and the hidden taste; returns the counts also written to meta.json."""
+    from aigq.data import concepts
+    from aigq.data.simulate import _inject_malformed, click_params
+
+    st = concepts.build_static(wc, seed)
+    for name, df in concepts.static_tables(st, wc, seed).items():
+        schema.write_part(out, name, df)
+    st.lex.write(out)
+    params = click_params(wc)
+    write_params(out, params)
+    write_hidden(st, wc, out)
+    start_us = int(dt.datetime.fromisoformat(wc.start_date).replace(tzinfo=dt.UTC).timestamp()) * 1_000_000
+    counts = {"users": 0, "events": 0, "exposures": 0, "clicked_exposures": 0}
+    injected = {"events": 0, "exposures": 0}
+    queries = []
+    n_chunks = -(-wc.users // wc.chunk_users)
+    for ci in range(n_chunks):
+        uid0 = 1 + ci * wc.chunk_users
+        t = chunk(st, wc, seed, ci, uid0, min(wc.chunk_users, wc.users - uid0 + 1), start_us, params)
+        counts["clicked_exposures"] += int(t["exposures"]["clicked"].list.any().sum())
+        if wc.malformed_rate > 0:
+            t["events"], t["exposures"], inj = _inject_malformed(
+                t["events"], t["exposures"], wc.malformed_rate, np.random.default_rng([seed, 5000 + ci]))
+            injected = {k: injected[k] + inj[k] for k in injected}
+        for name in ("users", "events", "exposures"):
+            schema.write_part(out, name, t[name], ci)
+            counts[name] += len(t[name])
+        for name in ("interests", "taste"):
+            (hidden_dir(out) / name).mkdir(parents=True, exist_ok=True)
+            t[name].write_parquet(hidden_dir(out) / name / f"part-{ci:05d}.parquet")
+        queries.append(t["queries"])
+        if progress:
+            progress(ci + 1, n_chunks)
+    q = pl.concat(queries).unique("query", keep="first").sort("query")
+    schema.write_part(out, "queries", q.select("query", "category"))
+    parents = pl.DataFrame({"category": st.lex.leaves, "parent": st.lex.parents})
+    q.join(parents, on="category", how="left").select("query", "category", "parent", "pop").write_parquet(
+        hidden_dir(out) / "query_popularity.parquet")
+    meta = {
+        "source": "simulator", "world_version": 2, "seed": seed, "start_date": wc.start_date, "days": wc.days,
+        "vocabulary": wc.vocabulary, "categories": st.lex.n_leaves, "queries": q.height,
+        "items": st.lex.n_leaves * wc.items_per_category, "taste": wc.taste, "missions": wc.missions,
+        "activity": wc.activity, "shuffle_lexicon": wc.shuffle_lexicon, "injected_malformed": injected,
+        **counts,
+    }
+    schema.write_meta(out, meta)
+    return meta
 
 
 def write_hidden(st: V2Static, wc: WorldConfig, out: Path) -> None:
