@@ -124,9 +124,8 @@ class CategoryMapper:
     @classmethod
     def from_world(cls, world: str | Path, threshold: float = 0.5, use_items: bool = True) -> CategoryMapper:
         """Reads ``world/queries`` (and ``world/items``) through the validated reader; never ``world/hidden``."""
-        from aigq.data.validate import read_table, validate_items, validate_queries
-
         from aigq.data.lexicon import Lexicon
+        from aigq.data.validate import read_table, validate_items, validate_queries
 
         queries = validate_queries(read_table(world, "queries"))[0]
         lexicon = Lexicon.from_world(world)
