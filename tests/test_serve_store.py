@@ -82,7 +82,14 @@ def test_records_direct_cache_think_index_fallback(store):
     rec.write_think_index("d2", {"q:lamp": [("desk lamp", 0.8)]}, {"day": 2})
     assert rec.think_version() == "d2" and rec.think_meta() == {"day": 2}
     assert rec.think_lookup(["q:sofa", "q:lamp"]) == {"q:lamp": [("desk lamp", 0.8)]}
-    assert store.get("think:d1:q:sofa") is None  # the previous version is dropped
+    # the previous version stays one more cycle (a lookup that read think:current just before the switch still
+    # finds its keys); the one before it is dropped
+    assert store.get("think:d1:q:sofa") is not None
+    rec.write_think_index("d3", {"q:rug": [("area rug", 0.7)]}, {"day": 3})
+    assert store.get("think:d1:q:sofa") is None and store.get("think:d2:q:lamp") is not None
+    assert rec.think_version() == "d3" and rec.think_lookup(["q:lamp", "q:rug"]) == {"q:rug": [("area rug", 0.7)]}
+    rec.write_think_index("d3", {"q:rug": [("area rug", 0.6)]}, {"day": 3})  # rewriting the current version
+    assert store.get("think:d2:q:lamp") is not None and rec.think_lookup(["q:rug"]) == {"q:rug": [("area rug", 0.6)]}
     rec.write_fallback([("sofa", 1.0)], {"Sofa": [("couch", 1.0)]})
     assert rec.popular() == [("sofa", 1.0)] and rec.coclick(["SOFA "]) == {"sofa": [("couch", 1.0)]}
     assert rec.generator_status() == {}  # nothing published yet

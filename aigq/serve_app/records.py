@@ -169,13 +169,17 @@ class Records:
 
     # ------------------------------------------------------------ Think index
     def write_think_index(self, version: str, index: dict[str, list[tuple[str, float]]], meta: dict) -> None:
-        """Write a whole index under ``version``, switch ``think:current`` to it, then drop the previous one."""
-        old = self.store.get("think:current")
+        """Write a whole index under ``version``, switch ``think:current`` to it, and drop the version before the
+        previous one: the previous index stays one more cycle, so a lookup that read ``think:current`` just before
+        the switch still finds its keys."""
+        old, older = self.store.get("think:current"), self.store.get("think:previous")
         self.store.mset({f"think:{version}:{k}": json.dumps(v, ensure_ascii=False) for k, v in index.items()})
         self.store.set(f"think:{version}:_meta", json.dumps(meta, default=str))
         self.store.set("think:current", version)
         if old and old != version:
-            self.store.delete_prefix(f"think:{old}:")
+            self.store.set("think:previous", old)
+            if older and older not in (old, version):
+                self.store.delete_prefix(f"think:{older}:")
 
     def think_version(self) -> str | None:
         return self.store.get("think:current")
