@@ -234,7 +234,7 @@ def start_serve_head(record: Path, num_cpus: int, timeout_s: float = 180.0, say:
         if proc.poll() is not None:
             raise RuntimeError(f"`{' '.join(cmd)}` exited with {proc.returncode}:\n{_tail(log)}")
         if time.monotonic() > deadline:
-            _stop_tree(psutil.Process(proc.pid))
+            stop_process_tree(psutil.Process(proc.pid))
             raise RuntimeError(f"the Ray head was not up within {timeout_s:.0f} s:\n{_tail(log)}")
         time.sleep(0.5)
     ps = psutil.Process(proc.pid)  # as the OS shows it (the interpreter first: `ray` is a script)
@@ -262,7 +262,7 @@ def _tail(log: Path, n: int = 30) -> str:
         return ""
 
 
-def _stop_tree(proc, grace_s: float = 20.0) -> None:
+def stop_process_tree(proc, grace_s: float = 20.0) -> None:
     """SIGTERM ``proc`` (``ray start --block`` then stops the GCS, raylet and agents it started), SIGKILL it after
     ``grace_s``, then SIGKILL whatever of its process tree is still alive."""
     import psutil
@@ -305,7 +305,7 @@ def stop_serve_head(record: Path, grace_s: float = 20.0) -> str:
         raise RuntimeError(f"pid {rec['pid']} is no longer the Ray head `aigq serve up` started (another process "
                            f"has it now): not stopping it; remove {record} by hand")
     if proc is not None:
-        _stop_tree(proc, grace_s)
+        stop_process_tree(proc, grace_s)
         msg = f"stopped the Ray head at {rec['address']} (pid {rec['pid']})"
     else:
         msg = f"the Ray head at {rec['address']} (pid {rec['pid']}) was no longer running"

@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aigq.ray_boot import head_env as token_env
-from aigq.ray_boot import prepare_ray_auth
+from aigq.ray_boot import prepare_ray_auth, stop_process_tree
 
 PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port",
               "--object-manager-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
@@ -162,22 +161,10 @@ def stop_head(head: LocalHead, grace_s: float = 20.0) -> None:
     import psutil
 
     try:
-        tree = psutil.Process(head.proc.pid).children(recursive=True)
+        stop_process_tree(psutil.Process(head.proc.pid), grace_s)
     except psutil.NoSuchProcess:
-        tree = []
-    try:
-        head.proc.send_signal(signal.SIGTERM)
-        head.proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        head.proc.kill()
-        head.proc.wait()
-    _, alive = psutil.wait_procs(tree, timeout=5)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+        pass
+    head.proc.poll()  # reap it for Popen too
     shutil.rmtree(head.temp_dir, ignore_errors=True)
 
 

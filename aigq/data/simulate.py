@@ -199,7 +199,7 @@ def _chunk(
     st: _Static, wc: WorldConfig, seed: int, ci: int, uid0: int, n: int, start_us: int
 ) -> dict[str, pl.DataFrame]:
     rng = np.random.default_rng([seed, 1000 + ci])
-    D, K, S, V = wc.days, wc.interests_max, 3, st.vocab
+    D, K, V = wc.days, wc.interests_max, st.vocab
     uid = np.arange(uid0, uid0 + n, dtype=np.int64)
     cold = rng.random(n) < wc.cold_start_share
     late = rng.integers(1, max(D - wc.cold_start_days, 1) + 1, n)
@@ -212,17 +212,7 @@ def _chunk(
     def draw_cat(u: np.ndarray) -> np.ndarray:  # one category per draw: the user's own CDF, else the global one
         return _sample_cat(st, u) if ucum is None else _sample_user_cat(ucum, u)
 
-    # interests: mixture weights and drifting categories (S segments per interest)
-    k = np.clip(1 + rng.poisson(max(wc.interests_mean - 1, 0), n), 1, K)
-    g = rng.gamma(1.0, size=(n, K)) * (np.arange(K)[None, :] < k[:, None])
-    w = g / g.sum(1, keepdims=True)
-    gaps = rng.geometric(wc.drift_per_day, (n, K, S - 1)) if wc.drift_per_day > 0 else np.full((n, K, S - 1), 10 * D)
-    chg = first[:, None, None] + np.cumsum(gaps, axis=2)
-    segs = np.empty((n, K, S), dtype=np.int64)
-    segs[..., 0] = draw_cat(rng.random((n, K)))
-    for s in range(1, S):
-        sib = _sibling(st, segs[..., s - 1], rng.random((n, K)))
-        segs[..., s] = np.where(rng.random((n, K)) < 0.5, sib, draw_cat(rng.random((n, K))))
+    w, chg, segs = interest_mixture(rng, wc, first, draw_cat, lambda c, u: _sibling(st, c, u))
     # sessions, sorted by (user, day, start second)
     lam = rng.gamma(1.5, wc.sessions_per_day / 1.5, n) * np.where(cold, 0.6, 1.0)
     ns = rng.poisson(lam[:, None] * (np.arange(1, D + 1)[None, :] >= first[:, None]))
@@ -337,6 +327,25 @@ def _chunk(
         }
     )
     return {"users": users, "events": events, "exposures": exposures, "interests": interests}
+
+
+def interest_mixture(rng: np.random.Generator, wc: WorldConfig, first: np.ndarray,
+                     draw: Callable[[np.ndarray], np.ndarray], sibling: Callable[[np.ndarray, np.ndarray], np.ndarray]):
+    """Each user's interests (module docstring): mixture weights ``w`` (n, K), change days ``chg`` (n, K, S−1) and
+    the category of each of the S segments ``segs`` (n, K, S); ``draw(u)`` maps uniforms to categories, ``sibling(c,
+    u)`` to a sibling of c (world v1's categories or world v2's leaves)."""
+    n, K, S, D = len(first), wc.interests_max, 3, wc.days
+    k = np.clip(1 + rng.poisson(max(wc.interests_mean - 1, 0), n), 1, K)
+    g = rng.gamma(1.0, size=(n, K)) * (np.arange(K)[None, :] < k[:, None])
+    w = g / g.sum(1, keepdims=True)
+    gaps = rng.geometric(wc.drift_per_day, (n, K, S - 1)) if wc.drift_per_day > 0 else np.full((n, K, S - 1), 10 * D)
+    chg = first[:, None, None] + np.cumsum(gaps, axis=2)
+    segs = np.empty((n, K, S), dtype=np.int64)
+    segs[..., 0] = draw(rng.random((n, K)))
+    for s in range(1, S):
+        sib = sibling(segs[..., s - 1], rng.random((n, K)))
+        segs[..., s] = np.where(rng.random((n, K)) < 0.5, sib, draw(rng.random((n, K))))
+    return w, chg, segs
 
 
 def sort_sessions(uid: np.ndarray, s_u: np.ndarray, s_day: np.ndarray, s_sec: np.ndarray):

@@ -158,31 +158,26 @@ def chunk(st: V2Static, wc: WorldConfig, seed: int, ci: int, uid0: int, n: int, 
         OCCUPATIONS,
         TYPE_NAMES,
         event_seconds,
+        interest_mixture,
         interest_segments,
         ranker_topk,
         sort_sessions,
     )
 
     rng = np.random.default_rng([seed, 2000 + ci])
-    D, K, S, lex, tau = wc.days, wc.interests_max, 3, st.lex, wc.taste
+    D, K, lex, tau = wc.days, wc.interests_max, st.lex, wc.taste
     nv, n_items = lex.n_values, wc.items_per_category
     uid = np.arange(uid0, uid0 + n, dtype=np.int64)
     first, s_u, s_day = _sessions(rng, wc, n)
     fav = np.stack([np.searchsorted(np.cumsum(p)[:-1], rng.random(n), side="right") for p in st.fval_p], 1)
 
-    def draw_leaf(shape):
-        return np.minimum(np.searchsorted(st.leaf_cum, rng.random(shape), side="right"), lex.n_leaves - 1)
+    def leaf_of(u: np.ndarray) -> np.ndarray:
+        return np.minimum(np.searchsorted(st.leaf_cum, u, side="right"), lex.n_leaves - 1)
 
-    k = np.clip(1 + rng.poisson(max(wc.interests_mean - 1, 0), n), 1, K)
-    g = rng.gamma(1.0, size=(n, K)) * (np.arange(K)[None, :] < k[:, None])
-    w = g / g.sum(1, keepdims=True)
-    gaps = rng.geometric(wc.drift_per_day, (n, K, S - 1)) if wc.drift_per_day > 0 else np.full((n, K, S - 1), 10 * D)
-    chg = first[:, None, None] + np.cumsum(gaps, axis=2)
-    segs = np.empty((n, K, S), dtype=np.int64)
-    segs[..., 0] = draw_leaf((n, K))
-    for s in range(1, S):
-        sib = _pick(st.sib, segs[..., s - 1], rng.random((n, K)))
-        segs[..., s] = np.where(rng.random((n, K)) < 0.5, sib, draw_leaf((n, K)))
+    def draw_leaf(shape):
+        return leaf_of(rng.random(shape))
+
+    w, chg, segs = interest_mixture(rng, wc, first, leaf_of, lambda c, u: _pick(st.sib, c, u))
     s_sec = rng.integers(0, DAY_S - 3600, len(s_u))
     s_u, s_day, s_sec, s_ord, s_id = sort_sessions(uid, s_u, s_day, s_sec)
     NS = len(s_u)
