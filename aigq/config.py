@@ -186,6 +186,12 @@ class SamplesConfig(_Section):
     # it fits (issue 18, aigq/data/prompt.py fit_prompt). Counted with the policy's tokenizer where it exists when
     # samples are built (model.source smollm2/path), else prompt.approx_tokens. None = no budget. ([GAP], ours)
     max_prompt_tokens: int | None = Field(None, ge=16)
+    # Retrieval-augmented prompts (issue 18; GQR / OneSug side information, aigq/data/related.py): the top-K co-click /
+    # next-query candidates of the prompt's most recent behaviours, shown as a "Related Queries: { … }" line. Counted
+    # only from what was known before the sample's day (and never from test days or held-out last queries). 0 = off.
+    related_queries: int = Field(0, ge=0)  # K ([GAP], ours; 5 in the ablation of benchmarks/RESULTS.md)
+    related_history: int = Field(5, ge=1)  # most recent behaviours that vote ([GAP], ours = eval.coclick_history)
+    related_decay: float = Field(0.8, gt=0, le=1)  # vote weight of behaviour i = decay^(i-1) (= eval.coclick_decay)
 
 
 class ImportConfig(_Section):

@@ -55,6 +55,9 @@ class LocalDeployment:
         self.records = _records(cfg)
         self.core = HintQCore(self.records, cfg, None)
         self.holder = PolicyHolder("direct")
+        from aigq.data.related import related_index
+
+        self.related = related_index(cfg.samples, cfg.samples_dir())
 
     def rollout(self, policy: Path, think_policy: Path, ctr_model: Path) -> None:
         from aigq.rewards.ctr import CTRScorer
@@ -68,7 +71,7 @@ class LocalDeployment:
 
         for lo in range(0, len(users), batch):
             part = users[lo:lo + batch]
-            prompts = [user_prompt(self.records, u, self.cfg.samples) for u in part]
+            prompts = [user_prompt(self.records, u, self.cfg.samples, self.related) for u in part]
             sc = self.cfg.serve
             lists, version = self.holder.direct_lists(prompts, sc.max_new_tokens, sc.direct_samples,
                                                       sc.recall_per_channel)

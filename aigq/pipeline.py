@@ -141,8 +141,12 @@ def build_samples(cfg: AIGQConfig, tracker: Tracker, world: Path | None = None,
         count, counted_by = prompt_token_counter(cfg)  # samples.max_prompt_tokens (None: no budget)
         if count is not None:
             tracker.params({"samples.prompt_tokens_counted_by": counted_by})
-        stats = build_samples_to(validated.tables, validated.meta["start_date"], int(validated.meta["days"]),
-                                 cfg.samples, tmp, count_tokens=count)
+        start, days = validated.meta["start_date"], int(validated.meta["days"])
+        stats = build_samples_to(validated.tables, start, days, cfg.samples, tmp, count_tokens=count)
+        if cfg.samples.related_queries:  # issue 18: the related-queries line, from what each sample's day knew
+            from aigq.data.related import augment_samples
+
+            stats.update(augment_samples(tmp, validated.tables, start, days, cfg.samples, count))
         t2 = time.perf_counter()
         tracker.metrics({f"samples.{k}": v for k, v in stats.items()})
         tracker.metrics({"seconds.validate": t1 - t0, "seconds.build": t2 - t1})

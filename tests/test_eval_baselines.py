@@ -10,6 +10,7 @@ from cli_world import cli_world
 
 from aigq.config import load_config
 from aigq.data import prompt as P
+from aigq.data.schema import day_expr
 from aigq.evaluation import baselines as B
 from aigq.evaluation import ebr
 from aigq.evaluation import metrics as M
@@ -129,7 +130,7 @@ def test_coclick_learns_world_transitions_before_the_cut_only(cfg):
     held = last_queries(world.tables["events"], world.meta["start_date"]).select("user_id", held="ts")
     late = steps.join(held, on="user_id").filter(pl.col("next_ts") >= pl.col("held"))
     assert steps.height > 0 and late.height == 0
-    first_test = B.day_expr(pl.col("next_ts"), world.meta["start_date"]) > int(world.meta["days"]) - 2
+    first_test = day_expr(pl.col("next_ts"), world.meta["start_date"]) > int(world.meta["days"]) - 2
     assert steps.filter(first_test).height == 0
     key, nxt = steps.group_by("key", "qn").len().sort("len", descending=True).row(0)[:2]
     model = B.fit_coclick(cfg)

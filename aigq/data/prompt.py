@@ -157,17 +157,48 @@ def _sequence_line(seq: str) -> str:
 
 
 def format_prompt(profile: Mapping[str, Any], behaviours: Sequence[tuple[int, str, str]], cfg: SamplesConfig,
-                  count: TokenCounter | None = None) -> str:
+                  count: TokenCounter | None = None, related: Callable[[str], Sequence[str]] | None = None) -> str:
     """The prompt for one user. ``behaviours``: ``(days_ago, type, content)`` of the behaviours strictly before the
     anchor, **most recent first**; those more than ``history_days`` ago are dropped and at most L are shown. With
-    ``cfg.max_prompt_tokens`` the oldest shown behaviours are dropped until it fits (``fit_prompts``; ``count``
-    defaults to ``approx_tokens``)."""
+    ``cfg.related_queries`` > 0, ``related(prompt)`` gives the related queries of the prompt's behaviours (shown by
+    ``with_related``; None = none known). With ``cfg.max_prompt_tokens`` the oldest shown behaviours are then dropped
+    until it fits (``fit_prompts``; ``count`` defaults to ``approx_tokens``)."""
     shown = [b for b in behaviours if b[0] <= cfg.history_days][: cfg.history_len]
     seq = BEHAVIOUR_SEP.join(format_behaviour(i, d, t, c, cfg.compress) for i, (d, t, c) in enumerate(shown, 1))
     prompt = "\n".join([instruction(cfg), format_profile(profile), _sequence_line(seq)])
+    if cfg.related_queries:
+        prompt = with_related(prompt, related(prompt) if related is not None else ())
     if cfg.max_prompt_tokens is not None:
         prompt = fit_prompts([prompt], cfg.max_prompt_tokens, count or approx_tokens)[0][0]
     return prompt
+
+
+# ---------------------------------------------------------------- related queries (samples.related_queries)
+#
+# Side information (issue 18, GQR / OneSug): one line between the profile and the behaviour sequence,
+# ``Related Queries: { q1 ; q2 ; … }`` ("{ }" when none is known), so the behaviour sequence stays the prompt's last
+# line and every parser of it (parse_behaviours, keep_recent, the CTR model's context) reads it unchanged.
+
+RELATED_HEAD = "Related Queries: { "
+
+
+def with_related(prompt: str, queries: Sequence[str]) -> str:
+    """``prompt`` with its related-queries line set to ``queries`` (inserted before the behaviour sequence, or
+    replacing the line already there). A ``;`` inside a query becomes ``,``."""
+    clean = [q.replace(";", ",").strip() for q in queries if q and q.strip()]
+    line = RELATED_HEAD + QUERY_SEP.join(clean) + " }" if clean else "Related Queries: { }"
+    lines = [ln for ln in prompt.split("\n") if not ln.startswith("Related Queries: {")]
+    at = next((i for i, ln in enumerate(lines) if ln.startswith("User Behavior Sequence:")), len(lines))
+    return "\n".join([*lines[:at], line, *lines[at:]])
+
+
+def parse_related(prompt: str) -> list[str]:
+    """The queries of the prompt's related-queries line ([] when it has none)."""
+    for ln in prompt.split("\n"):
+        if ln.startswith("Related Queries: {"):
+            body = ln[len("Related Queries: {"):].rsplit("}", 1)[0].strip()
+            return [q.strip() for q in body.split(QUERY_SEP.strip()) if q.strip()] if body else []
+    return []
 
 
 # ---------------------------------------------------------------- prompt budget (samples.max_prompt_tokens)

@@ -36,10 +36,9 @@ from pathlib import Path
 import polars as pl
 
 from aigq.config import AIGQConfig
-from aigq.data import prompt as P
-from aigq.data.holdout import before_cut, searches, train_cuts
-from aigq.data.schema import day_expr
-from aigq.evaluation.categories import normalise
+from aigq.data.holdout import train_cuts
+from aigq.data.related import behaviour_keys, search_transitions
+from aigq.data.related import normalised as _normalised
 
 TRUE_SOURCES = ("search", "click")
 
@@ -58,12 +57,6 @@ def train_pairs(samples_dir: Path) -> pl.DataFrame:
                          src=pl.col("metadata").struct.field("label_sources"))
             .explode("target", "src").filter(pl.col("src").is_in(TRUE_SOURCES) & pl.col("target").is_not_null())
             .select("user_id", "day", "prompt", query=pl.col("target")))
-
-
-def behaviour_keys(prompt: str, n: int) -> list[str]:
-    """The normalised contents of the prompt's ``n`` most recent behaviours (index 1 first)."""
-    behs = P.parse_behaviours(prompt)
-    return [normalise(behs[i][2]) for i in sorted(behs)[:n]]
 
 
 @dataclass
@@ -110,32 +103,6 @@ class CoClick:
             ranked = [self.texts.get(q, q) for q, _ in sorted(s.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
             out.append(ranked + [q for q in self.popular[: 2 * k] if q not in set(ranked)][: k - len(ranked)])
         return out
-
-
-def _normalised(df: pl.DataFrame, col: str, out: str = "qn") -> pl.DataFrame:
-    """``df`` with ``out`` = normalise(``col``), computed once per distinct text."""
-    texts = df.select(pl.col(col).unique().drop_nulls())
-    texts = texts.with_columns(pl.col(col).map_elements(normalise, return_dtype=pl.String).alias(out))
-    return df.join(texts, on=col, how="left")
-
-
-def search_transitions(events: pl.DataFrame, start_date: str, cuts: pl.DataFrame,
-                       max_gap_days: int = 1) -> pl.DataFrame:
-    """Each user's query → next different query steps among their searches strictly before their cut (``cuts``:
-    ``holdout.train_cuts``): user_id, ts (of q), next_ts (of q'), key (normalised q), qn (normalised q'), query
-    (q' as searched). Consecutive searches of one (normalised) query are one; a step counts when q' came on q's day
-    or at most ``max_gap_days`` days later."""
-    s = before_cut(searches(events), cuts).sort("user_id", "ts", "query")
-    s = _normalised(s, "query").filter(pl.col("qn").str.len_chars() > 0)
-    # plain shifts over the user-sorted frame, guarded by the user id (per-user windows are slow on many users)
-    same_prev = (pl.col("user_id") == pl.col("user_id").shift(1)).fill_null(False)
-    s = s.filter(~(same_prev & (pl.col("qn") == pl.col("qn").shift(1))))
-    same_next = pl.col("user_id") == pl.col("user_id").shift(-1)
-    nxt = {c: pl.when(same_next).then(pl.col(c).shift(-1)) for c in ("qn", "query", "ts")}
-    s = s.with_columns(next_qn=nxt["qn"], next_query=nxt["query"], next_ts=nxt["ts"])
-    gap = day_expr(pl.col("next_ts"), start_date) - day_expr(pl.col("ts"), start_date)
-    s = s.filter(pl.col("next_qn").is_not_null() & (gap <= max_gap_days))
-    return s.select("user_id", "ts", "next_ts", key="qn", qn="next_qn", query="next_query")
 
 
 def world_transitions(cfg: AIGQConfig) -> pl.DataFrame:

@@ -28,8 +28,6 @@ Results are memoised per mapper, so mapping the same generated queries for many 
 
 from __future__ import annotations
 
-import re
-import unicodedata
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -38,21 +36,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
+from aigq.data.text import normalise  # noqa: F401  (re-exported: the evaluation modules import it from here)
+
 if TYPE_CHECKING:
     from aigq.data.lexicon import Lexicon
 
-_PUNCT = re.compile(r"[^\w\s]+", re.UNICODE)
-_WS = re.compile(r"\s+")
 BUCKETS = 1 << 20  # trigram hash space (collisions negligible at this size)
 MEMO_CAP = 200_000  # memoised fuzzy lookups kept at most (the CTR model maps every scored text)
-
-
-def normalise(text: object) -> str:
-    """NFKC, lower-case, punctuation → space, whitespace collapsed and stripped. ``None`` → ``""``."""
-    if text is None:
-        return ""
-    s = unicodedata.normalize("NFKC", str(text)).lower()
-    return _WS.sub(" ", _PUNCT.sub(" ", s)).strip()
 
 
 def trigrams(text: str) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,14 @@ class AppContext:
     def path(self, p: str | Path) -> Path:
         p = Path(p).expanduser()
         return p if p.is_absolute() else self.root / p
+
+    @cached_property
+    def related(self):
+        """The prompts' related queries (``samples.related_queries`` > 0: ``aigq.data.related.RelatedIndex`` of the
+        samples folder the policy was trained on; else None)."""
+        from aigq.data.related import related_index
+
+        return related_index(self.cfg.samples, self.path(self.cfg.samples_dir()))
 
     def policy_spec(self, think: bool = False) -> str:
         sc = self.cfg.serve

@@ -97,10 +97,11 @@ def signal(state: dict, events: list[Any], serve_cfg, now: float) -> tuple[str |
     return reason, state
 
 
-def user_prompt(records: Records, user: int, samples_cfg) -> str:
+def user_prompt(records: Records, user: int, samples_cfg, related=None) -> str:
+    """The user's prompt from the store; ``related``: the related-queries source (``AppContext.related``)."""
     ctx, _ = records.context(user, samples_cfg.history_days)
     behs = [b for b in ctx.behaviours if b[1] in samples_cfg.behaviour_types]
-    return P.format_prompt(ctx.profile, behs, samples_cfg)
+    return P.format_prompt(ctx.profile, behs, samples_cfg, related=related)
 
 
 @serve.deployment
@@ -124,7 +125,7 @@ class DirectGenerator:
     async def generate(self, jobs: list[tuple[int, str]]) -> list[dict[str, Any]]:
         if self.holder.current is None:
             await self.reconfigure({})
-        prompts = [user_prompt(self.ctx.records, u, self.ctx.cfg.samples) for u, _ in jobs]
+        prompts = [user_prompt(self.ctx.records, u, self.ctx.cfg.samples, self.ctx.related) for u, _ in jobs]
         sc = self.ctx.cfg.serve
         lists, version = await asyncio.to_thread(self.holder.direct_lists, prompts, sc.max_new_tokens,
                                                  sc.direct_samples, sc.recall_per_channel)

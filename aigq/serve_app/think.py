@@ -97,7 +97,7 @@ class ThinkApp:
             await self.reconfigure({})
         if self.holder.current is None:
             raise HTTPException(503, f"no Think policy loaded: {self.policy_error}")
-        prompt = user_prompt(self.ctx.records, body.user_id, self.ctx.cfg.samples)
+        prompt = user_prompt(self.ctx.records, body.user_id, self.ctx.cfg.samples, self.ctx.related)
         rollouts, version = await asyncio.to_thread(self.holder.generate, [prompt],
                                                     self.ctx.cfg.serve.think_max_new_tokens)
         reasoning, _ = P.parse_think_target(rollouts[0].text)

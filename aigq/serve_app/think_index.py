@@ -32,6 +32,7 @@ import polars as pl
 
 from aigq.config import AIGQConfig
 from aigq.data import prompt as P
+from aigq.data.related import related_index
 from aigq.serve_app.records import Behaviour, Records, norm, trigger_key
 
 Say = Callable[[str], None]
@@ -125,7 +126,8 @@ def user_prompts(beh: pl.DataFrame, users: pl.DataFrame, day: int, cfg: AIGQConf
     out: dict[int, list[tuple[int, str, str]]] = {u: [] for u in user_ids}
     for r in b.iter_rows(named=True):
         out[r["user_id"]].append((day + 1 - r["day"], r["type"], r["content"]))
-    return {u: P.format_prompt(prof.get(u, {}), rows, sc) for u, rows in out.items()}
+    related = related_index(sc, cfg.samples_dir())  # samples.related_queries: the samples' related-queries index
+    return {u: P.format_prompt(prof.get(u, {}), rows, sc, related=related) for u, rows in out.items()}
 
 
 def run_think_index(cfg: AIGQConfig, day: int, records: Records, policy: Path | None, world: Path | None = None,
