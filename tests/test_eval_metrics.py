@@ -102,6 +102,9 @@ def test_zero_shot_prompt_and_lenient_parsing():
                              SamplesConfig())
     text = natural_prompt(prompt)
     assert "searched recently: oak desk." in text and "looked at recently: red lamp." in text and "10" in text
+    assert "search next" not in text  # no related-queries line, no sentence
+    text = natural_prompt(P.with_related(prompt, ["desk chair", "desk lamp"]))
+    assert "Shoppers like me often search next: desk chair, desk lamp." in text
     assert parse_free_list('1. oak desk, 2. "red lamp"\n- rug ; 3. 4. 5.') == ["oak desk", "red lamp", "rug"]
 
 

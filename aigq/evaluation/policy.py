@@ -24,6 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from aigq.config import AIGQConfig
+from aigq.data import prompt as P
 from aigq.evaluation import suite
 from aigq.evaluation.recommend import dedup
 from aigq.rewards.context import context_from_prompt
@@ -109,7 +110,8 @@ def zero_shot_dir(cfg: AIGQConfig) -> Path:
 def natural_prompt(prompt: str, n: int = 10, history: int = 10) -> str:
     """The AIGQ prompt rewritten as a first-person request in plain English (what a small un-tuned instruct model
     can follow): profile, distinct recent searches, distinct recently clicked items (the ``history`` most recent
-    behaviours), then a request for a numbered list of ``n`` queries ([GAP], ours: 135M models loop on longer asks)."""
+    behaviours), the related queries when the prompt has them, then a request for a numbered list of ``n`` queries
+    ([GAP], ours: 135M models loop on longer asks)."""
     ctx = context_from_prompt(prompt)
     who = ", ".join(str(ctx.profile[key]) for key in ("gender", "age", "occupation", "city") if key in ctx.profile)
     recent = ctx.behaviours[:history]
@@ -119,6 +121,9 @@ def natural_prompt(prompt: str, n: int = 10, history: int = 10) -> str:
     lines.append(f"Things I searched recently: {', '.join(searched)}." if searched else "I have not searched yet.")
     if seen:
         lines.append(f"Items I looked at recently: {', '.join(seen)}.")
+    related = P.parse_related(prompt)  # samples.related_queries: what other shoppers searched next
+    if related:
+        lines.append(f"Shoppers like me often search next: {', '.join(related)}.")
     lines.append(f"Write a numbered list of {n} different search queries I might type next.")
     return "\n".join(lines)
 
