@@ -31,6 +31,9 @@ class RunConfig(_Section):
     seed: int = 0
     # Where a run's world, samples and later checkpoints go (relative paths are relative to the working directory).
     output_dir: str = "outputs/tiny"
+    # How actors get the policy / CTR folders: Ray's object store ("always"), driver paths ("never"), or shipped only
+    # on a multi-node cluster ("auto", default: nodes share no filesystem; one node copies nothing). aigq.actors.shipping
+    ship_models: Literal["auto", "always", "never"] = "auto"
 
 
 class TrackingConfig(_Section):

@@ -103,6 +103,7 @@ def start_actors(cfg: AIGQConfig, inp: dict[str, Any], pad_id: int, say: Say) ->
     from aigq.actors.learner import LearnerGroup, ensure_ray
     from aigq.actors.reward import RewardPool
     from aigq.actors.rollout import RolloutPool
+    from aigq.actors.shipping import maybe_ship
     from aigq.actors.weight_route import WeightSync, engine_kw, route_for
 
     rc = cfg.rollout
@@ -111,10 +112,13 @@ def start_actors(cfg: AIGQConfig, inp: dict[str, Any], pad_id: int, say: Say) ->
     check_cluster(cfg)
     say(f"starting learner ×{cfg.learner.num_workers}, rollout ×{rc.num_workers} ({rc.engine}, {route} sync), "
         f"reward ×{cfg.rewards.num_actors}; policy {inp['policy']}, CTR {inp['ctr']}")
-    learner = LearnerGroup(cfg, inp["policy"], cfg.grpo.iterations, pad_id, inp["resume"], mode="grpo")
-    rollout = RolloutPool(rc.engine, inp["policy"], cfg.grpo.variant, rc.num_workers, rc.cpus_per_worker,
+    # no shared filesystem (run.ship_models): the policy goes into the object store once, for learner and rollout
+    ship = cfg.run.ship_models
+    policy = maybe_ship(inp["policy"], ship)
+    learner = LearnerGroup(cfg, policy, cfg.grpo.iterations, pad_id, inp["resume"], mode="grpo", ship=ship)
+    rollout = RolloutPool(rc.engine, policy, cfg.grpo.variant, rc.num_workers, rc.cpus_per_worker,
                           engine_kw(cfg), rc.max_restarts, rc.max_shard_retries, num_gpus=rc.gpus_per_worker)
-    rewards = RewardPool(inp["ctr"], cfg.rewards, cfg.rewards.expected_count or cfg.samples.label_cap)
+    rewards = RewardPool(inp["ctr"], cfg.rewards, cfg.rewards.expected_count or cfg.samples.label_cap, ship=ship)
     return Actors(learner, rollout, rewards, WeightSync(route, learner, rollout))
 
 

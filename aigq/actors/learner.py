@@ -1,7 +1,8 @@
 """The LearnerWorker group: N Ray actors in one placement group forming a torch.distributed process group (gloo on
 CPU, nccl on GPU), each holding the policy wrapped in DistributedDataParallel. The driver sends each worker its shard
 of a global batch; workers return their summed loss and token counts. All ranks start from the same folder and DDP
-averages gradients, so after every step all ranks hold identical weights (``weights_digest``).
+averages gradients, so after every step all ranks hold identical weights (``weights_digest``). Start folder, resumed
+checkpoint and LoRA base come as paths or through the object store (``ship``, ``aigq.actors.shipping``), read once.
 
 IL-SFT uses it now; IL-GRPO will call the same group with its policy loss.
 
@@ -27,6 +28,7 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from aigq.actors.shipping import ShippedFolder, local_folder, maybe_ship, source
 from aigq.config import AIGQConfig, LearnerConfig
 from aigq.learner import efficient as E
 from aigq.learner.grpo_trainer import RLExample, collate_rl
@@ -37,13 +39,22 @@ class LearnerConfigError(ValueError):
     """The learner group cannot be formed as configured (e.g. more workers than the cluster has CPUs)."""
 
 
+def _name_source(model, origin: str) -> None:
+    """Saved policies / adapters name the driver's folder, not this node's copy. (Not in the actor: its methods are
+    pickled by value, and ``torch`` + ``.config`` in one method drag in the unpicklable ``torch.distributed.config``.)"""
+    model.config._name_or_path = origin
+
+
 @ray.remote
 class LearnerWorker:
-    def __init__(self, rank: int, world_size: int, cfg_json: str, model_dir: str, total_steps: int,
-                 mode: str = "sft"):
+    def __init__(self, rank: int, world_size: int, cfg_json: str, model_dir: str | ShippedFolder, total_steps: int,
+                 mode: str = "sft", base: str | ShippedFolder | None = None):
+        """``base``: a LoRA checkpoint's base folder (it names a driver path) when that is not ``model_dir``."""
         self.rank, self.world_size, self.mode = rank, world_size, mode
         self.cfg = AIGQConfig.model_validate_json(cfg_json)
-        self.model_dir, self.total_steps = model_dir, total_steps
+        self.origin = source(model_dir)  # the driver-side path, recorded in checkpoints (not the node-local copy)
+        self.model_dir, self.total_steps = local_folder(model_dir), total_steps
+        self.base = base
         self.trainer = None
         torch.set_num_threads(self.cfg.learner.cpus_per_worker)
 
@@ -54,7 +65,7 @@ class LearnerWorker:
             port = s.getsockname()[1]
         return ray.util.get_node_ip_address(), port
 
-    def setup(self, master_addr: str, master_port: int, resume: str | None = None) -> dict[str, Any]:
+    def setup(self, master_addr: str, master_port: int, resume: str | ShippedFolder | None = None) -> dict[str, Any]:
         import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -67,9 +78,12 @@ class LearnerWorker:
         backend = lc.backend if lc.backend != "auto" else ("nccl" if use_gpu else "gloo")
         dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}", rank=self.rank,
                                 world_size=self.world_size, timeout=timedelta(seconds=lc.ready_timeout_s))
-        ckpt = read_checkpoint(Path(resume)) if resume else None
+        ckpt = read_checkpoint(Path(local_folder(resume))) if resume else None
         self.base_dir = ckpt.model_dir if ckpt else Path(self.model_dir)  # a LoRA checkpoint's model_dir is its base
+        if ckpt and ckpt.base is not None:  # … a driver path: use the shipped / given copy
+            self.origin, self.base_dir = ckpt.base["path"], Path(local_folder(self.base or self.model_dir))
         model, self.tokenizer = load_policy(self.base_dir, self.cfg.model.dtype)
+        _name_source(model, self.origin or str(self.base_dir))
         self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
         self.eff = self._efficient(model, ckpt)
         model.to(self.device)
@@ -103,13 +117,21 @@ class LearnerWorker:
         parameter-efficient checkpoint's trainable tensors loaded on top of its base."""
         lc = self.cfg.learner
         eff = E.prepare(model, lc, E.policy_special_ids(self.tokenizer, self.cfg), seed=self.cfg.run.seed)
-        state = ckpt.trainable_state() if ckpt else None
-        if ckpt is not None and (state is not None) != E.is_efficient(lc):
-            raise ValueError(f"{ckpt.path} was written by a {'parameter-efficient' if state is not None else 'full'}"
+        base = ckpt.base if ckpt else None
+        if ckpt is not None and (base is not None) != E.is_efficient(lc):
+            raise ValueError(f"{ckpt.path} was written by a {'parameter-efficient' if base is not None else 'full'}"
                              " learner; resume it with the same learner.lora / learner.freeze_layers settings")
-        if state is not None:
-            E.load_trainable(model, state)
-        self._base_sha = None
+        # the base's digest now, while this worker's copy surely exists (rank 0's checkpoints record it)
+        self._base_sha = E.folder_digest(self.base_dir) if base or (self.rank == 0 and E.is_efficient(lc)) else None
+        if base is not None:  # ckpt.trainable_state(), checked against this worker's copy of the base
+            if self._base_sha != base["sha256"]:
+                raise FileNotFoundError(f"{ckpt.path}: its base model {base['path']} is missing or has changed since "
+                                        "the checkpoint was written (its weights' sha256 differs)")
+            from safetensors.torch import load_file
+
+            from aigq.learner.checkpoint import TRAINABLE
+
+            E.load_trainable(model, load_file(ckpt.path / TRAINABLE))
         return eff
 
     def track_allreduce(self) -> None:
@@ -187,9 +209,7 @@ class LearnerWorker:
         t = self.trainer
         trainable = None
         if E.is_efficient(self.cfg.learner):
-            if self._base_sha is None:
-                self._base_sha = E.folder_digest(self.base_dir)
-            trainable = {"tensors": E.trainable_state(t.model), "base": str(self.base_dir),
+            trainable = {"tensors": E.trainable_state(t.model), "base": self.origin or str(self.base_dir),
                          "base_sha256": self._base_sha}
         return str(save_checkpoint(Path(root), t.step, t.model, self.tokenizer, t.optimizer, t.scheduler,
                                    rng_states, config_yaml, {**t.state(), **state}, keep, trainable))
@@ -223,9 +243,11 @@ def check_resources(lc: LearnerConfig) -> None:
 class LearnerGroup:
     """Driver-side handle of the N LearnerWorkers (one placement-group bundle each)."""
 
-    def __init__(self, cfg: AIGQConfig, model_dir: Path, total_steps: int, pad_id: int, resume: Path | None = None,
-                 mode: str = "sft"):
-        """``mode``: "sft" (IL-SFT steps) or "grpo" (IL-GRPO update rounds, ``total_steps`` = iterations)."""
+    def __init__(self, cfg: AIGQConfig, model_dir: Path | ShippedFolder, total_steps: int, pad_id: int,
+                 resume: Path | None = None, mode: str = "sft", ship: str | None = None):
+        """``mode``: "sft" (IL-SFT steps) or "grpo" (IL-GRPO update rounds, ``total_steps`` = iterations). ``ship``:
+        how workers get the start folder, the checkpoint and its base (``aigq.actors.shipping``; default
+        ``run.ship_models``)."""
         lc = cfg.learner
         self.pad_id = pad_id
         if mode == "sft" and cfg.sft.global_batch < lc.num_workers:
@@ -241,17 +263,26 @@ class LearnerGroup:
             remove_placement_group(self.pg)
             raise LearnerConfigError(f"the learner placement group ({lc.num_workers} x {bundle}) was not ready "
                                      f"after {lc.ready_timeout_s:g} s: the cluster's free resources are taken") from None
+        ship = ship or cfg.run.ship_models
+        model_dir, base = maybe_ship(model_dir, ship), None
+        if resume is not None:
+            from aigq.learner.checkpoint import read_checkpoint
+
+            ckpt_base = read_checkpoint(Path(resume)).base  # LoRA: the base folder it names, unless that is model_dir
+            if ckpt_base and Path(ckpt_base["path"]).resolve() != Path(source(model_dir)).resolve():
+                base = maybe_ship(ckpt_base["path"], ship)
+        resume_spec = maybe_ship(resume, ship)
         cfg_json = cfg.model_dump_json()
         self.workers = [
             LearnerWorker.options(
                 num_cpus=lc.cpus_per_worker, num_gpus=lc.gpus_per_worker,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
                 runtime_env={"env_vars": {"OMP_NUM_THREADS": str(lc.cpus_per_worker)}},
-            ).remote(i, lc.num_workers, cfg_json, str(model_dir), total_steps, mode)
+            ).remote(i, lc.num_workers, cfg_json, model_dir, total_steps, mode, base)
             for i in range(lc.num_workers)
         ]
         addr, port = ray.get(self.workers[0].address.remote())
-        self.info = ray.get([w.setup.remote(addr, port, str(resume) if resume else None) for w in self.workers])
+        self.info = ray.get([w.setup.remote(addr, port, resume_spec) for w in self.workers])
         self.step, self.iteration = self.info[0]["step"], self.info[0]["iteration"]
 
     def _shards(self, examples: list[Example]) -> list[list[dict[str, torch.Tensor]]]:

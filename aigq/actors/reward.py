@@ -13,6 +13,9 @@
   resubmits *that batch* (to the restarted actor or, if it is gone for good, a fresh one) up to
   ``max_batch_retries`` times. A batch's result is accepted once, keyed by batch id, so no group is
   lost or scored twice; scoring is deterministic, so a retried batch gives the same numbers.
+* **No shared filesystem** (``aigq.actors.shipping``): the CTR folder is a path or a :class:`ShippedFolder` (its files
+  in the object store, ``ship="always"``, or ``"auto"`` on a multi-node cluster); each actor's constructor, a restart's
+  too, loads it from a node-local copy, so neither another node nor a deleted driver folder breaks a restart.
 * Garbage in never kills an actor: groups that raise get the composer's defined floor reward
   (``GroupReward.error`` says why).
 """
@@ -27,6 +30,7 @@ from typing import Any
 import ray
 
 from aigq.actors.pool import dispatch, wait_alive
+from aigq.actors.shipping import ShippedFolder, local_folder, maybe_ship
 from aigq.config import RewardsConfig
 from aigq.rewards.compose import GroupReward, RewardComposer, RewardGroup
 
@@ -50,10 +54,11 @@ class RewardScorer:
 
 @ray.remote
 class RewardActor:
-    def __init__(self, ctr_dir: str | None, cfg: dict[str, Any], expected_count: int = 10):
+    def __init__(self, ctr_dir: str | ShippedFolder | None, cfg: dict[str, Any], expected_count: int = 10):
         import torch
 
         torch.set_num_threads(1)  # one core per actor; parallelism comes from the pool
+        ctr_dir = local_folder(ctr_dir) if ctr_dir is not None else None  # a shipped folder: this node's copy
         self.scorer = RewardScorer(ctr_dir, RewardsConfig.model_validate(cfg), expected_count)
 
     def score(self, batch_id: int, groups: list[RewardGroup]) -> tuple[int, list[GroupReward]]:
@@ -64,10 +69,12 @@ class RewardActor:
 
 
 class RewardPool:
-    def __init__(self, ctr_dir: str | Path | None, cfg: RewardsConfig, expected_count: int = 10,
-                 num_actors: int | None = None):
+    def __init__(self, ctr_dir: str | Path | ShippedFolder | None, cfg: RewardsConfig, expected_count: int = 10,
+                 num_actors: int | None = None, ship: str = "never"):
+        """``ship``: "never" (actors open ``ctr_dir``), "always" (through the object store) or "auto" (shipped on a
+        multi-node cluster), ``aigq.actors.shipping``; a :class:`ShippedFolder` is used as is."""
         self.cfg, self.expected = cfg, expected_count
-        self.ctr_dir = str(ctr_dir) if ctr_dir is not None else None
+        self.ctr_dir = maybe_ship(ctr_dir, ship)  # kept: replacement actors get the same spec (its object lives on)
         self.stats = {"batches": 0, "retries": 0, "replaced_actors": 0}
         self.actors = [self._new_actor() for _ in range(num_actors or cfg.num_actors)]
 

@@ -8,6 +8,10 @@ Fault tolerance: workers run with ``max_restarts``; a worker that dies mid-batch
 reloads from the model folder), the pool re-sends the current weights to it before anything else, and resubmits
 the lost shard (``actors.pool.dispatch``). Every rollout carries the policy version it was sampled with, and
 ``generate`` checks they all equal the synced version (on-policy).
+
+No shared filesystem (``aigq.actors.shipping``): the model folder is a path or a :class:`ShippedFolder`
+(``ship="always"``, or ``"auto"`` on a multi-node cluster); a worker, a restarted one too, builds its engine from a
+node-local copy, never from the driver's folder.
 """
 
 from __future__ import annotations
@@ -20,18 +24,21 @@ import ray
 from ray.exceptions import RayActorError
 
 from aigq.actors.pool import dispatch, wait_alive
+from aigq.actors.shipping import ShippedFolder, local_folder, maybe_ship
 from aigq.rollout.engine import Rollout, Sampling, make_engine
 
 
 @ray.remote
 class RolloutWorker:
-    def __init__(self, engine: str, model_dir: str, variant: str, engine_kw: dict[str, Any]):
-        self.engine = make_engine(engine, model_dir, variant=variant, **engine_kw)
+    def __init__(self, engine: str, model_dir: str | ShippedFolder, variant: str, engine_kw: dict[str, Any]):
+        self.model_dir = model_dir
+        self.engine = make_engine(engine, local_folder(model_dir), variant=variant, **engine_kw)
 
     def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Rollout]]:
         return self.engine.generate(prompts, sampling)
 
     def load_weights(self, blob: bytes, version: int) -> int:
+        local_folder(self.model_dir)  # vLLM rebuilds from its folder when an update fails: make sure it is still here
         self.engine.load_weights(blob, version)
         return version
 
@@ -62,10 +69,12 @@ class RolloutWorker:
 
 
 class RolloutPool:
-    def __init__(self, engine: str, model_dir: str | Path, variant: str = "direct", n_workers: int = 1,
+    def __init__(self, engine: str, model_dir: str | Path | ShippedFolder, variant: str = "direct", n_workers: int = 1,
                  num_cpus: float = 1, engine_kw: dict[str, Any] | None = None, max_restarts: int = 3,
-                 max_retries: int = 2, shard_prompts: int | None = None, num_gpus: float = 0):
-        self._spec = (engine, str(model_dir), variant, engine_kw or {})
+                 max_retries: int = 2, shard_prompts: int | None = None, num_gpus: float = 0, ship: str = "never"):
+        """``ship``: how workers get ``model_dir`` ("never": its path; "always": the object store; "auto": shipped
+        on a multi-node cluster; a :class:`ShippedFolder` is used as is)."""
+        self._spec = (engine, maybe_ship(model_dir, ship), variant, engine_kw or {})  # replacements reuse it
         self._opts = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": max_restarts,
                       "max_task_retries": 0}
         self.max_retries, self.shard_prompts = max_retries, shard_prompts

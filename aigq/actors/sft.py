@@ -108,7 +108,7 @@ def run_sft(cfg: AIGQConfig, tracker: Tracker, samples_dir: Path | None = None, 
         tracker.params({"sft.train_samples": len(train), "sft.eval_samples": len(evals), "sft.total_steps": steps})
         tracker.text(data["example_target"], "example_target.txt")
         say(f"starting {cfg.learner.num_workers} learner workers ({sc.variant}, {len(train)} samples, {steps} steps)")
-        group = LearnerGroup(cfg, model_dir, steps, tokenizer.pad_token_id, resume)
+        group = LearnerGroup(cfg, model_dir, steps, tokenizer.pad_token_id, resume, ship=cfg.run.ship_models)
         say(f"learner: {group.info[0]['trainable']}; {group.info[0]['precision']}")
         figures.update({"trainable_params": group.info[0]["trainable_numel"], "precision": group.info[0]["precision"]})
         try:
