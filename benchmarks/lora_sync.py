@@ -6,8 +6,8 @@ matrices are set to small random values (a trained adapter; B = 0 would make bot
 
 * **merged** (what IL-GRPO does, ``aigq/learner/efficient.py``): ``sync_state`` (W + B·A·alpha/r per layer) →
   safetensors blob → the vLLM worker's in-place ``reload_weights``; generation runs on plain weights.
-* **native**: ``peft`` ``save_pretrained`` of the adapter → a new ``LoRARequest`` (vLLM loads it on the next
-  generate); vLLM is started with ``enable_lora`` and applies A and B per token.
+* **native**: ``peft`` ``save_pretrained`` of the adapter → a new ``LoRARequest`` loaded by the engine's
+  ``add_lora`` (the previous one removed); vLLM is started with ``enable_lora`` and applies A and B per token.
 
 Per route: seconds per update (sync), sampled tokens/s (G = 8, temperature 1.0, top-k 100) and greedy output
 identical to transformers' forward of the same learner model (the exactness check; transformers runs the merged
@@ -128,8 +128,11 @@ def main() -> None:
         t0 = time.perf_counter()
         eff.peft_model.save_pretrained(str(tmp / f"v{v}"))
         lora = LoRARequest(f"policy-v{v}", v, str(tmp / f"v{v}"))
-        _tokens_per_s(eng.llm, prompts[:1], greedy, lora)  # the first generate with a new adapter loads it
+        eng.llm.llm_engine.add_lora(lora)  # load the new adapter now (else the next generate would)
+        if v > 1:
+            eng.llm.llm_engine.remove_lora(v - 1)
         syncs.append(time.perf_counter() - t0)
+    _tokens_per_s(eng.llm, prompts[:2], sample, lora)  # warm-up
     tps, _ = _tokens_per_s(eng.llm, prompts, sample, lora)
     _, g_out = _tokens_per_s(eng.llm, prompts[:8], greedy, lora)
     mib = sum(f.stat().st_size for f in (tmp / f"v{args.updates}").rglob("*") if f.is_file()) / 2**20
