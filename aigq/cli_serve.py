@@ -12,10 +12,11 @@ outlive the command, then deploys ``configs/serve.yaml`` with bearer-token authe
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 serve_cli = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -79,6 +80,27 @@ def up_stage(cfg, serve_yaml: Path, config: Path | None, overrides: list[str] | 
     D.deploy(sc)
     return {**D.wait_running([a["name"] for a in sc["applications"]], timeout_s=timeout_s),
             "auth token (admin)": auth.where}
+
+
+def _fail(message: str) -> NoReturn:
+    """One line (never wrapped, never read as markup): ``error: <message>``, then exit 1."""
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
+    raise typer.Exit(1)
+
+
+def _check_registry(D, spec: str, sc: dict[str, Any]) -> None:
+    """Before a rollout to ``spec`` (models:/…): the registry the deployed apps use must hold it (exit 1 if it
+    says it does not); a registry this machine cannot ask only gets a warning."""
+    uri = D.deployed_tracking_uri(sc)
+    if uri is None:
+        warning = f"could not check {spec}: the deployed apps' AIGQ config is not readable here"
+    else:
+        try:
+            warning = D.check_registry(spec, uri)
+        except D.RolloutError as exc:
+            _fail(str(exc))
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True, highlight=False)
 
 
 def _deployed_config() -> dict[str, Any]:
@@ -166,16 +188,35 @@ def register(app: typer.Typer, config_opt: Any, overrides_arg: Any, load: Any, t
                 think_policy: Annotated[str | None, typer.Option(help="Think policy (default: --policy).")] = None,
                 address: Address = None,
                 timeout: Annotated[float, typer.Option(help="Seconds to wait for RUNNING.")] = 300) -> None:
-        """Hot policy rollout: reconfigure the Direct generator and the Think app in place (no restart)."""
+        """Hot policy rollout: reconfigure the Direct generator and the Think app in place (no restart).
+
+        First checks: a folder needs config.json and a tokenizer file; a models:/ URI, its form and version.
+        A bad policy exits 1 and nothing is deployed.
+        One rollout at a time (lock <run.output_dir>/serve/rollout.lock): a second one exits 1 at once."""
         from aigq.serve_app import deploy as D
 
+        try:
+            pol = D.check_policy(policy)
+            tp = D.check_policy(think_policy) if think_policy else None
+        except D.RolloutError as exc:
+            _fail(str(exc))
         connect(address)
         sc = _deployed_config()
-        pol = policy if policy.startswith("models:/") else str(Path(policy).resolve())
-        tp = think_policy if not think_policy or think_policy.startswith("models:/") else str(Path(think_policy).resolve())
-        D.set_policy(sc, pol, tp)
-        D.deploy(sc)
-        console.print(table("rollout", D.wait_running([a["name"] for a in sc["applications"]], timeout_s=timeout)))
+        for spec in dict.fromkeys(s for s in (pol, tp) if s and s.startswith("models:")):
+            _check_registry(D, spec, sc)
+        try:
+            with D.rollout_lock(D.rollout_lock_path(sc), policy=pol):
+                sc = _deployed_config()  # as it is now, under the lock: no other rollout changes it meanwhile
+                D.set_policy(sc, pol, tp)
+                D.deploy(sc)
+                st = D.wait_running([a["name"] for a in sc["applications"]], timeout_s=timeout)
+        except typer.Exit:
+            raise
+        except (RuntimeError, TimeoutError) as exc:  # wait_running: deployed, but not RUNNING in time or failed
+            _fail(f"rollout of {pol}: {exc} (`aigq serve status` shows the applications)")
+        except (D.RolloutError, OSError, ValueError) as exc:  # busy, lock file not writable, config refused
+            _fail(str(exc))
+        console.print(table("rollout", st))
 
     app.add_typer(serve_cli, name="serve")
 

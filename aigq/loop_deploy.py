@@ -115,8 +115,9 @@ class ServeDeployment:
 
         D.set_policy(self.sc, str(Path(policy).resolve()), str(Path(think_policy).resolve()))
         D.set_user_config(self.sc, "hintq", "HintQ", ctr_model=str(Path(ctr_model).resolve()))
-        D.deploy(self.sc)  # first call: the apps start; later calls: in-place reconfigure
-        D.wait_running([a["name"] for a in self.sc["applications"]], timeout_s=self.timeout_s)
+        with D.rollout_lock(D.rollout_lock_path(self.sc), policy=str(policy)):  # never beside `aigq serve rollout`
+            D.deploy(self.sc)  # first call: the apps start; later calls: in-place reconfigure
+            D.wait_running([a["name"] for a in self.sc["applications"]], timeout_s=self.timeout_s)
         self.deployed = True
 
     def refresh_direct(self, users: list[int], chunk: int = 64) -> int:
