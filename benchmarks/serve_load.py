@@ -151,13 +151,15 @@ def malformed_report(res: dict) -> str:
                      for name, r in res.items() for ep, c in r["malformed"]["per_endpoint"].items())
 
 
-def wait_http(url: str, timeout: float = 120) -> None:
+def wait_http(url: str, timeout: float = 120, headers: dict[str, str] | None = None) -> None:
+    """Until ``POST url {"user_id": 1}`` answers 200 (``headers``: default this run's read token)."""
     import requests
 
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            if requests.post(url, json={"user_id": 1}, headers=AUTH, timeout=5).status_code == 200:
+            if requests.post(url, json={"user_id": 1}, headers=AUTH if headers is None else headers,
+                             timeout=5).status_code == 200:
                 return
         except requests.RequestException:
             pass
@@ -238,14 +240,8 @@ def row(res: dict, a) -> None:
     if a.no_append:
         return
     path = REPO / "benchmarks" / "RESULTS.md"
-    text = path.read_text()
     head = "## Serving: HintQ through Ray Serve vs a bare FastAPI app"
-    if head not in text:
-        text = text.rstrip("\n") + f"""
-
-{head}
-
-Command: `.venv/bin/python benchmarks/serve_load.py` (`make bench-serve`): {a.users} users in a SQLite (WAL) store
+    intro = f"""Command: `.venv/bin/python benchmarks/serve_load.py` (`make bench-serve`): {a.users} users in a SQLite (WAL) store
 (20 behaviours, 3 Direct runs of 10 queries, Think index on their latest behaviours), default-size CTR model with
 random weights; closed-loop load on 127.0.0.1 with {a.concurrency} concurrent clients for {a.seconds:.0f} s after a
 {a.warmup:.0f} s warm-up, both servers in the same run on the same 2-core machine (the load generator shares it);
@@ -255,7 +251,29 @@ body, duplicate keys, …) to each. Latency in ms.
 | date / commit | server | p50 ms | p99 ms | QPS | status codes under load | malformed: 4xx / 5xx |
 |---|---|---|---|---|---|---|
 """
-    path.write_text(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+    path.write_text(append_rows(path.read_text(), head, intro, lines))
+
+
+def append_rows(text: str, head: str, intro: str, rows: list[str]) -> str:
+    """``text`` (RESULTS.md) with ``rows`` after the last row of the first table under the heading line ``head``
+    (so rows land in their own section, whatever sections follow it); without that heading, a new section at the
+    end: ``head``, ``intro`` (which ends with the table's header lines), ``rows``. Pure."""
+    lines = text.split("\n")
+    at = next((i for i, ln in enumerate(lines) if ln.strip() == head), None)
+    if at is None:
+        return "\n\n".join([text.rstrip("\n"), head, intro.rstrip("\n")]) + "\n" + "\n".join(rows) + "\n"
+    end = next((i for i in range(at + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    table = [i for i in range(at + 1, end) if lines[i].startswith("|")]
+    if table:
+        last = table[0]
+        while last + 1 < end and lines[last + 1].startswith("|"):
+            last += 1
+        pos = last + 1
+    else:  # a section without a table: at its end, before the blank lines that end it
+        pos = end
+        while pos > at + 1 and not lines[pos - 1].strip():
+            pos -= 1
+    return "\n".join(lines[:pos] + rows + lines[pos:])
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ expire."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import time
@@ -16,9 +17,22 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from serve_helpers import ADMIN_TOKEN, READ_TOKEN, WRITE_TOKEN
 
 REPO = Path(__file__).resolve().parents[1]
-MAX_EVENTS = 5
+
+
+def _benchmark(name: str):
+    """A script of benchmarks/ as a module (the folder is no package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# the malformed request set on every endpoint, shared with benchmarks/serve_fuzz.py (which sends it through Serve)
+sf = _benchmark("serve_fuzz")
+MAX_EVENTS = sf.MAX_EVENTS
 
 
 @pytest.fixture
@@ -327,124 +341,21 @@ def test_store_calls_never_block_the_event_loop(apps):
 
 # ---------------------------------------------------------------- item 7: malformed requests on every endpoint
 
-J = {"content-type": "application/json"}
-BIG = 2**63
+J = sf.J
+BIG = sf.BIG
+SCOPED = {"admin": ADMIN_TOKEN, "read": READ_TOKEN, "write": WRITE_TOKEN}
 
 
-def _j(obj) -> bytes:
-    return json.dumps(obj).encode()
-
-
-def _malformed_requests(now: float) -> list[tuple[str, str, str, str, bytes | None, dict, int | None]]:
-    """(name, app, method, path, body, headers, expected status or None for any 4xx) on every endpoint."""
-    ev = {"user_id": 1, "type": "search", "content": "lamp"}
-    out: list = []
-    # bodies that are wrong for every JSON endpoint, whatever its model
-    for app, path, good in (("hintq", "/hintq/", {"user_id": 7}), ("hintq", "/hintq", {"user_id": 7}),
-                            ("direct", "/direct/events", {"events": [ev]}),
-                            ("think", "/think/lookup", {"triggers": ["lamp"]}),
-                            ("think", "/think/generate", {"user_id": 7})):
-        raw = _j(good)
-        out += [
-            (f"{path} missing body", app, "POST", path, None, {}, 400),
-            (f"{path} blank body", app, "POST", path, b"  \n", J, 400),
-            (f"{path} JSON array", app, "POST", path, b"[" + raw + b"]", J, 422),
-            (f"{path} JSON string", app, "POST", path, b'"user_id"', J, 422),
-            (f"{path} JSON null", app, "POST", path, b"null", J, 422),
-            (f"{path} JSON number", app, "POST", path, b"7", J, 422),
-            (f"{path} truncated", app, "POST", path, raw[:-1], J, 400),
-            (f"{path} Content-Length too small", app, "POST", path, raw, {**J, "content-length": "3"}, 400),
-            (f"{path} Content-Length too large", app, "POST", path, raw,
-             {**J, "content-length": str(len(raw) + 10)}, 400),
-            (f"{path} Content-Length non-numeric", app, "POST", path, raw, {**J, "content-length": "ten"}, 400),
-            (f"{path} Content-Length negative", app, "POST", path, raw, {**J, "content-length": "-1"}, 400),
-            (f"{path} Content-Length superscript digit", app, "POST", path, raw, {**J, "content-length": b"\xb2"},
-             400),
-            (f"{path} Content-Length 5000 digits", app, "POST", path, raw, {**J, "content-length": "9" * 5000}, 413),
-            (f"{path} unknown field", app, "POST", path, _j({**good, "zzz": 1}), J, 422),
-        ]
-    # duplicate keys: rejected (400), not "last wins" — at the top level and nested
-    out += [
-        ("hintq duplicate user_id", "hintq", "POST", "/hintq/", b'{"user_id": 7, "user_id": 8}', J, 400),
-        ("hintq duplicate k", "hintq", "POST", "/hintq/", b'{"user_id": 7, "k": 1, "k": 3}', J, 400),
-        ("events duplicate key in an event", "direct", "POST", "/direct/events",
-         b'{"events": [{"user_id": 1, "user_id": 2, "type": "search", "content": "x"}]}', J, 400),
-        ("events duplicate events", "direct", "POST", "/direct/events",
-         b'{"events": [], "events": [{"user_id": 1, "type": "search", "content": "x"}]}', J, 400),
-        ("lookup duplicate triggers", "think", "POST", "/think/lookup", b'{"triggers": ["a"], "triggers": ["b"]}',
-         J, 400),
-        ("generate duplicate user_id", "think", "POST", "/think/generate", b'{"user_id": 1, "user_id": 2}', J, 400),
-    ]
-    # user ids, in every body that has one
-    bad_ids = [("bool", True), ("float", 7.0), ("2^63", BIG), ("negative", -1), ("string", "7"), ("null", None),
-               ("huge", 10**30), ("object", {"id": 7})]
-    for label, uid in bad_ids:
-        out += [(f"hintq user id {label}", "hintq", "POST", "/hintq/", _j({"user_id": uid}), J, 422),
-                (f"generate user id {label}", "think", "POST", "/think/generate", _j({"user_id": uid}), J, 422),
-                (f"events user id {label}", "direct", "POST", "/direct/events",
-                 _j({"events": [{**ev, "user_id": uid}]}), J, 422)]
-    # k on /hintq and /think/lookup
-    for label, k in [("0", 0), ("true", True), ("false", False), ("null", None), ("-1", -1), ("huge", 10**30),
-                     ("2^63", BIG), ("float", 3.0), ("string", "3"), ("over the limit", 101)]:
-        out += [(f"hintq k {label}", "hintq", "POST", "/hintq/", _j({"user_id": 7, "k": k}), J, 422),
-                (f"lookup k {label}", "think", "POST", "/think/lookup", _j({"triggers": ["lamp"], "k": k}), J, 422)]
-    out += [("hintq k 11", "hintq", "POST", "/hintq/", _j({"user_id": 7, "k": 11}), J, 422),
-            ("hintq k Infinity", "hintq", "POST", "/hintq/", b'{"user_id": 7, "k": Infinity}', J, 422),
-            ("hintq user id NaN", "hintq", "POST", "/hintq/", b'{"user_id": NaN}', J, 422)]
-    # /think/lookup over its limits
-    out += [
-        ("lookup 101 triggers", "think", "POST", "/think/lookup", _j({"triggers": [f"t{i}" for i in range(101)]}),
-         J, 422),
-        ("lookup 5000 triggers", "think", "POST", "/think/lookup", _j({"triggers": ["t"] * 5000}), J, 422),
-        ("lookup trigger too long", "think", "POST", "/think/lookup", _j({"triggers": ["x" * 513]}), J, 422),
-        ("lookup trigger blank", "think", "POST", "/think/lookup", _j({"triggers": ["   "]}), J, 422),
-        ("lookup trigger prefix only", "think", "POST", "/think/lookup", _j({"triggers": ["q:"]}), J, 422),
-        ("lookup trigger prefix and blanks", "think", "POST", "/think/lookup", _j({"triggers": ["i:   "]}), J, 422),
-        ("lookup no triggers", "think", "POST", "/think/lookup", _j({"triggers": []}), J, 422),
-        ("lookup triggers a string", "think", "POST", "/think/lookup", _j({"triggers": "lamp"}), J, 422),
-        ("lookup trigger a number", "think", "POST", "/think/lookup", _j({"triggers": [7]}), J, 422),
-        ("lookup body too large", "think", "POST", "/think/lookup", _j({"triggers": ["x" * 500] * 200}), J, 413),
-    ]
-    # /direct/events: ts, content, categories, event counts (the item-4 bodies are in _bad_event_bodies)
-    for label, raw in [("ts Infinity", b"Infinity"), ("ts -Infinity", b"-Infinity"), ("ts 1e20", b"1e20"),
-                       ("ts far future", str(now + 30 * 86400).encode()), ("ts year 9999", b"253402214400")]:
-        body = b'{"events": [{"user_id": 1, "type": "click", "content": "x", "ts": ' + raw + b"}]}"
-        out.append((f"events {label}", "direct", "POST", "/direct/events", body, J, 422))
-    out += [
-        ("events content too long", "direct", "POST", "/direct/events",
-         _j({"events": [{**ev, "content": "x" * 5000}]}), J, 422),
-        ("events category too long", "direct", "POST", "/direct/events",
-         _j({"events": [{**ev, "type": "click", "category": "c" * 5000}]}), J, 422),
-        ("events thousands of categories in one event", "direct", "POST", "/direct/events",
-         _j({"events": [{**ev, "type": "click", "category": [f"c{i}" for i in range(3000)]}]}), J, None),
-        ("events thousands of categories, one per event", "direct", "POST", "/direct/events",
-         _j({"events": [{**ev, "type": "click", "category": f"c{i}"} for i in range(3000)]}), J, 413),
-        ("events one over max_events_per_request", "direct", "POST", "/direct/events",
-         _j({"events": [{**ev, "content": f"lamp {i}"} for i in range(MAX_EVENTS + 1)]}), J, 413),
-        ("events not a list", "direct", "POST", "/direct/events", _j({"events": ev}), J, 422),
-        ("events an event that is a list", "direct", "POST", "/direct/events", _j({"events": [[1, "search"]]}), J,
-         422),
-    ]
-    # path ids and paths
-    for label, path in [("negative", "-1"), ("2^63", str(BIG)), ("20 digits", "9" * 20), ("5000 digits", "9" * 5000),
-                        ("float", "1.5"), ("bool", "true"), ("string", "alice"), ("dot-dot", "%2e%2e"),
-                        ("plus sign", "+1"), ("blank", "%201"), ("underscore", "1_000"), ("hex", "0x10"),
-                        ("arabic digit", "%D9%A3"), ("dot-dot slash", "..%2Fstatus"),
-                        ("dot-dot slash twice", "..%2F..%2F..%2Fhintq"), ("extra segment", "1/2")]:
-        out.append((f"cache id {label}", "direct", "GET", f"/direct/cache/{path}", None, {}, None))
-    for app in ("direct", "hintq", "think"):
-        out += [(f"{app} status extra segment", app, "GET", f"/{app}/status/..%2F..%2Fdirect%2Fcache%2F1", None, {},
-                 404),
-                (f"{app} status POST", app, "POST", f"/{app}/status", b"{}", J, 405),
-                (f"{app} unknown path", app, "GET", f"/{app}/..%2Fetc%2Fpasswd", None, {}, 404)]
-    return out
-
-
-def test_malformed_requests_on_every_endpoint_get_4xx_with_message(apps):
-    clients = {name: apps.client(name) for name in ("direct", "hintq", "think")}
+@pytest.mark.parametrize("tokens", [dict.fromkeys(SCOPED, ADMIN_TOKEN), SCOPED],
+                         ids=["admin token", "each scope's token (as serve_fuzz sends)"])
+def test_malformed_requests_on_every_endpoint_get_4xx_with_message(apps, tokens):
+    """benchmarks/serve_fuzz.py's set, with the bearer token it sends (``request_headers``: the scope's token, the
+    case's own Authorization header in the authentication cases): each gets the 4xx it names, with a message."""
+    clients = {name: apps.client(name, token=None) for name in ("direct", "hintq", "think")}
     bad = []
-    for name, app, method, path, body, headers, want in _malformed_requests(time.time()):
-        r = clients[app].request(method, path, content=body, headers=headers)
+    for name, app, method, path, body, headers, want in sf.malformed_requests(time.time()):
+        r = clients[app].request(method, path, content=body,
+                                 headers=sf.request_headers(app, method, path, headers, tokens))
         try:
             err = r.json()["error"]
         except (ValueError, KeyError, TypeError):
@@ -493,11 +404,7 @@ def test_valid_requests_at_the_bounds_still_pass(apps):
 
 def test_serve_load_counts_malformed_answers_per_endpoint(apps):
     """benchmarks/serve_load.py's malformed phase: its counting, and every body it sends gets a 4xx in process."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("serve_load", REPO / "benchmarks" / "serve_load.py")
-    sl = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sl)
+    sl = _benchmark("serve_load")
     got = sl.count_statuses([("POST /hintq", 422), ("POST /hintq", 400), ("POST /hintq", 500),
                              ("POST /direct/events", 413), ("POST /direct/events", 202), ("GET /x", 307)])
     zero = dict.fromkeys(("2xx", "4xx", "5xx", "other"), 0)
@@ -509,3 +416,145 @@ def test_serve_load_counts_malformed_answers_per_endpoint(apps):
     h = apps.client("hintq")
     answers = [("POST /hintq", h.post("/hintq", content=body, headers=J).status_code) for body in sl.MALFORMED]
     assert sl.count_statuses(answers)["all"]["4xx"] == len(sl.MALFORMED), answers
+
+
+# ---------------------------------------------------------------- benchmarks/serve_fuzz.py: coverage and counting
+
+
+def test_fuzz_set_covers_every_route_of_the_three_apps():
+    """Every route the apps declare (their FastAPI objects, under configs/serve.yaml's prefixes) has malformed cases
+    with its own method and a valid control: a new endpoint without fuzz cases fails here."""
+    routes = sf.app_routes()
+    assert {("POST", "/hintq"), ("GET", "/hintq/status"), ("POST", "/direct/events"),
+            ("GET", "/direct/cache/{user_id}"), ("POST", "/think/lookup"), ("POST", "/think/generate"),
+            ("GET", "/think/healthz")} <= set(routes), routes
+    cases = sf.malformed_requests(time.time())
+    assert all(path.startswith(f"/{app}/") or path == f"/{app}" for _, app, _, path, *_ in cases)
+    open_paths = sf.open_routes(routes)
+    assert open_paths == ["/direct/healthz", "/hintq/healthz", "/think/healthz"]
+    assert sf.uncovered(routes, cases, open_paths) == []
+    # the open health checks take no input: a request on their path with another method (a 405) is their case
+    assert sf.uncovered(routes, cases) == ["GET /direct/healthz", "GET /hintq/healthz", "GET /think/healthz"]
+    assert sf.uncovered(routes, sf.valid_requests()) == []
+    new = [("POST", "/think/explain"), ("GET", "/direct/runs/{run_id}")]
+    assert sf.uncovered([*routes, *new], cases, open_paths) == ["POST /think/explain", "GET /direct/runs/{run_id}"]
+
+
+def test_fuzz_counts_a_path_under_its_route_template():
+    routes = [("POST", "/hintq"), ("GET", "/hintq/status"), ("POST", "/direct/events"),
+              ("GET", "/direct/cache/{user_id}"), ("GET", "/direct/status")]
+
+    def ep(method, path):
+        return sf.endpoint(method, path, routes)
+
+    assert ep("POST", "/hintq") == ep("POST", "/hintq/") == "POST /hintq"
+    assert ep("POST", "/direct/events/") == "POST /direct/events"
+    for p in ("/direct/cache/7", "/direct/cache/" + "9" * 5000, "/direct/cache/..%2Fstatus", "/direct/cache/1/2",
+              "/direct/cache/%2e%2e", "/direct/cache/7?verbose=1"):
+        assert ep("GET", p) == "GET /direct/cache/{user_id}", p
+    assert ep("GET", "/direct/cache/") == "GET /direct/*"  # no id: not the route
+    assert ep("GET", "/direct/status/..%2F..%2Fdirect%2Fcache%2F1") == "GET /direct/*"
+    assert ep("GET", "/hintq/..%2Fetc%2Fpasswd") == "GET /hintq/*"
+    assert ep("POST", "/hintq/status") == "POST /hintq/status"  # a wrong method counts under its own key
+
+    def case(method, path):
+        return ("name", "app", method, path, None, {}, None)
+
+    answers = [(case("GET", "/direct/cache/1"), 200, ""), (case("GET", "/direct/cache/x"), 422, ""),
+               (case("GET", "/direct/cache/1/2"), 404, ""), (case("POST", "/hintq/"), 500, ""),
+               (case("POST", "/hintq"), None, "no end of answer in 45 s"), (case("GET", "/hintq/nope"), 404, "")]
+    got = sf.tally(answers, routes)
+    zero = dict.fromkeys(("2xx", "4xx", "5xx", "other"), 0)
+    assert got == {"all": {"2xx": 1, "4xx": 3, "5xx": 1, "other": 1},
+                   "GET /direct/cache/{user_id}": {**zero, "2xx": 1, "4xx": 2},
+                   "GET /hintq/*": {**zero, "4xx": 1}, "POST /hintq": {**zero, "5xx": 1, "other": 1}}
+    assert list(got) == ["all", "GET /direct/cache/{user_id}", "GET /hintq/*", "POST /hintq"]
+    off = sf.off_expectation([(("a", "hintq", "POST", "/hintq", None, {}, 400), 408, "timed out"),
+                              (("b", "hintq", "POST", "/hintq", None, {}, None), 422, ""),
+                              (("c", "hintq", "POST", "/hintq", None, {}, None), None, "reset")])
+    assert len(off) == 2 and "a (POST /hintq): 408 (in process: 400)" in off[0] and "c (" in off[1], off
+
+
+def test_fuzz_sends_each_endpoint_the_token_of_its_scope():
+    tokens = {"admin": "A", "read": "R", "write": "W"}
+
+    def auth(app, method, path, headers=None):
+        return sf.request_headers(app, method, path, headers or {}, tokens).get("Authorization")
+
+    assert auth("hintq", "POST", "/hintq") == auth("hintq", "POST", "/hintq/") == "Bearer R"
+    assert auth("direct", "POST", "/direct/events") == auth("direct", "POST", "/direct/events/") == "Bearer W"
+    for app, method, path in [("hintq", "GET", "/hintq/status"), ("direct", "GET", "/direct/cache/7"),
+                              ("direct", "GET", "/direct/cache/..%2Fstatus"), ("think", "POST", "/think/lookup"),
+                              ("think", "POST", "/think/generate"), ("hintq", "POST", "/hintq/status")]:
+        assert auth(app, method, path) == "Bearer A", path
+    assert auth("think", "GET", "/think/healthz") is None  # open
+    assert sf.request_headers("hintq", "POST", "/hintq", {"authorization": "Basic x"}, tokens) == \
+        {"authorization": "Basic x"}  # an authentication case keeps its own header
+
+
+def test_fuzz_raw_requests_go_out_byte_for_byte():
+    data = sf.raw_request("POST", "/hintq/", b'{"user_id": 7}',
+                          {**J, "content-length": b"\xb2", "Authorization": "Bearer t"}, "127.0.0.1:8000")
+    assert data == (b"POST /hintq/ HTTP/1.1\r\nhost: 127.0.0.1:8000\r\ncontent-type: application/json\r\n"
+                    b"content-length: \xb2\r\nAuthorization: Bearer t\r\nconnection: close\r\n\r\n"
+                    b'{"user_id": 7}')
+    assert b"\r\ncontent-length: 0\r\n" in sf.raw_request("POST", "/hintq", None, {}, "h")  # as httpx sends
+    assert b"content-length" not in sf.raw_request("GET", "/direct/cache/..%2Fstatus", None, {}, "h")
+    assert sf.raw_request("GET", "/direct/cache/..%2Fstatus", None, {}, "h").startswith(
+        b"GET /direct/cache/..%2Fstatus HTTP/1.1\r\n")
+    assert sf.parse_status(b"HTTP/1.1 422 Unprocessable Entity\r\ncontent-length: 2\r\n\r\n{}") == 422
+    assert [sf.parse_status(x) for x in (b"", b"garbage", b"HTTP/1.1 4220 x\r\n", b"HTTP/1.1 abc\r\n")] == [None] * 4
+    chunked = b"HTTP/1.1 408 Request Timeout\r\nTransfer-Encoding: chunked\r\n\r\n7\r\ntimed o\r\n3\r\nut.\r\n0\r\n\r\n"
+    assert sf.response_body(chunked) == b"timed out."
+
+
+def test_fuzz_reads_an_answer_sent_before_the_body_was_read():
+    """A server may answer 413 and close before reading a large body: the client still gets the status."""
+    import asyncio
+    import socket
+
+    async def run():
+        a, b = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=a)
+        peer_reader, peer_writer = await asyncio.open_connection(sock=b)
+
+        async def peer():
+            await peer_reader.readuntil(b"\r\n\r\n")
+            peer_writer.write(b'HTTP/1.1 413 Content Too Large\r\ncontent-length: 13\r\n\r\n{"error": "x"}')
+            await peer_writer.drain()
+            peer_writer.close()
+
+        task = asyncio.create_task(peer())
+        data = sf.raw_request("POST", "/think/lookup", b"x" * 4_000_000, J, "h")
+        out = await sf.exchange(reader, writer, data, 10)
+        await task
+        a2, b2 = socket.socketpair()
+        r2, w2 = await asyncio.open_connection(sock=a2)
+        b2.close()  # a peer that closes without an answer
+        return out, await sf.exchange(r2, w2, b"GET / HTTP/1.1\r\n\r\n", 10)
+
+    (status, shown), (none, why) = asyncio.run(run())
+    assert status == 413 and shown.startswith('{"error"'), (status, shown)
+    assert none is None and why, why
+
+
+def test_fuzz_valid_controls_answer_2xx_in_process(apps):
+    apps.ctx.records.write_fallback([("sofa", 1.0), ("area rug", 0.5), ("desk lamp", 0.4)], {})
+    apps.think.holder = SimpleNamespace(current=SimpleNamespace(version="stub"), loads=1,  # answers at once
+                                        generate=lambda prompts, n: ([SimpleNamespace(text="")], "stub"))
+    clients = {name: apps.client(name, token=None) for name in ("direct", "hintq", "think")}
+    for name, app, method, path, body, headers, want in sf.valid_requests():
+        r = clients[app].request(method, path, content=body,
+                                 headers=sf.request_headers(app, method, path, headers, SCOPED))
+        assert r.status_code == want, (name, r.status_code, r.text[:300])
+    assert apps.generated == []  # the events control starts no Direct generation
+
+
+def test_results_rows_land_in_their_own_section():
+    sl = _benchmark("serve_load")
+    text = "# R\n\n## A\n\nintro\n\n| h |\n|---|\n| a1 |\n\nprose about A\n\n## B\n\n| h |\n|---|\n| b1 |\n"
+    assert sl.append_rows(text, "## A", "unused", ["| a2 |"]) == \
+        "# R\n\n## A\n\nintro\n\n| h |\n|---|\n| a1 |\n| a2 |\n\nprose about A\n\n## B\n\n| h |\n|---|\n| b1 |\n"
+    assert sl.append_rows(text, "## B", "unused", ["| b2 |"]) == text + "| b2 |\n"
+    assert sl.append_rows(text, "## C", "what C is\n\n| h |\n|---|\n", ["| c1 |"]) == \
+        text + "\n## C\n\nwhat C is\n\n| h |\n|---|\n| c1 |\n"
