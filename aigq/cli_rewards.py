@@ -14,7 +14,8 @@ console = Console()
 
 
 def ctr_root(cfg: AIGQConfig) -> Path:
-    return Path(cfg.ctr.dir) if cfg.ctr.dir else Path(cfg.run.output_dir) / "ctr"
+    """``cfg.ctr_root()`` (kept for callers of the CLI module; library code uses the config's method)."""
+    return cfg.ctr_root()
 
 
 def train_ctr_stage(cfg: AIGQConfig, tracker: Tracker, day: int, world: Path | None = None, cold: bool = False,

@@ -241,7 +241,6 @@ def register(app: typer.Typer, config_opt: Any, overrides_arg: Any, load: Any, t
 
 def think_index_stage(cfg, tracker, day: int, world: Path | None = None, policy: str | None = None,
                       sync_users: bool = True, allow_missing_policy: bool = False) -> dict[str, Any]:
-    from aigq.cli_rewards import ctr_root
     from aigq.rewards.ctr_train import model_dir
     from aigq.serve_app.hintq import latest_ctr_model
     from aigq.serve_app.policy import resolve_policy
@@ -254,8 +253,8 @@ def think_index_stage(cfg, tracker, day: int, world: Path | None = None, policy:
         if not allow_missing_policy:
             raise
         folder = None
-    ctr = model_dir(ctr_root(cfg), day)
-    ctr = ctr if (ctr / "model.json").is_file() else latest_ctr_model(Path(ctr_root(cfg)))
+    ctr = model_dir(cfg.ctr_root(), day)
+    ctr = ctr if (ctr / "model.json").is_file() else latest_ctr_model(Path(cfg.ctr_root()))
     with tracker.run("think-index", cfg, tags={"aigq.day": str(day)}):
         with console.status(f"Think over day {day}'s triggers"):
             out = run_think_index(cfg, day, ctx.records, folder, world, ctr, sync_users,

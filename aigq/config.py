@@ -684,6 +684,10 @@ class AIGQConfig(_Section):
     def samples_dir(self) -> Path:
         return Path(self.run.output_dir) / "samples"
 
+    def ctr_root(self) -> Path:
+        """The CTR models' folder (``ctr.dir``, else ``<run.output_dir>/ctr``): one ``day-T`` folder per model."""
+        return Path(self.ctr.dir) if self.ctr.dir else Path(self.run.output_dir) / "ctr"
+
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree

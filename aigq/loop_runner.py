@@ -141,10 +141,10 @@ def _direct_samples(cfg: AIGQConfig) -> int:
 def bootstrap_ctr(cfg: AIGQConfig, tracker: Tracker, source_world: Path, start: int, root: Path,
                   say: Say) -> tuple[Path, bool]:
     """φ at the start (module docstring) → (folder of φ_start or φ_{start−1}, whether it is φ_start)."""
-    from aigq.cli_rewards import ctr_root, train_ctr_stage
+    from aigq.cli_rewards import train_ctr_stage
     from aigq.rewards.ctr_train import model_dir
 
-    src, own = ctr_root(cfg), model_dir(root / "ctr", start)
+    src, own = cfg.ctr_root(), model_dir(root / "ctr", start)
     if (own / "model.json").is_file():  # an earlier loop's cold start in this folder, same world
         say(f"CTR model at the start: {own} (an earlier loop's cold start)")
         return own, True

@@ -34,7 +34,6 @@ def grpo_dir(cfg: AIGQConfig) -> Path:
 
 def _inputs(cfg: AIGQConfig, samples_dir: Path) -> dict[str, Any]:
     """Fail fast on anything missing: start policy, CTR model, samples. Returns paths and prompt sets."""
-    from aigq.cli_rewards import ctr_root
     from aigq.learner import data as D
     from aigq.learner.checkpoint import latest_checkpoint, read_checkpoint
 
@@ -46,9 +45,9 @@ def _inputs(cfg: AIGQConfig, samples_dir: Path) -> dict[str, Any]:
     policy = Path(g.init_policy) if g.init_policy else Path(cfg.run.output_dir) / "sft" / "policy"
     if resume is None and not (policy / "config.json").is_file():
         raise FileNotFoundError(f"no start policy at {policy}: run `aigq sft` first or set grpo.init_policy")
-    days = sorted(ctr_root(cfg).glob("day-*")) if ctr_root(cfg).is_dir() else []
+    days = sorted(cfg.ctr_root().glob("day-*")) if cfg.ctr_root().is_dir() else []
     if not days:
-        raise FileNotFoundError(f"no CTR model under {ctr_root(cfg)}: run `aigq train-ctr --day T` first")
+        raise FileNotFoundError(f"no CTR model under {cfg.ctr_root()}: run `aigq train-ctr --day T` first")
     df = D.read_samples(Path(samples_dir) / f"{g.variant}.parquet")
     train, held = D.split_eval(df, cfg.sft.eval_days)
     if train.height == 0 or held.height == 0:

@@ -84,14 +84,12 @@ def ab_dir(cfg: AIGQConfig) -> Path:
 
 def ranker_model(cfg: AIGQConfig, last_train_day: int) -> Path:
     """The CTR model HintQ would rank the test days with: ``ab.ctr_model`` or the newest day ≤ the last train day."""
-    from aigq.cli_rewards import ctr_root
-
     if cfg.ab.ctr_model:
         p = Path(cfg.ab.ctr_model)
         if not (p / "model.json").is_file():
             raise FileNotFoundError(f"ab.ctr_model={p} is not a CTR model folder (no model.json)")
         return p
-    root = ctr_root(cfg)
+    root = cfg.ctr_root()
     days = sorted(p for p in root.glob("day-*") if (p / "model.json").is_file()
                   and int(p.name[4:]) <= last_train_day) if root.is_dir() else []
     if not days:

@@ -103,11 +103,10 @@ def last_train_day(cfg: AIGQConfig) -> int:
 
 def ctr_dir(cfg: AIGQConfig) -> Path:
     """``<variants_dir>/_ctr/day-T`` linked to the main CTR root's day-T (T = eval.ctr_day or the last train day)."""
-    from aigq.cli_rewards import ctr_root
     from aigq.rewards.ctr_train import model_dir
 
     day = cfg.eval.ctr_day or last_train_day(cfg)
-    src = model_dir(ctr_root(cfg), day)
+    src = model_dir(cfg.ctr_root(), day)
     if not src.is_dir():
         raise FileNotFoundError(f"no CTR model {src}: run `aigq train-ctr --day {day}` first")
     root = variants_dir(cfg) / "_ctr"

@@ -120,10 +120,9 @@ class HintQCore:
 
 
 def load_scorer(ctx: AppContext, folder: str | None):
-    from aigq.cli_rewards import ctr_root
     from aigq.rewards.ctr import CTRScorer
 
-    path = ctx.path(folder) if folder else latest_ctr_model(ctx.path(ctr_root(ctx.cfg)))
+    path = ctx.path(folder) if folder else latest_ctr_model(ctx.path(ctx.cfg.ctr_root()))
     return (CTRScorer.load(path), str(path)) if path is not None else (None, None)
 
 
