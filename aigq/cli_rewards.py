@@ -61,9 +61,10 @@ def train_ctr_stage(cfg: AIGQConfig, tracker: Tracker, day: int, world: Path | N
             metrics.update(oracle_spearman(world, validated.tables, start, res.eval_days, scorer, scorer.cfg))
         tracker.metrics({k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)})
         tracker.artifact(res.folder / "model.json", "ctr")
-        if (res.folder / "success.parquet").is_file():
-            tracker.artifact(res.folder / "success.parquet", "ctr")
-        if cfg.ctr.log_model:
+        for side in ("success.parquet", "categories.parquet", "category_parents.parquet"):  # what CTRScorer.load reads
+            if (res.folder / side).is_file():
+                tracker.artifact(res.folder / side, "ctr")
+        if cfg.ctr.log_model:  # then runs:/<run id>/ctr is a whole model (serve.ctr_model can name it)
             tracker.artifact(res.folder / "model.safetensors", "ctr")
     return {"folder": str(res.folder), "objective": objective, "train_days": res.train_days,
             "eval_days": res.eval_days, "warm_start": str(res.warm_start) if res.warm_start else None, **metrics}

@@ -541,7 +541,9 @@ class ServeConfig(_Section):
     recall_per_channel: int = Field(20, ge=1)  # candidates taken from each channel ([GAP], ours)
     blocklist: list[str] = []  # case-insensitive terms; a query containing one as a word sequence is never shown
     max_body_bytes: int = Field(64 * 1024, ge=256)  # larger request bodies → 413
-    ctr_model: str | None = None  # CTR model folder; None → the newest day-T folder under the CTR root
+    # CTR model folder or runs:/<train-ctr run id>/ctr (its logged artefacts: no shared filesystem needed); None →
+    # the newest day-T folder under the CTR root
+    ctr_model: str | None = None
     batch_max_size: int = Field(16, ge=1)  # @serve.batch of CTR scoring / Direct generation ([GAP], ours)
     batch_wait_s: float = Field(0.005, ge=0)  # ([GAP], ours)
     clock: Literal["world", "wall"] = "world"  # world: "today" is the day after the last indexed day (replays)

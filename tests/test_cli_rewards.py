@@ -38,6 +38,29 @@ def test_train_ctr_cold_then_warm_logs_to_mlflow(tmp_path, monkeypatch):
 
     assert runner.invoke(app, ["train-ctr", "--day", "9", *base]).exit_code == 1  # outside the world: clear error
 
+    # no shared filesystem (issue 19 item 11): HintQ's ranker loads runs:/<id>/ctr once the local folder is gone
+    import shutil
+    from types import SimpleNamespace
+
+    import pytest
+
+    from aigq.rewards.context import UserContext
+    from aigq.rewards.ctr import CTRScorer
+    from aigq.serve_app.hintq import load_scorer
+
+    day7 = tmp_path / "out/ctr/day-007"
+    ctx = UserContext({"gender": "F"}, [(0, "search", "oak desk")])
+    want = CTRScorer.load(day7).score_one(ctx, ["desk lamp", "rug"])
+    run_id = runs.sort_values("start_time")["run_id"].iloc[-1]
+    shutil.rmtree(tmp_path / "out/ctr")
+    app_ctx = SimpleNamespace(tracking_uri=lambda: f"sqlite:///{tmp_path / 'ml' / 'mlflow.db'}",
+                              path=lambda p: tmp_path / p, cfg=None)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the download cache (~/.cache/aigq/ctr) starts empty
+    scorer, where = load_scorer(app_ctx, f"runs:/{run_id}/ctr")
+    assert scorer.score_one(ctx, ["desk lamp", "rug"]) == pytest.approx(want) and str(tmp_path / "home") in where
+    with pytest.raises(FileNotFoundError, match="nothing to download"):
+        load_scorer(app_ctx, f"runs:/{run_id}/nothing")
+
 
 def test_train_ctr_on_a_search_only_world_learns_the_next_search(tmp_path, monkeypatch):
     """No HintQ exposure log: `train-ctr` resolves ctr.objective=auto to next_search, the model is scorable, and the

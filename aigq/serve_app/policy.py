@@ -42,8 +42,26 @@ def resolve_policy(spec: str, tracking_uri: str | None = None, cache_dir: str | 
     return folder, f"{folder.name}@{weights_digest(folder)}"
 
 
-def _download(uri: str, dst: Path) -> None:
-    """Download ``uri`` into a temporary sibling of ``dst``, mark it complete, swap it in whole."""
+def resolve_ctr_model(spec: str, tracking_uri: str | None = None, cache_dir: str | Path | None = None) -> Path:
+    """A CTR model for HintQ's ranker: a folder, or ``runs:/<run id>/ctr`` — the artefacts an ``aigq train-ctr`` run
+    logged (``ctr.log_model``), downloaded once into ``cache_dir`` (default ``~/.cache/aigq/ctr``), so a replica on a
+    node without the driver's folders still loads it (issue 19 item 11)."""
+    if not spec.startswith("runs:/"):
+        return Path(spec).expanduser()
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    key = spec[len("runs:/"):].strip("/").replace("/", "@")
+    dst = Path(cache_dir or Path.home() / ".cache" / "aigq" / "ctr") / key
+    if not (dst / DOWNLOADED).is_file():
+        _download(spec, dst, need="model.json")
+    return dst
+
+
+def _download(uri: str, dst: Path, need: str = "config.json") -> None:
+    """Download ``uri`` into a temporary sibling of ``dst``, check it holds ``need``, mark it complete, swap it in
+    whole."""
     import mlflow
 
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -51,10 +69,14 @@ def _download(uri: str, dst: Path) -> None:
     remove(tmp)
     tmp.mkdir()
     try:
-        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
-        src = tmp if (tmp / "config.json").is_file() else got
-        if not (src / "config.json").is_file():
-            raise FileNotFoundError(f"{uri} is not a model folder (no config.json)")
+        try:
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
+        except mlflow.exceptions.MlflowException as exc:  # no such run / artefact path: a missing model, said so
+            raise FileNotFoundError(f"{uri}: nothing to download ({str(exc).splitlines()[0]})") from None
+        src = tmp if (tmp / need).is_file() else got
+        if not (src / need).is_file():
+            raise FileNotFoundError(f"{uri} is not a {'model' if need == 'config.json' else 'CTR model'} folder "
+                                    f"(no {need})")
         (src / DOWNLOADED).write_text(uri)
         swap_in(src, dst)
     finally:
