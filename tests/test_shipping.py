@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_grpo_loop import _kill_process
 from tiny_policy import SCFG, build_policy, samples_frame, write_samples
 
 from aigq.actors import shipping as S
@@ -210,23 +211,6 @@ def test_lora_learner_checkpoints_and_resumes_without_the_start_folder(tmp_path)
         group.shutdown()
         for folder in (policy, ckpt.path):
             _forget(S.ship(folder))
-
-
-def _kill_process(actor) -> None:
-    """SIGKILL the actor's process while it works (a crash: Ray restarts it); the pid from the GCS actor table."""
-    import os
-    import signal
-
-    from ray._private import state
-
-    aid = actor._actor_id.hex()
-    for _ in range(100):
-        pid = (state.actors(aid) or {}).get("Pid")
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no pid for actor {aid}")
 
 
 def test_grpo_iteration_completes_after_the_folders_are_deleted(tmp_path):
