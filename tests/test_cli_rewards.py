@@ -57,7 +57,8 @@ def test_train_ctr_cold_then_warm_logs_to_mlflow(tmp_path, monkeypatch):
                               path=lambda p: tmp_path / p, cfg=None)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the download cache (~/.cache/aigq/ctr) starts empty
     scorer, where = load_scorer(app_ctx, f"runs:/{run_id}/ctr")
-    assert scorer.score_one(ctx, ["desk lamp", "rug"]) == pytest.approx(want) and str(tmp_path / "home") in where
+    assert scorer.score_one(ctx, ["desk lamp", "rug"]) == pytest.approx(want) and where == f"runs:/{run_id}/ctr"
+    assert (tmp_path / "home/.cache/aigq/ctr" / f"{run_id}@ctr" / "model.json").is_file()  # downloaded once, here
     with pytest.raises(FileNotFoundError, match="nothing to download"):
         load_scorer(app_ctx, f"runs:/{run_id}/nothing")
 

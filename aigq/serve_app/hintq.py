@@ -123,8 +123,9 @@ def load_scorer(ctx: AppContext, folder: str | None):
     from aigq.rewards.ctr import CTRScorer
     from aigq.serve_app.policy import resolve_ctr_model
 
-    if folder and folder.startswith("runs:/"):  # the train-ctr run's logged artefacts (no shared filesystem needed)
-        folder = str(resolve_ctr_model(folder, ctx.tracking_uri()))
+    if folder and folder.startswith("runs:/"):  # the train-ctr run's logged artefacts (no shared filesystem needed);
+        # named by its URI, so a reconfigure with the same URI does not load it again
+        return CTRScorer.load(resolve_ctr_model(folder, ctx.tracking_uri())), folder
     path = ctx.path(folder) if folder else latest_ctr_model(ctx.path(ctx.cfg.ctr_root()))
     return (CTRScorer.load(path), str(path)) if path is not None else (None, None)
 
