@@ -25,7 +25,10 @@ install: $(STAMP)
 demo: install
 	$(BIN)/aigq demo --config configs/tiny_cpu.yaml
 
+# lint-imports: the layering contracts in pyproject.toml (layers point one way, nothing imports the CLI, Ray only in
+# actors/, serve_app/, the Ray bootstrap and the loop).
 test: install redis-server
+	$(BIN)/lint-imports --no-logo
 	$(BIN)/pytest -q -n 2
 
 # The Redis store tests need a redis-server binary (they start their own on a free loopback port). Install it
@@ -56,6 +59,7 @@ bench-serve: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-logo
 
 clean:
 	rm -rf $(VENV) outputs .aigq .pytest_cache

@@ -32,7 +32,7 @@ class RunConfig(_Section):
     # Where a run's world, samples and later checkpoints go (relative paths are relative to the working directory).
     output_dir: str = "outputs/tiny"
     # How actors get the policy / CTR folders: Ray's object store ("always"), driver paths ("never"), or shipped only
-    # on a multi-node cluster ("auto", default: nodes share no filesystem; one node copies nothing). aigq.actors.shipping
+    # on a multi-node cluster ("auto", default: nodes share no filesystem; one node copies nothing). actors.shipping
     ship_models: Literal["auto", "always", "never"] = "auto"
 
 
@@ -383,7 +383,7 @@ class SFTConfig(_Section):
 
 
 class LoRAConfig(_Section):
-    """LoRA adapters on the learner group (issue 18, ``aigq/learner/efficient.py``): W + (alpha/rank)·B·A on the
+    """LoRA adapters on the learner group (issue 18, ``learner/efficient.py``): W + (alpha/rank)·B·A on the
     target modules of every decoder layer (above ``learner.freeze_layers``); the base model is frozen."""
 
     enabled: bool = False  # off: full fine-tune (the tiny model's default)
@@ -404,7 +404,7 @@ class LearnerConfig(_Section):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     ready_timeout_s: float = Field(120.0, gt=0)  # waiting longer for the placement group is an error
     ray_address: str | None = None  # None: join $RAY_ADDRESS or start a local Ray with this machine's CPUs
-    # Parameter-efficient training (issue 18, aigq/learner/efficient.py); defaults = a full float32 fine-tune.
+    # Parameter-efficient training (issue 18, learner/efficient.py); defaults = a full float32 fine-tune.
     lora: LoRAConfig = LoRAConfig()
     freeze_layers: int = Field(0, ge=0)  # freeze the embeddings and the lower N decoder layers (0 = none)
     # With frozen embeddings (LoRA or freeze_layers), the Eq. 1 / output-format token rows still train (a delta per
@@ -470,7 +470,7 @@ class ServeConfig(_Section):
     their store. Serve's own knobs (replicas, autoscaling, queue limits, resources) live in ``configs/serve.yaml``."""
 
     class Auth(_Section):
-        """Bearer-token authentication of the Serve apps (``aigq/serve_app/auth.py``). Three scopes: ``read``
+        """Bearer-token authentication of the Serve apps (``serve_app/auth.py``). Three scopes: ``read``
         (``POST /hintq``), ``write`` (``POST /direct/events``), ``admin`` (everything else but ``/healthz``: the
         Direct cache and generator, Think lookups and runs, every ``/status``); the admin token grants all three.
         Each scope's token comes from its environment variable, else its file (first line); the config holds
@@ -501,7 +501,7 @@ class ServeConfig(_Section):
     # AIGQ-Direct nearline (u2q)
     direct_runs_kept: int = Field(3, ge=1)  # M, inference runs kept per user ([GAP], ours)
     # one run = the greedy list + this many sampled lists (temperature 1.0, top-k 100) merged by how many lists hold
-    # each query (aigq/rollout/consensus.py); 0 = the greedy list alone ([GAP], ours). The simulated A/B's policy
+    # each query (rollout/consensus.py); 0 = the greedy list alone ([GAP], ours). The simulated A/B's policy
     # channels decode the same way.
     direct_samples: int = Field(0, ge=0)
     direct_ttl_s: int = Field(7 * 86400, ge=60)  # cache entries older than this are not served ([GAP], ours)
@@ -563,7 +563,7 @@ class EvalConfig(_Section):
     confidence: float = Field(0.95, gt=0, lt=1)  # interval level ([GAP], ours)
     max_user_days: int | None = Field(None, ge=1)  # evaluate a seeded sample of test user-days (None = all) ([GAP], ours)
     seed: int = 0
-    # Query → leaf category (aigq/evaluation/categories.py): exact, else nearest known text by char-trigram cosine.
+    # Query → leaf category (aigq/data/categories.py): exact, else nearest known text by char-trigram cosine.
     category_threshold: float = Field(0.5, gt=0, le=1)  # ([GAP], ours)
     category_use_items: bool = True  # item descriptions/titles also vote in the nearest step ([GAP], ours)
     sem_sim: Literal["auto", "encoder", "ngram"] = "auto"  # auto = USE encoder when installed, else char n-grams
@@ -587,7 +587,7 @@ class EvalConfig(_Section):
     greedy_lists: int = Field(1, ge=0)  # ([GAP], ours)
     sampled_lists: int = Field(4, ge=0)  # ([GAP], ours: 1 + 4 lists of 10 fill K = 30 after de-duplication)
     # concat: the lists in order, first occurrence kept (Table 1: the greedy list fills the top slots); consensus:
-    # ranked by how many lists hold each query (the Direct cache's decoding, aigq/rollout/consensus.py; the A/B's
+    # ranked by how many lists hold each query (the Direct cache's decoding, rollout/consensus.py; the A/B's
     # policy channels use it with sampled_lists = serve.direct_samples)
     merge: Literal["concat", "consensus"] = "concat"
     temperature: float = Field(1.0, ge=0)  # paper §5.1.4 sampling
@@ -633,7 +633,7 @@ class ABConfig(_Section):
 
 
 class LoopConfig(_Section):
-    """The daily closed loop (``aigq loop --days N``, paper Eq. 15 and Figure 3; ``aigq/loop_runner.py``): day T's
+    """The daily closed loop (``aigq loop --days N``, paper Eq. 15 and Figure 3; ``aigq/loop/runner.py``): day T's
     logs → CTR retrain (warm) → IL-GRPO → Think index → hot rollout → day T+1 simulated from what is deployed."""
 
     days: int = Field(3, ge=1)  # default of --days
@@ -680,15 +680,58 @@ class AIGQConfig(_Section):
     ab: ABConfig = ABConfig()
     loop: LoopConfig = LoopConfig()
 
+    # ---- where each stage reads and writes: every run folder is built here, from run.output_dir and the *_dir fields
+    def out_dir(self) -> Path:
+        return Path(self.run.output_dir)
+
     def world_dir(self) -> Path:
-        return Path(self.run.output_dir) / "world"
+        return self.out_dir() / "world"
 
     def samples_dir(self) -> Path:
-        return Path(self.run.output_dir) / "samples"
+        return self.out_dir() / "samples"
+
+    def sft_dir(self) -> Path:
+        """IL-SFT's checkpoints and final ``policy/``."""
+        return self.out_dir() / "sft"
+
+    def grpo_dir(self) -> Path:
+        """IL-GRPO's checkpoints and final ``policy/``."""
+        return self.out_dir() / "grpo"
+
+    def grpo_init_policy(self) -> Path:
+        """The policy IL-GRPO starts from (``grpo.init_policy``, else the IL-SFT result)."""
+        return Path(self.grpo.init_policy) if self.grpo.init_policy else self.sft_dir() / "policy"
+
+    def newest_policy(self, root: Path | None = None) -> Path:
+        """The run's newest trained policy: IL-GRPO's when it exists (under ``root``, default the working directory),
+        else IL-SFT's (as a path relative to ``root`` when ``run.output_dir`` is)."""
+        grpo = self.grpo_dir() / "policy"
+        found = ((root / grpo) if root is not None and not grpo.is_absolute() else grpo) / "config.json"
+        return grpo if found.is_file() else self.sft_dir() / "policy"
+
+    def serve_dir(self) -> Path:
+        """The serving store, auth token, Ray head record and rollout lock of this run."""
+        return self.out_dir() / "serve"
+
+    def variants_dir(self) -> Path:
+        """Table 1's policy variants (``eval.variants_dir``, else ``<run.output_dir>/variants``)."""
+        return Path(self.eval.variants_dir) if self.eval.variants_dir else self.out_dir() / "variants"
+
+    def ab_dir(self) -> Path:
+        return Path(self.ab.out_dir) if self.ab.out_dir else self.out_dir() / "ab"
+
+    def loop_dir(self) -> Path:
+        return Path(self.loop.out_dir) if self.loop.out_dir else self.out_dir() / "loop"
+
+    def pipeline_cpus(self) -> float:
+        """Logical CPUs the training pools of one pipeline process reserve together: the learner group, the rollout
+        workers and the reward actors (IL-GRPO holds all three at once)."""
+        return (self.learner.num_workers * self.learner.cpus_per_worker + self.rollout.num_workers *
+                self.rollout.cpus_per_worker + self.rewards.num_actors * self.rewards.num_cpus_per_actor)
 
     def ctr_root(self) -> Path:
         """The CTR models' folder (``ctr.dir``, else ``<run.output_dir>/ctr``): one ``day-T`` folder per model."""
-        return Path(self.ctr.dir) if self.ctr.dir else Path(self.run.output_dir) / "ctr"
+        return Path(self.ctr.dir) if self.ctr.dir else self.out_dir() / "ctr"
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

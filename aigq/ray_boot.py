@@ -1,5 +1,6 @@
-"""Every Ray the project starts or joins (issue 19 items 2 and 15): the training stages (``ensure_ray``), the daily
-loop (``ensure_loop_ray``) and ``aigq serve up``'s head go through here.
+"""The one Ray bootstrap: every Ray the project starts or joins goes through :func:`ensure_ray` — the training stages
+(``stage="train"``), the daily loop (``"loop"``: room for Serve too) and the Serve commands (``"serve"``: join the
+running cluster, or start ``aigq serve up``'s head).
 
 **Join or start, decided explicitly** (:func:`plan_ray`): with ``learner.ray_address`` or ``$RAY_ADDRESS`` the stage
 joins that cluster and is sized by its resources (no ``num_cpus``); otherwise it starts a *private* local Ray
@@ -25,6 +26,7 @@ Ray on the machine — after checking that the pid still belongs to the recorded
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import shutil
@@ -33,20 +35,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-Say = Callable[[str], None]
+from aigq.say import Say
+from aigq.say import to_stderr as _stderr
 
 DISABLED_WARNING = ("RAY_AUTH_MODE=disabled: this Ray head runs without token authentication, and Ray 2.60 listens "
                     "on all network interfaces (GCS, raylet, client server); anyone who reaches this machine can run "
                     "code on it. Unset RAY_AUTH_MODE to keep Ray's token authentication on.")
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- Ray's own token authentication
@@ -317,3 +316,71 @@ def stop_serve_head(record: Path, grace_s: float = 20.0) -> str:
         pass
     record.unlink(missing_ok=True)
     return msg
+
+
+# ---------------------------------------------------------------- the bootstrap every stage calls
+
+SERVE_CPUS = 2  # logical CPUs the Serve replicas of configs/serve.yaml reserve at most (1.35 at min replicas)
+
+
+class NoRayClusterError(RuntimeError):
+    """A Serve command found no cluster to join and was not allowed to start a head."""
+
+
+def head_record(cfg) -> Path:
+    """Where ``aigq serve up`` records the Ray head it started (``aigq serve down --stop-head`` reads it)."""
+    return cfg.serve_dir().resolve() / "ray_head.json"
+
+
+def local_cpus(cfg, stage: str) -> int:
+    """Logical CPUs a private local Ray offers a stage: this machine's cores for the learner group, plus the rollout
+    workers and reward actors (IL-GRPO's phases take turns on the cores; the learner alone must still fit the
+    machine, ``actors.learner.check_resources``), plus the Serve replicas for the daily loop."""
+    extra = cfg.pipeline_cpus() - cfg.learner.num_workers * cfg.learner.cpus_per_worker
+    return (os.cpu_count() or 1) + math.ceil(extra + (SERVE_CPUS if stage == "loop" else 0))
+
+
+def ensure_ray(cfg, stage: str = "train", *, address: str | None = None, start_head: bool = False,
+               say: Say | None = None) -> None:
+    """Join ``address`` / ``learner.ray_address`` / $RAY_ADDRESS, else (``train``, ``loop``) start a private local
+    Ray sized by :func:`local_cpus` — the decision is said, a head left running on the machine is not joined, Ray's
+    token authentication stays on — or (``serve``) join the machine's running head, else start a detached one when
+    ``start_head`` (its record: :func:`head_record`), else raise :class:`NoRayClusterError`. A real cluster is sized by
+    its own resources. Nothing happens when Ray is already initialised. ``cfg`` may be None for ``serve`` when no
+    head is to be started (``aigq serve status`` / ``rollout`` need no run config)."""
+    if stage not in ("train", "loop", "serve"):
+        raise ValueError(f"unknown Ray stage {stage!r}: train | loop | serve")
+    if stage == "serve":
+        if cfg is None and start_head:
+            raise ValueError("starting a Serve head needs the run's config (its head record)")
+        return _connect_serve(address or (cfg.learner.ray_address if cfg is not None else None), start_head,
+                              head_record(cfg) if cfg is not None else None, say or _stderr)
+    if stage == "train":
+        init_ray(address or cfg.learner.ray_address, local_cpus(cfg, stage), say=say)
+        return
+    try:  # Ray gives a new raylet 30 s to register; an overloaded machine can miss that: 3 tries
+        init_ray(address or cfg.learner.ray_address, local_cpus(cfg, stage), attempts=3, say=say)
+    except Exception as exc:  # noqa: BLE001 — Ray raises a bare Exception on a startup timeout
+        if address or cfg.learner.ray_address or os.environ.get("RAY_ADDRESS"):
+            raise
+        raise RuntimeError(f"could not start a local Ray (3 tries): {exc}") from None
+
+
+def _connect_serve(address: str | None, start: bool, record: Path | None, say: Say) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or live_local_address(say=say)
+    kw: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+    if address:
+        prepare_ray_auth(start=False)
+        ray.init(address=address, **kw)
+        return
+    if not start:
+        raise NoRayClusterError("no running Ray cluster (start one with `aigq serve up` or pass --address)")
+    say("starting a Ray head (`ray start --head --block`, token authentication on)")
+    rec = start_serve_head(record, os.cpu_count() or 1, say=say)
+    say(f"Ray head at {rec['address']} (pid {rec['pid']}, recorded in {record}); "
+        "`aigq serve down --stop-head` stops it")
+    ray.init(address=rec["address"], **kw)

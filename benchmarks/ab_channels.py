@@ -2,7 +2,7 @@
 
 Channels: arm-lists parquet files (``NAME=FILE``, e.g. ``<run>/ab/lists/*.parquet``; ``NAME=A+B`` = the union of
 several, the first keeping a query), and/or Direct policies decoded here as the Direct cache decodes them
-(``--policy NAME=FOLDER``: greedy + N sampled lists merged by consensus, ``aigq.rollout.consensus.direct_lists``,
+(``--policy NAME=FOLDER``: greedy + N sampled lists merged by consensus, ``rollout.consensus.direct_lists``,
 once per N of ``--samples``; channel ``NAME-cN``), and/or ``--truth`` (the test user-days' true queries, a ceiling
 for imitation). Each channel's top 3 of its ≤ ``ab.recall_per_channel`` candidates are shown to the world's HintQ
 requests of the test days, ordered four ways:
@@ -38,8 +38,8 @@ app = typer.Typer(add_completion=False)
 def policy_channels(cfg, test: pl.DataFrame, name: str, folder: Path, samples: list[int]) -> dict[str, pl.DataFrame]:
     """``NAME-cN`` → the policy's lists for the test prompts, decoded like the Direct cache with N samples."""
     from aigq.evaluation.recommend import arm_frame
-    from aigq.rollout.consensus import direct_lists
-    from aigq.rollout.engine import make_engine
+    from rollout.consensus import direct_lists
+    from rollout.engine import make_engine
 
     kind = cfg.eval.engine or cfg.rollout.engine
     engine = make_engine(kind, folder, variant="direct", **({"seed": cfg.eval.seed} if kind == "vllm" else {}))
@@ -85,11 +85,11 @@ def main(channels: Annotated[list[str] | None, typer.Argument(help="NAME=LISTS.p
          overrides: Annotated[list[str] | None, typer.Option("--set", help="config override key=value")] = None
          ) -> None:
     from aigq.config import load_config
+    from aigq.data.categories import CategoryMapper
     from aigq.data.hidden import HiddenModel
     from aigq.data.validate import validate_world
     from aigq.evaluation import ab
     from aigq.evaluation.ab_inputs import CTRRanker, ranker_model, read_lists, window_requests
-    from aigq.evaluation.categories import CategoryMapper
     from aigq.rewards.ctr import CTRScorer
     from aigq.rewards.ctr_categories import CategoryIndex
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import shlex
 import shutil
 import sys
@@ -51,13 +49,11 @@ def _args() -> argparse.Namespace:
 
 
 def head_cpus(config: Path, overrides: list[str]) -> int:
-    """The logical CPUs ``ensure_loop_ray`` would give a local Ray for this config (IL-GRPO's pools + Serve)."""
-    from aigq.actors.learner import pipeline_cpus
+    """The logical CPUs ``ensure_ray(cfg, "loop")`` would give a local Ray for this config (IL-GRPO's pools + Serve)."""
     from aigq.config import load_config
+    from aigq.ray_boot import local_cpus
 
-    cfg = load_config(config, overrides)
-    extra = pipeline_cpus(cfg) - cfg.learner.num_workers * cfg.learner.cpus_per_worker + 2  # + Serve replicas
-    return (os.cpu_count() or 1) + math.ceil(extra)
+    return local_cpus(load_config(config, overrides), "loop")
 
 
 def prepare(work: Path, source: Path, copy: bool) -> Path:

@@ -4,7 +4,7 @@ measured in one run on one model folder (shared 2-core machines are noisy: compa
 The learner side is the policy folder with LoRA adapters on every decoder linear (``learner.lora``, rank 8) whose B
 matrices are set to small random values (a trained adapter; B = 0 would make both routes trivially exact).
 
-* **merged** (what IL-GRPO does, ``aigq/learner/efficient.py``): ``sync_state`` (W + B·A·alpha/r per layer) →
+* **merged** (what IL-GRPO does, ``learner/efficient.py``): ``sync_state`` (W + B·A·alpha/r per layer) →
   safetensors blob → the vLLM worker's in-place ``reload_weights``; generation runs on plain weights.
 * **native**: ``peft`` ``save_pretrained`` of the adapter → a new ``LoRARequest`` loaded by the engine's
   ``add_lora`` (the previous one removed); vLLM is started with ``enable_lora`` and applies A and B per token.
@@ -38,7 +38,7 @@ def _learner(model_dir: Path, rank: int, seed: int):
     from transformers import AutoModelForCausalLM
 
     from aigq.config import LearnerConfig
-    from aigq.learner import efficient as E
+    from learner import efficient as E
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32, local_files_only=True)
     lc = LearnerConfig(lora={"enabled": True, "rank": rank, "alpha": 2.0 * rank}, special_rows=False)
@@ -70,9 +70,9 @@ def main() -> None:
     import torch
 
     from aigq.data import prompt as P
-    from aigq.learner import efficient as E
-    from aigq.rollout import weight_sync
-    from aigq.rollout.vllm_engine import VLLMEngine
+    from learner import efficient as E
+    from rollout import weight_sync
+    from rollout.vllm_engine import VLLMEngine
 
     torch.set_num_threads(2)
     prompts = [P.model_input(p) for p in _prompts(args.prompts)]

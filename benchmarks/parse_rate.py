@@ -1,6 +1,6 @@
 """Parse rate of a trained Direct policy's sampled lists, over several seeds, with the failures classified.
 
-Samples one list per test user the way ``aigq sft`` does after training (``aigq.actors.sft.sample_lists``: the
+Samples one list per test user the way ``aigq sft`` does after training (``actors.sft.sample_lists``: the
 transformers engine, temperature 1.0, top-k 100 unless overridden) and prints, per seed, the share of lists with
 exactly ``--expected`` non-empty queries, then what went wrong in the others:
 
@@ -18,9 +18,9 @@ from collections import Counter
 from pathlib import Path
 
 from aigq.data import prompt as P
-from aigq.learner import data as D
 from aigq.models.generate import full_list, parse_stats
-from aigq.rollout.engine import Sampling, make_engine
+from learner import data as D
+from rollout.engine import Sampling, make_engine
 
 _MARK = re.compile(r"<q(\d+)>|(?:^|; )(\d+)\.")
 

@@ -66,7 +66,7 @@ def main() -> None:
 
     import ray
 
-    from aigq.actors.reward import RewardPool
+    from actors.reward import RewardPool
 
     with tempfile.TemporaryDirectory() as tmp:
         ctr, groups = build(args.ctr, args.world, args.groups, args.g, Path(tmp))

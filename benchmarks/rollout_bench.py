@@ -33,8 +33,8 @@ def prompts(n: int) -> list[str]:
 def bench(model: Path, n_prompts: int, max_tokens: int, reps: int) -> list[dict]:
     import torch
 
-    from aigq.rollout import weight_sync
-    from aigq.rollout.engine import Sampling, make_engine
+    from rollout import weight_sync
+    from rollout.engine import Sampling, make_engine
 
     ps = prompts(n_prompts)
     s = Sampling(n=8, temperature=1.0, top_k=100, max_tokens=max_tokens, seed=0)

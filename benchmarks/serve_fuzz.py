@@ -9,7 +9,7 @@ The request set, :func:`malformed_requests`, is the one tests/test_serve_inputs.
 JSON error message; here the same requests go over real HTTP (a raw socket client, so that bad Content-Length
 headers, non-ASCII header bytes and ``..%2F`` paths reach the server byte for byte) to Serve's HTTP proxy. Each
 request carries the bearer token of the scope its endpoint needs (read: ``POST /hintq``, write: ``POST
-/direct/events``, admin: everything else, none: ``/healthz``; the apps' own rules, :mod:`aigq.serve_app.auth`)
+/direct/events``, admin: everything else, none: ``/healthz``; the apps' own rules, :mod:`serve_app.auth`)
 unless the case sets its own ``Authorization`` header (the authentication cases). The Direct and Think apps load
 ``--policy`` (``make demo`` trains the default); nothing here should start a generation but the one valid
 ``/think/generate`` control, and generations are capped short (``serve.max_new_tokens`` 16) in any case.
@@ -52,7 +52,7 @@ from serve_load import (  # noqa: E402
     wait_http,
 )
 
-APPS = ("direct", "think", "hintq")  # each is aigq.serve_app.<name>, served under its route_prefix in serve.yaml
+APPS = ("direct", "think", "hintq")  # each is serve_app.<name>, served under its route_prefix in serve.yaml
 MAX_EVENTS = 5  # serve.max_events_per_request of the apps the set is sent to (its "one over the limit" case)
 J = {"content-type": "application/json"}
 BIG = 2**63
@@ -229,7 +229,7 @@ def app_routes(serve_yaml: Path = REPO / "configs" / "serve.yaml") -> list[tuple
     prefixes = route_prefixes(serve_yaml)
     out = set()
     for name in APPS:
-        app = importlib.import_module(f"aigq.serve_app.{name}").app
+        app = importlib.import_module(f"serve_app.{name}").app
         for r in app.routes:
             if isinstance(r, APIRoute):
                 path = (prefixes[name].rstrip("/") + r.path).rstrip("/") or "/"
@@ -271,11 +271,11 @@ def open_routes(routes: Iterable[tuple[str, str]]) -> list[str]:
 
 
 def scope_of(app: str, method: str, path: str) -> str | None:
-    """The token scope (read / write / admin, None = open) ``app``'s own :class:`~aigq.serve_app.auth.BearerAuth`
+    """The token scope (read / write / admin, None = open) ``app``'s own :class:`~serve_app.auth.BearerAuth`
     asks of ``method path`` (a full, possibly percent-encoded path under the app's prefix ``/<app>``)."""
-    from aigq.serve_app.auth import BearerAuth
+    from serve_app.auth import BearerAuth
 
-    mod = importlib.import_module(f"aigq.serve_app.{app}")
+    mod = importlib.import_module(f"serve_app.{app}")
     rule = next(m.kwargs["scope_of"] for m in mod.app.user_middleware if m.cls is BearerAuth)
     p, prefix = unquote(path.split("?", 1)[0]), f"/{app}"
     rel = p[len(prefix):] if p.startswith(prefix) else p
@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-append", action="store_true", help="print the RESULTS.md row only")
     a = ap.parse_args(argv)
 
-    from aigq.serve_app import deploy as D
+    from serve_app import deploy as D
 
     try:
         policy = D.check_policy(str(REPO / a.policy) if not Path(a.policy).is_absolute() else a.policy)
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     if not base.is_file():
         sys.exit(f"serve_fuzz: no config {base}")
 
-    from aigq.serve_app.auth import AuthPolicy
+    from serve_app.auth import AuthPolicy
 
     routes = app_routes()
     cases = malformed_requests(time.time()) * a.repeat

@@ -5,7 +5,7 @@ and CTR ranking (``HintQCore``), measured in the same run; then 1,000 malformed 
     .venv/bin/python benchmarks/serve_load.py [--users 500] [--concurrency 8] [--seconds 15] [--no-append]
 
 The load is closed-loop and bounded: ``concurrency`` clients, each sending its next request when the last one
-returns, for ``seconds`` after a warm-up. Both servers check the same bearer token (``aigq.serve_app.auth``, a
+returns, for ``seconds`` after a warm-up. Both servers check the same bearer token (``serve_app.auth``, a
 random read token made for the run); every request carries it. The store (SQLite, WAL) holds ``users`` users with behaviours, a Direct
 cache and a Think index; the CTR model has the default architecture with random weights (ranking cost, not quality).
 """
@@ -40,10 +40,10 @@ BARE = '''
 import sys, uvicorn
 from fastapi import FastAPI, Request
 sys.path.insert(0, {repo!r})
-from aigq.serve_app.common import app_context
-from aigq.serve_app.hintq import HintQCore, load_scorer
-from aigq.serve_app.models import HintQRequest, install_error_handlers, parse_body
-from aigq.serve_app.auth import AuthPolicy, install_auth
+from serve_app.common import app_context
+from serve_app.hintq import HintQCore, load_scorer
+from serve_app.models import HintQRequest, install_error_handlers, parse_body
+from serve_app.auth import AuthPolicy, install_auth
 import torch; torch.set_num_threads(1)
 ctx = app_context({{"config": {cfg!r}, "root": {repo!r}}})
 core = HintQCore(ctx.records, ctx.cfg, load_scorer(ctx, None)[0])
@@ -60,8 +60,8 @@ uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning")
 def populate(cfg_file: Path, users: int) -> None:
     from aigq.config import CTRConfig
     from aigq.rewards.ctr import CTRModel, save_model
-    from aigq.serve_app.common import app_context
-    from aigq.serve_app.records import Behaviour, DirectRun, trigger_key
+    from serve_app.common import app_context
+    from serve_app.records import Behaviour, DirectRun, trigger_key
 
     ctx = app_context({"config": str(cfg_file), "root": str(REPO)})
     rec, rng = ctx.records, random.Random(0)
@@ -182,7 +182,7 @@ def main() -> None:
                                         "serve": {"sqlite_path": str(tmp / "store.db"), "clock": "wall"}}))
     populate(cfg_file, a.users)
     serve_port, bare_port = free_port(), free_port()
-    from aigq.serve_app.auth import AuthPolicy
+    from serve_app.auth import AuthPolicy
 
     auth = AuthPolicy.from_tokens(True, {"read": TOKEN}).to_args()
     bare = subprocess.Popen([sys.executable, "-c", BARE.format(repo=str(REPO), cfg=str(cfg_file), port=bare_port,
@@ -191,7 +191,7 @@ def main() -> None:
     from ray import serve
 
     from aigq.ray_boot import init_ray
-    from aigq.serve_app import deploy as D
+    from serve_app import deploy as D
 
     init_ray(None, 2)  # a private local Ray (or $RAY_ADDRESS's cluster), Ray's token authentication on
     try:

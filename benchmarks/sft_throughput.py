@@ -79,7 +79,7 @@ def _base_overrides(steps: int) -> list[str]:
 
 def compare(args) -> None:
     """Every ``COMPARE`` row on the same config, one after the other, in one process: samples/s and ratios."""
-    from aigq.actors.sft import run_sft
+    from actors.sft import run_sft
 
     base = load_config(args.config, [*args.overrides, *_base_overrides(args.steps)])
     tracker = Tracker(base.tracking)
@@ -140,7 +140,7 @@ def main() -> None:
     tracker = Tracker(cfg.tracking)
     _ensure_samples(cfg, tracker)
 
-    from aigq.actors.sft import run_sft
+    from actors.sft import run_sft
 
     fig = run_sft(cfg, tracker, say=lambda m: print(m, flush=True))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()

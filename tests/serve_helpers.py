@@ -74,9 +74,9 @@ class InProcessApps:
         import ray.serve
         import yaml
 
-        from aigq.serve_app import direct, hintq, think
-        from aigq.serve_app.common import app_context
-        from aigq.serve_app.hintq import HintQCore
+        from serve_app import direct, hintq, think
+        from serve_app.common import app_context
+        from serve_app.hintq import HintQCore
 
         repo = Path(__file__).resolve().parents[1]
         for var, token in (("AIGQ_SERVE_TOKEN", ADMIN_TOKEN), ("AIGQ_SERVE_READ_TOKEN", READ_TOKEN),

@@ -10,14 +10,14 @@ import torch
 
 from aigq.config import GRPOConfig, RewardsConfig
 from aigq.data import prompt as P
-from aigq.learner import grpo
-from aigq.learner.grpo import SEP
-from aigq.learner.rl_batch import FMT_PARSED_MIN, empty_query_reward, group_advantages, list_reward, reward_bounds
-from aigq.learner.token_roles import NO_TRIGGER, token_roles
 from aigq.models.tiny import train_tokenizer
 from aigq.rewards import rules
 from aigq.rewards.compose import GroupReward, ListReward, RewardComposer, RewardGroup
-from aigq.rollout.engine import Rollout
+from learner import grpo
+from learner.grpo import SEP
+from learner.rl_batch import FMT_PARSED_MIN, empty_query_reward, group_advantages, list_reward, reward_bounds
+from learner.token_roles import NO_TRIGGER, token_roles
+from rollout.engine import Rollout
 
 WORDS = ["sofa", "lamp", "rug", "desk lamp", "velvet sofa", "pool floats", "cozy throw blanket", "games", "decor",
          "bar stool", "mirror", "wall art"]

@@ -14,10 +14,10 @@ from tiny_policy import build_policy, write_samples
 
 from aigq import atomic
 from aigq.config import CTRConfig
-from aigq.learner import efficient as E
 from aigq.models.factory import load_policy
 from aigq.rewards import ctr as C
-from aigq.serve_app import policy as SP
+from learner import efficient as E
+from serve_app import policy as SP
 
 
 def _siblings(folder: Path) -> list[str]:

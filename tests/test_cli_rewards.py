@@ -46,7 +46,7 @@ def test_train_ctr_cold_then_warm_logs_to_mlflow(tmp_path, monkeypatch):
 
     from aigq.rewards.context import UserContext
     from aigq.rewards.ctr import CTRScorer
-    from aigq.serve_app.hintq import load_scorer
+    from serve_app.hintq import load_scorer
 
     day7 = tmp_path / "out/ctr/day-007"
     ctx = UserContext({"gender": "F"}, [(0, "search", "oak desk")])
@@ -66,9 +66,9 @@ def test_train_ctr_cold_then_warm_logs_to_mlflow(tmp_path, monkeypatch):
 def test_train_ctr_on_a_search_only_world_learns_the_next_search(tmp_path, monkeypatch):
     """No HintQ exposure log: `train-ctr` resolves ctr.objective=auto to next_search, the model is scorable, and the
     demo's CTR step works with its printed keys."""
-    from aigq.cli import _table
-    from aigq.cli_rewards import demo_ctr, train_ctr_stage
+    from aigq.cli.rewards import demo_ctr
     from aigq.config import load_config
+    from aigq.pipeline.ctr import train_ctr_stage
     from aigq.rewards.context import UserContext
     from aigq.rewards.ctr import CTRScorer
     from aigq.tracking import Tracker
@@ -99,6 +99,6 @@ def test_train_ctr_on_a_search_only_world_learns_the_next_search(tmp_path, monke
     cfg = load_config(None, base)
     out = train_ctr_stage(cfg, Tracker(cfg.tracking), 5, cold=True)
     assert out["objective"] == "next_search" and out["train_days"] == [1, 2, 3, 4, 5]
-    demo = demo_ctr(cfg, Tracker(cfg.tracking), _table)  # day 8 − test_days 2 = 6, cold
+    demo = demo_ctr(cfg, Tracker(cfg.tracking))  # day 8 − test_days 2 = 6, cold
     for k in ("train.impressions", "eval.impressions", "eval.auc", "eval.popularity_auc", "eval.logloss"):
         assert k in demo, k

@@ -1,9 +1,9 @@
-"""Direct-cache decoding: consensus over several generated lists (aigq/rollout/consensus.py)."""
+"""Direct-cache decoding: consensus over several generated lists (rollout/consensus.py)."""
 
 from __future__ import annotations
 
-from aigq.rollout.consensus import consensus, direct_lists
-from aigq.rollout.engine import Rollout, Sampling
+from rollout.consensus import consensus, direct_lists
+from rollout.engine import Rollout, Sampling
 
 
 def test_consensus_ranks_by_lists_holding_a_query_then_first_appearance():

@@ -126,24 +126,25 @@ def test_warm_start_from_previous_day_eq15(trained):
 
 
 # Modules outside aigq/evaluation/ (the evaluators: the simulated A/B and the test-only ctr_oracle) that may reach
-# the simulator's hidden model, each with its reason. Everything else under aigq/ — samples, SFT, the CTR model,
-# rewards, GRPO, rollout, serving, the CLI — must not.
+# the simulator's hidden model, each with its reason. Everything else — aigq/ (samples, the CTR model, rewards, the
+# stages, the CLI) and the actor system's packages (actors/, learner/, rollout/, serve_app/) — must not.
 HIDDEN_ALLOWED = {
-    "data/hidden.py": "the hidden model itself: world/hidden's paths and reader",
-    "data/simulate.py": "the simulator writes world/hidden (click model, interests) beside the public logs",
-    "data/world_v2.py": "world v2's simulator: writes world/hidden (taste, v2.json) and clicks with the shared model",
-    "loop.py": "the daily loop's simulated day T+1: the hidden click model clicks what the deployed HintQ shows",
-    "loop_runner.py": "builds that day simulation's HiddenModel; each day's training reads only copied public tables",
-    "cli_rewards.py": "`aigq train-ctr --oracle`: after training, runs the test-only ctr_oracle when world/hidden exists",
+    "aigq/data/hidden.py": "the hidden model itself: world/hidden's paths and reader",
+    "aigq/data/simulate.py": "the simulator writes world/hidden (click model, interests) beside the public logs",
+    "aigq/data/world_v2.py": "world v2's simulator: writes world/hidden (taste, v2.json) and clicks with the shared model",
+    "aigq/loop/days.py": "the daily loop's simulated day T+1: the hidden click model clicks what the deployed HintQ shows",
+    "aigq/loop/runner.py": "builds that day simulation's HiddenModel; each day's training reads only copied public tables",
+    "aigq/pipeline/ctr.py": "`aigq train-ctr --oracle`: after training, runs the test-only ctr_oracle when world/hidden exists",
 }
+SCANNED = ("aigq", "actors", "learner", "rollout", "serve_app")
 HIDDEN_MODULES = ("aigq.data.hidden", "aigq.evaluation.ctr_oracle")
 HIDDEN_FILES = {"hidden", "click_model.json"}  # world/hidden/..., read directly as a path
 
 
 def _hidden_uses(path: Path, root: Path) -> list[str]:
-    """In one source file under ``root`` (the aigq/ folder): imports of the hidden model or the oracle (absolute or
+    """In one source file under ``root`` (the repository): imports of the hidden model or the oracle (absolute or
     relative; the module or a name from it) and path joins onto world/hidden (``x / "hidden"``, ``joinpath``)."""
-    package = ["aigq", *path.relative_to(root).parent.parts]
+    package = list(path.relative_to(root).parent.parts)
     uses = []
     for node in ast.walk(ast.parse(path.read_text())):
         found: set[str] = set()
@@ -168,11 +169,12 @@ def _hidden_uses(path: Path, root: Path) -> list[str]:
 def test_nothing_that_trains_or_scores_reads_the_hidden_model():
     """Only the evaluators (aigq/evaluation/) and the simulator's own modules (HIDDEN_ALLOWED) may import
     aigq.data.hidden / aigq.evaluation.ctr_oracle or join a path onto world/hidden."""
-    root = Path(__file__).resolve().parents[1] / "aigq"
-    files = sorted(f for f in root.rglob("*.py") if f.relative_to(root).parts[0] != "evaluation")
+    root = Path(__file__).resolve().parents[1]
+    files = sorted(f for top in SCANNED for f in (root / top).rglob("*.py")
+                   if f.relative_to(root).parts[:2] != ("aigq", "evaluation"))
     scanned = {f.relative_to(root).as_posix() for f in files}
-    assert {"rewards/ctr.py", "actors/reward.py", "learner/grpo.py", "serve_app/hintq.py", "cli.py",
-            "data/samples.py"} <= scanned  # the whole package is scanned, not a few folders
+    assert {"aigq/rewards/ctr.py", "actors/reward.py", "learner/grpo.py", "serve_app/hintq.py", "aigq/cli/data.py",
+            "aigq/data/samples.py", "rollout/engine.py"} <= scanned  # every package is scanned, not a few folders
     uses = {f.relative_to(root).as_posix(): _hidden_uses(f, root) for f in files}
     offenders = [u for name, found in uses.items() if name not in HIDDEN_ALLOWED for u in found]
     assert offenders == []
@@ -197,7 +199,7 @@ def test_hidden_model_guard_sees_every_way_in(tmp_path):
     }
     for code, flagged in cases.items():
         (folder / "m.py").write_text(code + "\n")
-        assert bool(_hidden_uses(folder / "m.py", tmp_path / "aigq")) == flagged, code
+        assert bool(_hidden_uses(folder / "m.py", tmp_path)) == flagged, code
 
 
 def test_category_match_features_hand_worked():

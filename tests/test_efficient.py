@@ -1,4 +1,4 @@
-"""Parameter-efficient training (issue 18, ``aigq/learner/efficient.py``): LoRA trains only the adapters (and the
+"""Parameter-efficient training (issue 18, ``learner/efficient.py``): LoRA trains only the adapters (and the
 Eq. 1 special-token rows), frozen layers and rows stay bit-identical, bf16 autocast runs (or falls back to float32
 and says so), and what rollout workers receive after a LoRA update is exactly the merged model (greedy parity with
 transformers on peft's own ``merge_and_unload``, the vLLM engine included)."""
@@ -14,13 +14,13 @@ from tiny_policy import build_policy, write_samples
 
 from aigq.config import build_config
 from aigq.data import prompt as P
-from aigq.learner import data as D
-from aigq.learner import efficient as E
-from aigq.learner.sft import count_targets, make_example, micro_batches
-from aigq.learner.trainer import SFTTrainer
 from aigq.models.factory import load_policy
-from aigq.rollout import weight_sync
-from aigq.rollout.engine import Sampling, make_engine
+from learner import data as D
+from learner import efficient as E
+from learner.sft import count_targets, make_example, micro_batches
+from learner.trainer import SFTTrainer
+from rollout import weight_sync
+from rollout.engine import Sampling, make_engine
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 SPECIAL = P.special_tokens(build_config().samples) + P.output_special_tokens(10, think=True)
@@ -230,10 +230,10 @@ def test_grpo_update_with_lora_and_bf16(tmp_path, tiny_policy):
     from transformers import AutoTokenizer
 
     from aigq.config import GRPOConfig, RewardsConfig
-    from aigq.learner.grpo_trainer import GRPOTrainer, collate_rl
-    from aigq.learner.rl_batch import group_advantages
     from aigq.rewards.compose import GroupReward, ListReward
-    from aigq.rollout.engine import Rollout
+    from learner.grpo_trainer import GRPOTrainer, collate_rl
+    from learner.rl_batch import group_advantages
+    from rollout.engine import Rollout
 
     folder, _ = tiny_policy(tmp_path / "p")
     tok = AutoTokenizer.from_pretrained(folder)

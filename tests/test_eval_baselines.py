@@ -10,11 +10,11 @@ from cli_world import cli_world
 
 from aigq.config import load_config
 from aigq.data import prompt as P
+from aigq.data.categories import CategoryMapper
 from aigq.data.schema import day_expr
 from aigq.evaluation import baselines as B
 from aigq.evaluation import ebr
 from aigq.evaluation import metrics as M
-from aigq.evaluation.categories import CategoryMapper
 from aigq.evaluation.offline import eval_frame
 from aigq.evaluation.recommend import arm_frame, arm_lists, check_arm_frame
 

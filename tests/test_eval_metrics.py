@@ -8,8 +8,8 @@ import pytest
 
 from aigq.config import SamplesConfig
 from aigq.data import prompt as P
+from aigq.data.categories import CategoryMapper, normalise, trigram_cosine
 from aigq.evaluation import metrics as M
-from aigq.evaluation.categories import CategoryMapper, normalise, trigram_cosine
 from aigq.evaluation.policy import natural_prompt, parse_free_list
 from aigq.evaluation.recommend import arm_frame, check_arm_frame, dedup
 
@@ -29,7 +29,7 @@ def test_mapper_exact_then_nearest_trigram_then_none():
 
 
 def test_mapper_memo_is_bounded(monkeypatch):
-    import aigq.evaluation.categories as C
+    import aigq.data.categories as C
 
     monkeypatch.setattr(C, "MEMO_CAP", 4)
     m = CategoryMapper(KNOWN, threshold=0.5)
@@ -116,7 +116,8 @@ def test_offline_evaluation_never_reads_the_hidden_model():
     import aigq.evaluation as pkg
 
     root = pathlib.Path(pkg.__file__).parent
-    for name in ("categories", "metrics", "baselines", "ebr", "policy", "recommend", "suite", "offline", "report"):
+    for name in ("../data/categories", "metrics", "baselines", "ebr", "policy", "recommend", "suite", "offline",
+                 "report", "../pipeline/suite"):
         src = (root / f"{name}.py").read_text()
         assert "aigq.data.hidden" not in src and "HiddenModel" not in src and '"hidden"' not in src, name
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from aigq.config import GRPOConfig, RewardsConfig
-from aigq.learner import grpo
-from aigq.learner.grpo_trainer import GRPOTrainer, collate_rl
-from aigq.learner.rl_batch import group_advantages, reward_bounds
 from aigq.rewards.compose import GroupReward, ListReward
-from aigq.rollout.engine import Rollout
+from learner import grpo
+from learner.grpo_trainer import GRPOTrainer, collate_rl
+from learner.rl_batch import group_advantages, reward_bounds
+from rollout.engine import Rollout
 
 
 def _lr(q_totals, seq_total, trigger_groups=()):
@@ -44,7 +44,7 @@ def test_query_tokens_get_their_own_slot_advantage(model_and_tok):
     ga = group_advantages(rs, reward, tok, cfg, RewardsConfig())
     # slot 0: [1, 0] → [1, −1]; slot 1: [0, 2] → [−1, 1]; slot 2: only rollout 1 → 0; seq: [1, 0] → [1, −1]
     expect = {0: {0: 1.5, 1: -0.5}, 1: {0: -1.5, 1: 0.5, 2: -0.5}}
-    from aigq.learner.token_roles import token_roles
+    from learner.token_roles import token_roles
 
     for i, r in enumerate(rs):
         slots, _ = token_roles(tok, r.token_ids)
@@ -111,3 +111,4 @@ def test_clip_fraction_appears_on_the_second_mini_batch(model_and_tok):
                                                         [int(p["gen_mask"].sum()) for p in parts])
     assert out["clip_high"] + out["clip_low"] > 0  # after the first step the old policy is one step behind
     assert grpo.entropy_coef(0, 1, cfg.ent_coef_start, cfg.ent_coef_end) == out["ent_coef"]
+

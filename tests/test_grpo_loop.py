@@ -48,8 +48,8 @@ def _cfg(root, policy, out, **extra) -> AIGQConfig:
 def test_update_is_invariant_to_the_number_of_learner_workers(setup, tmp_path):
     from transformers import AutoTokenizer
 
-    from aigq.actors.learner import LearnerGroup
-    from aigq.learner.grpo_trainer import RLExample
+    from actors.learner import LearnerGroup
+    from learner.grpo_trainer import RLExample
 
     root, _, policy = setup
     tok = AutoTokenizer.from_pretrained(policy)
@@ -100,7 +100,7 @@ def _kill_process(actor) -> None:
 
 
 def test_loop_survives_killed_rollout_and_reward_actors(setup, tmp_path):
-    from aigq.actors.grpo_driver import run_grpo
+    from actors.grpo_driver import run_grpo
 
     root, samples, policy = setup
     cfg = _cfg(root, policy, tmp_path / "run")
@@ -123,7 +123,7 @@ def test_loop_survives_killed_rollout_and_reward_actors(setup, tmp_path):
 def test_resume_after_a_driver_crash_ends_with_the_same_weights(setup, tmp_path):
     from safetensors.torch import load_file
 
-    from aigq.actors.grpo_driver import run_grpo
+    from actors.grpo_driver import run_grpo
 
     root, samples, policy = setup
     straight = _cfg(root, policy, tmp_path / "straight")

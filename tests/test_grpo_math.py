@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from aigq.learner import grpo
-from aigq.learner.grpo import PAD, SEP
+from learner import grpo
+from learner.grpo import PAD, SEP
 
 S = 1 / math.sqrt(2 / 3)  # 1 / population std of [0, 1, 2]
 

@@ -15,10 +15,13 @@ from aigq.ray_job import _answering, local_head, submit
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Inside the job: which interpreter and which copy of aigq run, and where ensure_ray (every Ray stage's entry) goes.
-CHECK = ("import os, sys, ray, aigq; from aigq.config import load_config; from aigq.actors.learner import ensure_ray; "
-         "ensure_ray(load_config(None, [])); "
-         "print('CHECK', sys.executable, aigq.__file__, os.environ['RAY_ADDRESS'], "
+# Inside the job: which interpreter and which copy of every package runs (in the entrypoint and in a Ray worker), and
+# where ensure_ray (every Ray stage's entry) goes.
+PACKAGES = ("aigq", "actors", "rollout", "learner", "serve_app")
+CHECK = ("import os, sys, importlib, ray, aigq; from aigq.config import load_config; "
+         "from aigq.ray_boot import ensure_ray; ensure_ray(load_config(None, [])); "
+         f"P = {PACKAGES!r}; files = lambda: ','.join(importlib.import_module(p).__file__ for p in P); "
+         "print('CHECK', sys.executable, files(), ray.get(ray.remote(files).remote()), os.environ['RAY_ADDRESS'], "
          "ray.get_runtime_context().gcs_address, ray.cluster_resources()['CPU'], len(ray.nodes()))")
 
 
@@ -45,10 +48,14 @@ def test_ray_job_submit_runs_an_aigq_command_on_a_private_head(tmp_path, monkeyp
 
     # the job ran this .venv's interpreter on the uploaded copy of the code, and ensure_ray joined this head
     # (same GCS, the head's 3 CPUs, one node) instead of starting a Ray of its own
-    _, exe, aigq_file, ray_address, gcs, cpus, nodes = next(
+    _, exe, files, worker_files, ray_address, gcs, cpus, nodes = next(
         line for line in res.logs.splitlines() if line.startswith("CHECK ")).split()
     assert Path(exe).parent == Path(sys.executable).parent
-    assert aigq_file.startswith(str(head.temp_dir)) and "working_dir_files" in aigq_file
+    for where in (files, worker_files):  # the entrypoint and a Ray worker of the job import the shipped copy
+        paths = [Path(f) for f in where.split(",")]
+        assert [p.parent.name for p in paths] == list(PACKAGES), paths
+        assert all(str(p).startswith(str(head.temp_dir)) and "working_dir_files" in str(p) for p in paths), paths
+        assert all(REPO not in p.parents for p in paths), paths
     assert gcs == ray_address and gcs.endswith(f":{head.ports['--port']}")
     assert float(cpus) == 3 and nodes == "1"
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 from tiny_policy import build_policy, write_samples
 
-from aigq.actors.learner import LearnerConfigError, LearnerGroup
+from actors.learner import LearnerConfigError, LearnerGroup
 from aigq.config import build_config
-from aigq.learner import data as D
-from aigq.learner import efficient as E
-from aigq.learner.sft import count_targets, micro_batches
-from aigq.learner.trainer import SFTTrainer
 from aigq.models.factory import load_policy
+from learner import data as D
+from learner import efficient as E
+from learner.sft import count_targets, micro_batches
+from learner.trainer import SFTTrainer
 
 
 def _cfg(workers: int, *extra: str):

@@ -1,4 +1,4 @@
-"""The daily loop (aigq/loop.py, aigq/loop_runner.py): which days it runs, the day simulation from deployed lists
+"""The daily loop (aigq/loop/days.py, aigq/loop/runner.py): which days it runs, the day simulation from deployed lists
 (clicks from the hidden model, the loop world rewritten), and a small loop end to end with the in-process HintQ,
 where the next day's CTR retrain learns from the simulated day."""
 
@@ -16,8 +16,8 @@ from aigq.data.schema import day_expr
 from aigq.data.simulate import simulate_world
 from aigq.data.validate import validate_world
 from aigq.evaluation.ab import QueryResolver
-from aigq.loop import apply_day, day_metrics, legacy_hint_searches, simulate_day
-from aigq.loop_runner import plan_days
+from aigq.loop.days import apply_day, day_metrics, legacy_hint_searches, simulate_day
+from aigq.loop.runner import plan_days
 
 DAYS = 6
 
@@ -102,7 +102,7 @@ def test_day_simulation_uses_the_deployed_lists(world):
 def test_small_loop_end_to_end_in_process(world, tmp_path):
     """frozen arm, in-process HintQ (no Ray): 2 days; day T+1's exposures are HintQ's answers, and the CTR model
     of day T+1 is trained warm from day T on exactly those exposures."""
-    from aigq.loop_runner import run_loop
+    from aigq.loop.runner import run_loop
     from aigq.rewards.ctr_train import model_dir
     from aigq.tracking import Tracker
 

@@ -4,11 +4,11 @@ parse, and the parse rate, format reward and IL-GRPO token roles all read items 
 from __future__ import annotations
 
 from aigq.data import prompt as P
-from aigq.learner.grpo import SEP
-from aigq.learner.token_roles import NO_TRIGGER, char_roles, token_roles
 from aigq.models.generate import parse_stats
 from aigq.models.tiny import train_tokenizer
 from aigq.rewards.rules import format_reward, split_items
+from learner.grpo import SEP
+from learner.token_roles import NO_TRIGGER, char_roles, token_roles
 
 QS = ["red sofa", "2.5 inch caster", "lamp"]
 

@@ -58,15 +58,15 @@ def fake_ray_init(monkeypatch, tmp_path):
     return calls
 
 
-@pytest.mark.parametrize("stage", ["ensure_ray", "ensure_loop_ray"])
+@pytest.mark.parametrize("stage", ["train", "loop"])
 def test_stages_start_a_private_ray_unless_told_to_join(fake_ray_init, monkeypatch, capsys, stage):
     """Before: ``ray.init(num_cpus=…)`` without an address, which joins whatever ``/tmp/ray/ray_current_cluster``
     names (a live serve head, or a dead one) and fails with "When connecting to an existing cluster, num_cpus and
     num_gpus must not be provided"; and RAY_AUTH_MODE=disabled."""
-    from aigq.actors.learner import ensure_ray
-    from aigq.loop_runner import ensure_loop_ray
+    from aigq.ray_boot import ensure_ray
 
-    fn = {"ensure_ray": ensure_ray, "ensure_loop_ray": ensure_loop_ray}[stage]
+    def fn(cfg):
+        ensure_ray(cfg, stage)
     cfg = load_config(None, [])
     fn(cfg)
     kw = fake_ray_init[-1]
@@ -230,7 +230,7 @@ def test_a_stage_starts_despite_a_stale_cluster_file():
     tmp = Path(tempfile.mkdtemp(prefix="aigq-st-", dir="/tmp"))  # short: Ray's socket paths are ≤ 107 characters
     (tmp / "ray").mkdir()
     (tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")
-    code = ("import ray; from aigq.config import load_config; from aigq.actors.learner import ensure_ray; "
+    code = ("import ray; from aigq.config import load_config; from aigq.ray_boot import ensure_ray; "
             "ensure_ray(load_config(None, ['learner.num_workers=1', 'rollout.num_workers=1', 'rewards.num_actors=1']));"
             " print('CPUS', ray.cluster_resources().get('CPU')); ray.shutdown()")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}

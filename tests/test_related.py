@@ -126,7 +126,7 @@ def test_build_samples_writes_the_line_into_every_split_and_the_serving_index(wo
 
 
 def test_serving_prompts_carry_the_same_line(world):
-    from aigq.serve_app.direct import user_prompt
+    from serve_app.direct import user_prompt
 
     class Records:  # the store's context of one user: profile + behaviours, most recent first
         def context(self, user, days):

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from aigq.actors.reward import RewardPool, RewardScorer
+from actors.reward import RewardPool, RewardScorer
 from aigq.config import CTRConfig, RewardsConfig, SamplesConfig, WorldConfig
 from aigq.data.prompt import format_prompt, format_target
 from aigq.data.simulate import simulate_world

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from aigq.data import prompt as P
-from aigq.rollout import weight_sync
-from aigq.rollout.engine import Sampling, make_engine
+from rollout import weight_sync
+from rollout.engine import Sampling, make_engine
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 PROMPTS = ["Please Recommend the next 10 queries.\nuser 3 likes sofa", "lamp ; rug", "user 9 searched"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from aigq.rollout import weight_sync
-from aigq.rollout.engine import Sampling
+from rollout import weight_sync
+from rollout.engine import Sampling
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 PROMPTS = [f"user {i} likes sofa" for i in range(12)]
@@ -16,8 +16,8 @@ def test_pool_shares_prompts_syncs_weights_and_survives_a_killed_worker(tmp_path
     import ray
     import torch
 
-    from aigq.actors.rollout import RolloutPool
-    from aigq.rollout.engine import make_engine
+    from actors.rollout import RolloutPool
+    from rollout.engine import make_engine
 
     folder, model = tiny_policy(tmp_path / "m")
     pool = RolloutPool("transformers", folder, n_workers=2, num_cpus=0.5, shard_prompts=3,

@@ -116,7 +116,7 @@ def test_demo_log_on_a_log_it_cannot_learn_from_is_one_line(tmp_path, rows, says
 def test_a_log_without_categories_has_no_category_to_map_to(tmp_path):
     """The AOL layout names no category: the importer's placeholder is not a category for the evaluator's mapper
     or the CTR model's category index (Cate HR is then undefined, not a hit on "unknown")."""
-    from aigq.evaluation.categories import CategoryMapper
+    from aigq.data.categories import CategoryMapper
 
     res = CliRunner().invoke(app, ["import-log", str(AOL), "--preset", "aol", f"run.output_dir={tmp_path}",
                                    "tracking.enabled=false"])

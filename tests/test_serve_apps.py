@@ -15,7 +15,7 @@ import requests
 import yaml
 from serve_helpers import ADMIN_TOKEN, READ_TOKEN, WRITE_TOKEN, bearer
 
-from aigq.serve_app import deploy as D
+from serve_app import deploy as D
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def served(ray_local, tiny_policy, tmp_path_factory):
 
     from aigq.config import CTRConfig
     from aigq.rewards.ctr import CTRModel, save_model
-    from aigq.serve_app.common import app_context
+    from serve_app.common import app_context
 
     tmp = tmp_path_factory.mktemp("serve")
     v1, _ = tiny_policy(tmp / "policy-v1", False)
@@ -72,7 +72,7 @@ def served(ray_local, tiny_policy, tmp_path_factory):
     tight["deployments"][0].update(max_ongoing_requests=1, max_queued_requests=1, autoscaling_config=None,
                                    num_replicas=1)
     cfg["applications"].append(tight)
-    from aigq.serve_app.auth import AuthPolicy
+    from serve_app.auth import AuthPolicy
 
     D.set_auth(cfg, AuthPolicy.from_tokens(True, {"admin": ADMIN_TOKEN, "read": READ_TOKEN,
                                                   "write": WRITE_TOKEN}).to_args())
@@ -138,7 +138,7 @@ def test_cache_keeps_last_m_runs(served):
 
 
 def test_think_index_lookup_and_hintq_think_channel(served):
-    from aigq.serve_app.think_index import build_index
+    from serve_app.think_index import build_index
 
     rec, url = served["records"], served["url"]
     prompt = ("Please Recommend the next 10 queries.\nUser Profile: { Gender: Male, Age: 40, Occupation: unknown, "
@@ -154,7 +154,7 @@ def test_think_index_lookup_and_hintq_think_channel(served):
     assert [q for q, _ in res["results"]["garden hose"]] == ["hose reel", "garden nozzle"]
     assert [q for q, _ in res["results"]["i:teak bench"]] == ["outdoor cushion"]
     # a user whose latest behaviour is that search gets the Think channel
-    rec.add_behaviours(303, [__import__("aigq.serve_app.records", fromlist=["Behaviour"]).Behaviour(
+    rec.add_behaviours(303, [__import__("serve_app.records", fromlist=["Behaviour"]).Behaviour(
         time.time(), "search", "Garden  Hose")])
     body = post(f"{url}/hintq", json={"user_id": 303, "k": 2}, timeout=10).json()
     assert {s["query"] for s in body["queries"]} == {"hose reel", "garden nozzle"}

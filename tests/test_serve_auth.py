@@ -102,7 +102,7 @@ def test_no_token_configured_refuses_everything_but_healthz(tmp_path, monkeypatc
     a = InProcessApps(tmp_path, monkeypatch)
     for var in ("AIGQ_SERVE_TOKEN", "AIGQ_SERVE_READ_TOKEN", "AIGQ_SERVE_WRITE_TOKEN"):
         monkeypatch.delenv(var)
-    from aigq.serve_app.common import app_context
+    from serve_app.common import app_context
 
     a.hintq.ctx = app_context({"config": str(tmp_path / "aigq.yaml")})  # no env, no token file → no token
     try:
@@ -118,7 +118,7 @@ def test_no_token_configured_refuses_everything_but_healthz(tmp_path, monkeypatc
 
 
 def test_direct_cache_holds_no_raw_search_text(apps):
-    from aigq.serve_app.records import DirectRun
+    from serve_app.records import DirectRun
 
     w = apps.client("direct", WRITE_TOKEN)
     r = w.post("/direct/events", json={"events": [{"user_id": 9, "type": "search", "content": SECRET}]})
@@ -157,7 +157,7 @@ def _auth_cfg(**kw):
 
 
 def test_token_from_env_or_file_and_created_0600_when_missing(tmp_path, monkeypatch, capsys):
-    from aigq.serve_app.auth import client_headers, resolve_tokens, setup_auth
+    from serve_app.auth import client_headers, resolve_tokens, setup_auth
 
     for var in ("AIGQ_SERVE_TOKEN", "AIGQ_SERVE_READ_TOKEN", "AIGQ_SERVE_WRITE_TOKEN"):
         monkeypatch.delenv(var, raising=False)
@@ -188,9 +188,9 @@ def test_token_from_env_or_file_and_created_0600_when_missing(tmp_path, monkeypa
 
 
 def test_serve_config_carries_digests_never_tokens(tmp_path):
-    from aigq.serve_app import deploy as D
-    from aigq.serve_app.auth import AuthPolicy
-    from aigq.serve_app.common import app_context
+    from serve_app import deploy as D
+    from serve_app.auth import AuthPolicy
+    from serve_app.common import app_context
 
     sc = D.load_serve_config(Path(__file__).resolve().parents[1] / "configs/serve.yaml")
     policy = AuthPolicy.from_tokens(True, {"admin": ADMIN_TOKEN, "read": READ_TOKEN})
@@ -209,7 +209,7 @@ def test_serve_config_carries_digests_never_tokens(tmp_path):
 def test_token_comparison_is_constant_time(monkeypatch):
     import hmac
 
-    from aigq.serve_app import auth
+    from serve_app import auth
 
     calls = []
     real = hmac.compare_digest
@@ -223,7 +223,7 @@ def test_daily_loop_deployment_sends_its_token_and_gives_the_apps_digests(tmp_pa
     """``aigq loop`` with ``loop.serve=true`` (``ServeDeployment``): the arm's admin token is created when missing, the
     apps get its digest, and every HintQ request carries it (no Ray needed to check the wiring)."""
     from aigq.config import load_config
-    from aigq.loop_deploy import ServeDeployment
+    from aigq.loop.deploy import ServeDeployment
 
     for var in ("AIGQ_SERVE_TOKEN", "AIGQ_SERVE_READ_TOKEN", "AIGQ_SERVE_WRITE_TOKEN"):
         monkeypatch.delenv(var, raising=False)
@@ -232,7 +232,7 @@ def test_daily_loop_deployment_sends_its_token_and_gives_the_apps_digests(tmp_pa
     try:
         token = (tmp_path / "arm" / "serve" / "auth_token").read_text().strip()
         assert dep.headers == bearer(token) and token not in json.dumps(dep.sc)
-        from aigq.serve_app.auth import AuthPolicy
+        from serve_app.auth import AuthPolicy
 
         for app in dep.sc["applications"]:
             assert AuthPolicy.from_args(app["args"]["auth"]).check(f"Bearer {token}", "admin") is None

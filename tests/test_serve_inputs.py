@@ -158,8 +158,8 @@ def test_a_bad_ts_does_not_poison_the_user(apps):
 
 
 def test_bad_stored_behaviours_do_not_break_hintq_or_direct(apps):
-    from aigq.serve_app.direct import user_prompt
-    from aigq.serve_app.hintq import HintQCore
+    from serve_app.direct import user_prompt
+    from serve_app.hintq import HintQCore
 
     rec, cfg = apps.ctx.records, apps.ctx.cfg
     now = time.time()
@@ -186,9 +186,9 @@ def test_bad_stored_behaviours_do_not_break_hintq_or_direct(apps):
 def test_ts_window_follows_the_serving_clock(tmp_path):
     from datetime import date
 
-    from aigq.serve_app.models import MAX_CLOCK_SKEW_S
-    from aigq.serve_app.records import Records, day_start_ts
-    from aigq.serve_app.store import SQLiteStore
+    from serve_app.models import MAX_CLOCK_SKEW_S
+    from serve_app.records import Records, day_start_ts
+    from serve_app.store import SQLiteStore
 
     store = SQLiteStore(tmp_path / "s.db")
     wall = Records(store, clock="wall")
@@ -206,7 +206,7 @@ def test_ts_window_follows_the_serving_clock(tmp_path):
 
 
 def test_status_never_shows_the_store_password(apps):
-    from aigq.serve_app.store import RedisStore
+    from serve_app.store import RedisStore
 
     redis_store = object.__new__(RedisStore)  # describe() only reads the URL: no server needed
     redis_store.url = "redis://aigq:s3cret@cache.internal:6380/0"
@@ -273,7 +273,7 @@ def test_generations_beyond_the_budget_are_dropped_not_waited_for(apps):
 
 def test_profile_holds_only_the_prompt_fields(apps):
     from aigq.data.prompt import PROFILE_FIELDS
-    from aigq.serve_app.models import Profile
+    from serve_app.models import Profile
 
     assert set(Profile.model_fields) == {key for _, key in PROFILE_FIELDS}
     c = apps.client("direct")

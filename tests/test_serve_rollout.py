@@ -1,7 +1,7 @@
 """``aigq serve rollout`` without a Serve cluster (hardening issue 19): a bad policy (missing folder, a folder with
 no policy in it, a malformed or unknown ``models:/`` URI) is refused with one clear line before anything is deployed,
 and rollouts hold an exclusive lock (``<run.output_dir>/serve/rollout.lock``), so a second concurrent one exits at
-once and changes nothing; the lock is released however a rollout ends. ``connect`` / ``_deployed_config`` /
+once and changes nothing; the lock is released however a rollout ends. ``ensure_ray`` / ``deployed_config`` /
 ``deploy`` / ``wait_running`` are replaced by a fake cluster that keeps the deployed config."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from aigq import cli_serve
 from aigq.cli import app
-from aigq.serve_app import deploy as D
+from aigq.cli import serve as cli_serve
+from serve_app import deploy as D
 
 runner = CliRunner()
 
@@ -39,20 +39,20 @@ def policies(cfg: dict) -> dict[str, str]:
 
 
 class FakeCluster:
-    """The deployed Serve config (``_deployed_config`` returns a copy; ``deploy`` replaces it) and the calls."""
+    """The deployed Serve config (``deployed_config`` returns a copy; ``deploy`` replaces it) and the calls."""
 
     def __init__(self, tmp: Path):
         self.out = tmp / "out"
         args = {"root": str(tmp), "overrides": [f"run.output_dir={self.out}", f"tracking.root={tmp / 'mlflow'}"]}
         self.deployed = {
             "applications": [
-                {"name": "direct", "route_prefix": "/direct", "import_path": "aigq.serve_app.direct:build",
+                {"name": "direct", "route_prefix": "/direct", "import_path": "serve_app.direct:build",
                  "args": copy.deepcopy(args),
                  "deployments": [{"name": "DirectGenerator", "user_config": {"policy": "/old/policy"}}]},
-                {"name": "think", "route_prefix": "/think", "import_path": "aigq.serve_app.think:build",
+                {"name": "think", "route_prefix": "/think", "import_path": "serve_app.think:build",
                  "args": copy.deepcopy(args),
                  "deployments": [{"name": "ThinkApp", "user_config": {"policy": "/old/policy"}}]},
-                {"name": "hintq", "route_prefix": "/hintq", "import_path": "aigq.serve_app.hintq:build",
+                {"name": "hintq", "route_prefix": "/hintq", "import_path": "serve_app.hintq:build",
                  "args": copy.deepcopy(args)}],
             "http_options": {"host": "127.0.0.1", "port": 8000}}
         self.original = copy.deepcopy(self.deployed)
@@ -61,7 +61,8 @@ class FakeCluster:
         self.on_deploy = None  # called inside deploy (the rollout holds the lock then)
         self.wait_error: Exception | None = None
 
-    def connect(self, address, start=False, record=None):
+    def ensure_ray(self, cfg, stage="train", **kw):
+        assert stage == "serve"
         self.connects += 1
 
     def deployed_config(self):
@@ -87,8 +88,8 @@ class FakeCluster:
 def cluster(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     fake = FakeCluster(tmp_path)
-    monkeypatch.setattr(cli_serve, "connect", fake.connect)
-    monkeypatch.setattr(cli_serve, "_deployed_config", fake.deployed_config)
+    monkeypatch.setattr(cli_serve, "ensure_ray", fake.ensure_ray)
+    monkeypatch.setattr(D, "deployed_config", fake.deployed_config)
     monkeypatch.setattr(D, "deploy", fake.deploy)
     monkeypatch.setattr(D, "wait_running", fake.wait_running)
     return fake

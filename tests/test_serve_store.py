@@ -10,8 +10,8 @@ import pytest
 from serve_helpers import RedisServer
 
 from aigq.config import ServeConfig
-from aigq.serve_app.records import Behaviour, DirectRun, Records, trigger_key
-from aigq.serve_app.store import RedisStore, SQLiteStore, StoreError
+from serve_app.records import Behaviour, DirectRun, Records, trigger_key
+from serve_app.store import RedisStore, SQLiteStore, StoreError
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ class _E:
 
 
 def test_signal_rule():
-    from aigq.serve_app.direct import signal
+    from serve_app.direct import signal
 
     sc = ServeConfig(signal_new_category_events=2, signal_min_interval_s=60)
     reason, st = signal({}, [_E("click", category="lamps")], sc, now=1000)
@@ -149,7 +149,7 @@ def test_signal_rule():
 
 
 def test_eq19_index_by_hand():
-    from aigq.serve_app.think_index import build_index
+    from serve_app.think_index import build_index
 
     p1 = ("x\nUser Profile: { Gender: unknown }.\nUser Behavior Sequence: { <1><Today><search> Garden Hose;; "
           "<2><1_day_ago><click> teak bench }")
@@ -165,7 +165,7 @@ def test_eq19_index_by_hand():
 
 
 def test_blocklist_matches_words_not_substrings():
-    from aigq.serve_app.hintq import Blocklist
+    from serve_app.hintq import Blocklist
 
     b = Blocklist(["gun", "Bad Word"])
     assert b.blocked("toy GUN holster") and b.blocked("a  bad   word here")
@@ -185,7 +185,7 @@ def test_blocklist_matches_words_not_substrings():
     ("https://user:s3cret@mlflow.internal/", "https://user:***@mlflow.internal/"),
 ])
 def test_redact_url_hides_passwords(url, shown):
-    from aigq.serve_app.store import redact_url
+    from serve_app.store import redact_url
 
     assert redact_url(url) == shown and "s3cret" not in redact_url(url)
 
@@ -194,7 +194,7 @@ def test_redact_url_hides_passwords(url, shown):
                                  "models:/aigq-policy@prod", "https://host/a:b@c", "outputs/tiny/sft/policy", "",
                                  "plain text: with a colon"])
 def test_redact_url_leaves_urls_without_a_password_alone(url):
-    from aigq.serve_app.store import redact_url
+    from serve_app.store import redact_url
 
     assert redact_url(url) == url
 
@@ -282,7 +282,7 @@ def test_sqlite_purges_expired_rows(tmp_path):
 
 
 def test_signal_keeps_the_most_recent_categories():
-    from aigq.serve_app.direct import signal
+    from serve_app.direct import signal
 
     sc = ServeConfig(signal_min_interval_s=0)
     state = {"categories": [f"c{i:03d}" for i in range(200)], "pending": {}, "last_run": 0.0}  # oldest first
@@ -296,7 +296,7 @@ def test_signal_keeps_the_most_recent_categories():
 
 
 def test_signal_pending_categories_are_bounded():
-    from aigq.serve_app.direct import signal
+    from serve_app.direct import signal
 
     sc = ServeConfig(signal_new_category_events=2, signal_min_interval_s=0)
     reason, state = signal({}, [_E("click", category=f"k{i}") for i in range(1000)], sc, now=1)
@@ -307,7 +307,7 @@ def test_signal_pending_categories_are_bounded():
 
 
 def test_a_deferred_signal_fires_with_the_next_events():
-    from aigq.serve_app.direct import signal
+    from serve_app.direct import signal
 
     sc = ServeConfig(signal_min_interval_s=60)
     state = {"categories": [], "pending": {}, "last_run": 0.0, "deferred": "search: desk"}

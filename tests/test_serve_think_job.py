@@ -10,7 +10,7 @@ from aigq.config import build_config
 
 def test_think_index_job(ray_local, tiny_policy, tmp_path):
     from aigq import pipeline
-    from aigq.cli_serve import _ctx_for, think_index_stage
+    from aigq.pipeline.serving import ctx_for, think_index_stage
     from aigq.tracking import Tracker
 
     cfg = build_config({}, [f"run.output_dir={tmp_path / 'out'}", "tracking.enabled=false", "world.users=40",
@@ -21,7 +21,7 @@ def test_think_index_job(ray_local, tiny_policy, tmp_path):
     out = think_index_stage(cfg, tracker, 3, policy=str(policy))
     assert 0 < out["active_users"] <= 12 and out["runs"] == out["active_users"]
     assert out["popular"] > 0 and out["users_loaded"] > 0 and out["version"].startswith("day-003-")
-    rec = _ctx_for(cfg).records
+    rec = ctx_for(cfg).records
     assert rec.think_version() == out["version"] and rec.think_meta()["day"] == 3
     assert rec.today() == date.fromisoformat(meta["start_date"][:10]) + timedelta(days=3)
     assert rec.popular()[0][1] == 1.0

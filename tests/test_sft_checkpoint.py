@@ -8,12 +8,12 @@ import torch
 from tiny_policy import build_policy, write_samples
 
 from aigq.config import SFTConfig, build_config
-from aigq.learner import checkpoint as C
-from aigq.learner import data as D
-from aigq.learner import efficient as E
-from aigq.learner.sft import micro_batches
-from aigq.learner.trainer import SFTTrainer, get_rng_state, set_rng_state
 from aigq.models.factory import load_policy
+from learner import checkpoint as C
+from learner import data as D
+from learner import efficient as E
+from learner.sft import micro_batches
+from learner.trainer import SFTTrainer, get_rng_state, set_rng_state
 
 CFG = SFTConfig(lr=3e-3, warmup_steps=2, global_batch=6, micro_batch=4, grad_clip=1.0)
 TOTAL = 6

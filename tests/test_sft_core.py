@@ -11,11 +11,11 @@ from tiny_policy import SCFG, build_policy, samples_frame, write_samples
 
 from aigq.config import SFTConfig
 from aigq.data import prompt as P
-from aigq.learner import data as D
-from aigq.learner.sft import IGNORE, Example, TargetLM, collate, target_nll
-from aigq.learner.teacher import load_teacher, template_teacher
 from aigq.models.factory import ModelNotFoundError, load_policy
 from aigq.models.special_tokens import mean_subword_init, subword_text
+from learner import data as D
+from learner.sft import IGNORE, Example, TargetLM, collate, target_nll
+from learner.teacher import load_teacher, template_teacher
 
 
 def test_eq1_mean_subword_init_hand_worked():
@@ -150,7 +150,7 @@ def test_full_lists_keeps_only_long_enough_labels():
     assert D.full_lists(df, 10)["sample_id"].to_list() == ["a", "c"]
     with pytest.raises(D.SampleSchemaError, match="longest 12"):
         D.full_lists(df, 13)
-    from aigq.actors.sft import _full_lists
+    from actors.sft import _full_lists
     from aigq.config import AIGQConfig
 
     cfg = AIGQConfig().model_copy(update={"sft": SFTConfig(min_label_queries=10)})

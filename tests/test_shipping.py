@@ -1,5 +1,5 @@
 """No shared filesystem across nodes (issue 19 item 11): model folders reach actors through Ray's object store
-(``aigq.actors.shipping``). A shipped folder is materialised with identical bytes after the original is deleted, once
+(``actors.shipping``). A shipped folder is materialised with identical bytes after the original is deleted, once
 per node; and reward actors, rollout workers and the learner group keep working when the driver's folders (and the
 node-local copies) are deleted after start and an actor is restarted (its constructor runs again)."""
 
@@ -15,7 +15,7 @@ import torch
 from test_grpo_loop import _kill_process
 from tiny_policy import SCFG, build_policy, samples_frame, write_samples
 
-from aigq.actors import shipping as S
+from actors import shipping as S
 from aigq.config import CTRConfig, RewardsConfig
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -119,7 +119,7 @@ def _flat(results):
 
 
 def test_reward_pool_restarts_after_the_ctr_folder_is_deleted(tmp_path):
-    from aigq.actors.reward import RewardPool
+    from actors.reward import RewardPool
     from aigq.data.prompt import format_target
     from aigq.rewards.compose import RewardGroup
     from aigq.rewards.ctr import CTRModel, save_model
@@ -147,9 +147,9 @@ def test_reward_pool_restarts_after_the_ctr_folder_is_deleted(tmp_path):
 
 
 def test_rollout_pool_restarts_after_the_policy_folder_is_deleted(tmp_path, tiny_policy):
-    from aigq.actors.rollout import RolloutPool
-    from aigq.rollout import weight_sync
-    from aigq.rollout.engine import Sampling
+    from actors.rollout import RolloutPool
+    from rollout import weight_sync
+    from rollout.engine import Sampling
 
     folder, model = tiny_policy(tmp_path / "policy")
     prompts = [f"user {i} likes sofa" for i in range(4)]
@@ -177,11 +177,11 @@ def test_lora_learner_checkpoints_and_resumes_without_the_start_folder(tmp_path)
     shipped checkpoint."""
     from transformers import AutoTokenizer
 
-    from aigq.actors.learner import LearnerGroup
+    from actors.learner import LearnerGroup
     from aigq.config import build_config
-    from aigq.learner import data as D
-    from aigq.learner import efficient as E
-    from aigq.learner.checkpoint import read_checkpoint
+    from learner import data as D
+    from learner import efficient as E
+    from learner.checkpoint import read_checkpoint
 
     samples = write_samples(tmp_path / "s", n=16)
     policy = build_policy(tmp_path / "policy", samples)
@@ -217,7 +217,7 @@ def test_grpo_iteration_completes_after_the_folders_are_deleted(tmp_path):
     """The issue's test: IL-GRPO with run.ship_models=always; after iteration 1 the start policy, the CTR folder and
     their node-local copies are deleted, and in iteration 2 a rollout worker and a reward actor crash (Ray restarts
     them: their constructors load the models again). The run still completes."""
-    from aigq.actors.grpo_driver import run_grpo
+    from actors.grpo_driver import run_grpo
     from aigq.config import load_config
     from aigq.rewards.ctr import CTRModel, save_model
     from aigq.tracking import Tracker

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from aigq.data import prompt as P
-from aigq.learner.grpo import SEP
-from aigq.learner.token_roles import NO_TRIGGER, char_roles, token_roles
 from aigq.models.tiny import train_tokenizer
+from learner.grpo import SEP
+from learner.token_roles import NO_TRIGGER, char_roles, token_roles
 
 
 def _spans(text, roles):

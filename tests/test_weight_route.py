@@ -4,9 +4,9 @@ tests/test_grpo_loop.py and tests/test_rollout.py."""
 
 import pytest
 
-from aigq.actors.weight_route import engine_kw, route_for
+from actors.weight_route import engine_kw, route_for
 from aigq.config import build_config
-from aigq.rollout.native_sync import WeightRouteError, resolve_route
+from rollout.native_sync import WeightRouteError, resolve_route
 
 
 def test_auto_picks_nccl_only_with_vllm_and_gpus_on_both_sides():
@@ -44,7 +44,7 @@ def test_the_nccl_route_names_match_the_installed_vllm():
     from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
     from vllm.entrypoints.llm import LLM
 
-    from aigq.actors.rollout import RolloutWorker
+    from actors.rollout import RolloutWorker
 
     info = NCCLTrainerInitInfo(master_address="127.0.0.1", master_port=29500, world_size=3, rank=0)
     assert info.is_sender and info.world_size == 3

@@ -11,13 +11,13 @@ import polars as pl
 import pytest
 
 from aigq.config import ConfigError, WorldConfig, build_config, load_config
+from aigq.data.categories import CategoryMapper
 from aigq.data.hidden import HiddenModel
 from aigq.data.lexicon import FACET_WORDS, Lexicon, build_lexicon, head_nouns
 from aigq.data.simulate import simulate_world
 from aigq.data.validate import read_table
 from aigq.data.world_stats import check_targets, world_stats
 from aigq.evaluation.ab import QueryResolver
-from aigq.evaluation.categories import CategoryMapper
 
 ROOT = Path(__file__).resolve().parents[1]
 

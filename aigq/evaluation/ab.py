@@ -23,7 +23,7 @@ identical clicks, and differences between arms come from what they show, not fro
 
 **Hidden features of shown text** (:class:`QueryResolver`): text equal to a vocabulary query after normalisation
 (case, whitespace) → that query's category and popularity, exactly as the simulator; other (generated) text → the
-leaf category of the injected mapper (``aigq.evaluation.categories.CategoryMapper``: exact, else the nearest known
+leaf category of the injected mapper (``aigq.data.categories.CategoryMapper``: exact, else the nearest known
 query / item text by char-trigram cosine ≥ its threshold) and popularity 0 (nobody searches that exact text); no
 category → interest 0, related 0, popularity 0, i.e. p = bias[s]·σ(base).
 

@@ -79,7 +79,7 @@ class CTRRanker:
 
 
 def ab_dir(cfg: AIGQConfig) -> Path:
-    return Path(cfg.ab.out_dir) if cfg.ab.out_dir else Path(cfg.run.output_dir) / "ab"
+    return cfg.ab_dir()
 
 
 def ranker_model(cfg: AIGQConfig, last_train_day: int) -> Path:
@@ -172,7 +172,7 @@ def policy_folder_lists(cfg: AIGQConfig, source: str, test: pl.DataFrame, k: int
     greedy + ``serve.direct_samples`` sampled lists merged by consensus, set by :func:`channel_lists`)."""
     from aigq.evaluation.policy import generate_lists
     from aigq.evaluation.recommend import arm_frame
-    from aigq.rollout.engine import make_engine
+    from rollout.engine import make_engine
 
     _, variant, folder = (source.split(":", 2) + ["", ""])[:3]
     if variant not in ("direct", "think") or not (Path(folder) / "config.json").is_file():
@@ -190,10 +190,10 @@ def policy_folder_lists(cfg: AIGQConfig, source: str, test: pl.DataFrame, k: int
 def run_from_config(cfg: AIGQConfig, given: dict[str, Path] | None = None,
                     say: Callable[[str], None] | None = None, fresh: bool = False) -> dict[str, Any]:
     """``aigq ab``: the test user-days of ``samples/test.parquet`` → every configured arm → the summary table."""
+    from aigq.data.categories import CategoryMapper
     from aigq.data.hidden import HiddenModel
     from aigq.data.validate import validate_world
     from aigq.evaluation import ab
-    from aigq.evaluation.categories import CategoryMapper
 
     say = say or (lambda _m: None)
     a = cfg.ab

@@ -1,7 +1,7 @@
 """TEST-ONLY evaluator: how well the CTR model ranks queries like the simulator's hidden click model does.
 
 This module reads ``world/hidden`` (``aigq.data.hidden.HiddenModel``). It is the only reward-side code allowed to:
-nothing that trains or scores (``aigq.rewards``, ``aigq.actors``) imports it — a test checks that. It runs after
+nothing that trains or scores (``aigq.rewards``, ``actors``) imports it — a test checks that. It runs after
 training, in tests, benchmarks and ``aigq train-ctr`` on a simulated world, and only measures.
 
 Pairs: every query of the ranker's top-K of every exposure on the held-out days, for that exposure's user and day.

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from aigq.config import AIGQConfig, EvalConfig
-from aigq.evaluation.categories import normalise
+from aigq.data.categories import normalise
 from aigq.rewards.context import context_from_prompt
 from aigq.rewards.text import ngram_ids
 

@@ -34,9 +34,9 @@ import polars as pl
 
 from aigq.config import AIGQConfig
 from aigq.data import prompt as P
+from aigq.data.categories import CategoryMapper, normalise
 from aigq.data.lexicon import Lexicon
 from aigq.evaluation.baselines import CoClick, _normalised, fit_coclick, popular_queries, train_pairs, world_transitions
-from aigq.evaluation.categories import CategoryMapper, normalise
 
 Parsed = tuple[str | None, dict[int, int]]
 

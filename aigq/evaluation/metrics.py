@@ -43,7 +43,7 @@ import numpy as np
 import polars as pl
 
 from aigq.data import prompt as P
-from aigq.evaluation.categories import CategoryMapper, normalise, trigrams
+from aigq.data.categories import CategoryMapper, normalise, trigrams
 
 Embed = Callable[[Sequence[str]], np.ndarray]  # texts → L2-normalised rows
 

@@ -17,18 +17,17 @@ for ``last-query``, so the protocols' tables, lists and cached rows never mix.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from aigq.config import AIGQConfig
+from aigq.data.categories import CategoryMapper
 from aigq.evaluation import metrics as M
-from aigq.evaluation.categories import CategoryMapper
 from aigq.evaluation.recommend import ARMS, arm_lists, check_arm_frame
-
-Say = Callable[[str], None]
+from aigq.say import Say
 
 
 @dataclass
@@ -44,7 +43,7 @@ SPLITS = {"days": "test", "last-query": "last_query"}  # protocol → samples/<s
 
 def eval_dir(cfg: AIGQConfig) -> Path:
     """``<run.output_dir>/eval`` (days) or ``<run.output_dir>/eval/last-query`` (last-query)."""
-    base = Path(cfg.run.output_dir) / "eval"
+    base = cfg.out_dir() / "eval"
     return base if cfg.eval.protocol == "days" else base / cfg.eval.protocol
 
 

@@ -5,7 +5,7 @@
 (temperature ``eval.temperature`` = 1.0, top-k ``eval.top_k`` = 100), concatenated in that order and de-duplicated:
 the greedy list (the policy's best guess, interest order kept) fills the top slots and samples add the long tail up
 to K ([GAP], ours: a 10-query policy has to be asked several times to fill K = 30). ``eval.merge=consensus``
-ranks the queries by how many of the lists hold them instead (``aigq.rollout.consensus``, the Direct cache's
+ranks the queries by how many of the lists hold them instead (``rollout.consensus``, the Direct cache's
 decoding). Think arms parse the ``T_k => Q_k`` groups after the reasoning span (``prompt.parse_output(text, "think")``) and get
 ``eval.think_max_tokens``. Each arm reads its prompts from the test split of the samples it was trained on (plain
 prompts for the plain-SFT rows), matched to the evaluated user-days by (user_id, day).
@@ -18,7 +18,6 @@ template, one greedy answer parsed leniently (:func:`parse_free_list`).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -28,10 +27,10 @@ from aigq.data import prompt as P
 from aigq.evaluation import suite
 from aigq.evaluation.recommend import dedup
 from aigq.rewards.context import context_from_prompt
-from aigq.rollout.consensus import consensus
-from aigq.rollout.engine import Sampling, make_engine
+from aigq.say import Say
+from rollout.consensus import consensus
+from rollout.engine import Sampling, make_engine
 
-Say = Callable[[str], None]
 _NUMBERING = re.compile(r"^\s*(?:[-*•]|\d+[.)]|\(\d+\))\s*")
 _LETTER = re.compile(r"[^\W\d_]")
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from aigq.config import AIGQConfig
-from aigq.evaluation.categories import normalise
+from aigq.data.categories import normalise
 
 ARM_SCHEMA = {"user_id": pl.Int64, "day": pl.Int32, "queries": pl.List(pl.String)}
 BASELINES = ("ebr", "popularity", "co-click", "zero-shot")

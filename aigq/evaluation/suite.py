@@ -1,4 +1,5 @@
-"""The policy variants of Table 1 and where their policies live; ``aigq eval --suite`` trains the missing ones.
+"""The policy variants of Table 1 and where their policies live; ``aigq eval --suite`` trains the missing ones
+(``aigq.pipeline.suite``).
 
 Each variant is one run of an existing stage (``aigq sft`` / ``aigq grpo``) under override presets, with its own
 ``run.output_dir = <eval.variants_dir>/<arm>/`` so it never overwrites the demo's ``<run.output_dir>/sft`` or
@@ -24,7 +25,6 @@ the demo's ``<run.output_dir>/sft/policy`` when it exists (same presets); the de
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +59,7 @@ ORDER = list(VARIANTS)  # an init always comes before the GRPO variants that sta
 
 
 def variants_dir(cfg: AIGQConfig) -> Path:
-    return Path(cfg.eval.variants_dir) if cfg.eval.variants_dir else Path(cfg.run.output_dir) / "variants"
+    return cfg.variants_dir()
 
 
 def variant_of(arm: str) -> str:
@@ -73,8 +73,8 @@ def policy_dir(cfg: AIGQConfig, arm: str) -> Path | None:
     own = variants_dir(cfg) / arm / v.stage / "policy"
     if (own / "config.json").is_file():
         return own
-    if v.demo and (Path(cfg.run.output_dir) / v.demo / "config.json").is_file():
-        return Path(cfg.run.output_dir) / v.demo
+    if v.demo and (cfg.out_dir() / v.demo / "config.json").is_file():
+        return cfg.out_dir() / v.demo
     return None
 
 
@@ -132,49 +132,3 @@ def variant_config(cfg: AIGQConfig, arm: str) -> AIGQConfig:
         if variant_of(arm) == "think":
             extra.append(f"rollout.max_tokens={e.think_max_tokens}")
     return build_config(cfg.model_dump(), extra)
-
-
-def prepare_folders(cfg: AIGQConfig, arm: str, tracker, say: Callable[[str], None]) -> AIGQConfig:
-    """Make the variant folder (links to world and samples; plain samples built once) and return its config."""
-    from aigq import pipeline
-
-    vcfg = variant_config(cfg, arm)
-    out = Path(vcfg.run.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _link(out / "world", cfg.world_dir())
-    sdir = samples_dir(cfg, arm)
-    if VARIANTS[arm].samples == "plain" and not (sdir / "meta.json").is_file():
-        say(f"building plain samples (no re-ranking, no compression) → {sdir}")
-        pcfg = build_config(cfg.model_dump(), [*PLAIN, f"run.output_dir={sdir.parent}"])
-        pipeline.build_samples(pcfg, tracker, cfg.world_dir(), sdir)
-    _link(out / "samples", sdir)
-    return vcfg
-
-
-def train_missing(cfg: AIGQConfig, tracker, arms: list[str] | None = None,
-                  say: Callable[[str], None] = print) -> dict[str, str]:
-    """Train every requested arm that has no policy yet, in dependency order; returns arm → status."""
-    import typer
-
-    import aigq.cli  # noqa: F401  (registers the sub-commands first: cli_models/cli_grpo import from it)
-    from aigq.cli_grpo import train_grpo_and_report
-    from aigq.cli_models import train_and_report
-
-    status: dict[str, str] = {}
-    for arm in [a for a in ORDER if arms is None or a in arms]:
-        if policy_dir(cfg, arm) is not None:
-            status[arm] = "present"
-            continue
-        try:
-            vcfg = prepare_folders(cfg, arm, tracker, say)
-            say(f"training {arm} → {vcfg.run.output_dir}")
-            with tracker.run(f"eval-suite/{arm}", vcfg, tags={"aigq.eval.arm": arm}):
-                if VARIANTS[arm].stage == "sft":
-                    train_and_report(vcfg, tracker, title=arm)
-                else:
-                    train_grpo_and_report(vcfg, tracker, title=arm)
-            status[arm] = "trained"
-        except (typer.Exit, FileNotFoundError, FileExistsError, ValueError) as exc:
-            status[arm] = f"failed: {exc}" if str(exc) else "failed"
-            say(f"[{arm}] {status[arm]}")
-    return status

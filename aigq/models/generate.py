@@ -1,4 +1,4 @@
-"""Whether generated query lists parse (generation itself: ``aigq.rollout.engine``)."""
+"""Whether generated query lists parse (generation itself: ``rollout.engine``)."""
 
 from __future__ import annotations
 

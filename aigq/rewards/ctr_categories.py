@@ -3,7 +3,7 @@
 DIN (Zhou et al. 2018) feeds every item id together with its category id: a user who clicked three sofas is likely
 to click a fourth sofa query even when the words differ. A text-only model has to learn that from sparse clicks;
 here the query and each behaviour are resolved to a **leaf category** and its **parent** with the evaluation's
-:class:`~aigq.evaluation.categories.CategoryMapper` over the public ``queries`` (query → leaf) and ``items``
+:class:`~aigq.data.categories.CategoryMapper` over the public ``queries`` (query → leaf) and ``items``
 (description / title → leaf, ``category_path`` "Parent > Leaf" → parent) tables — never ``world/hidden`` — and the
 model gets two fixed per-behaviour features: same leaf as the query, and same parent but another leaf
 (``ctr.Featurizer``). Unknown text (mapper below its threshold) matches nothing.
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from aigq.evaluation.categories import CategoryMapper, known_texts
+from aigq.data.categories import CategoryMapper, known_texts
 
 TEXTS_FILE, PARENTS_FILE = "categories.parquet", "category_parents.parquet"
 

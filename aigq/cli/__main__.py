@@ -1,0 +1,3 @@
+from aigq.cli import app
+
+app()
