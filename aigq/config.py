@@ -444,6 +444,10 @@ class GRPOConfig(_Section):
     lr: float = Field(1e-6, gt=0)  # paper: 1e-6 for full-size models; the tiny CPU config raises it
     mini_batches: int = Field(2, ge=1)  # optimizer steps per rollout batch; >1 makes clipping matter ([GAP], ours)
     micro_batch: int = Field(16, ge=1)  # sequences per forward pass on a learner
+    # One update per rollout batch (mini_batches=1) and no dropout: the ratio is exactly 1, so the old-policy pass is
+    # the training forward itself (log-probs detached from it, as TRL does) and its separate no-grad forward is
+    # skipped; τ comes from the same entropies. Same update, one forward fewer. False: always run the old pass.
+    fuse_old_pass: bool = True
     lam: float = 0.5  # λ, weight of the sequence advantage in Eq. 11 ([GAP], ours)
     adv_eps: float = Field(1e-6, gt=0)  # ε inside the square root of Eqs. 12–13
     adv_clip: float = Field(2.0, gt=0)  # paper: advantages clipped to ±2

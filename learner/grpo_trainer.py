@@ -9,6 +9,11 @@ An update round over one rollout batch (this worker's shard of it):
    surrogate (``grpo.policy_loss``) with per-token ε from the old entropies, the entropy bonus β(s) and optional
    k3 KL. Each part's loss is a token mean over that part's generated tokens across all ranks (each worker scales
    by world size; DDP averages gradients), so the update equals the single-process update on the whole batch.
+
+**One update per round** (``mini_batches: 1``, no dropout, ``grpo.fuse_old_pass``): the ratio is exactly 1 at the
+only step, so step 1 is skipped: the old log-probs are the training forward's own, detached (as TRL does), the clip
+never binds, and τ is computed afterwards from the same forward's entropies — the same update and figures with one
+forward pass fewer per round (``tests/test_grpo_learner.py`` checks the weights match the two-pass round).
 """
 
 from __future__ import annotations
@@ -80,6 +85,16 @@ def gather_entropies(values: torch.Tensor) -> torch.Tensor:
     return torch.cat([p for p in parts if p is not None])
 
 
+def has_dropout(model: nn.Module) -> bool:
+    """Whether train mode changes the forward: a dropout module with p > 0, or a Hugging Face config's attention /
+    hidden dropout (applied functionally inside attention)."""
+    if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+        return True
+    conf = getattr(model, "config", None)
+    return any(float(getattr(conf, k, 0.0) or 0.0) > 0 for k in ("attention_dropout", "hidden_dropout",
+                                                                  "dropout", "resid_pdrop", "attn_pdrop"))
+
+
 class GRPOTrainer:
     def __init__(self, model: nn.Module, cfg: GRPOConfig, total_steps: int, world_size: int = 1,
                  wrap: Callable[[nn.Module], nn.Module] | None = None, ref_model: nn.Module | None = None,
@@ -109,17 +124,32 @@ class GRPOTrainer:
             out.append((logp, ent, ref))
         return out
 
+    def fused(self, n_parts: int) -> bool:
+        """Whether this round's old-policy pass is the training forward itself: one update (the ratio is exactly 1,
+        so the clip never binds and ε does not matter) and a forward that train mode does not change (no dropout)."""
+        return self.cfg.fuse_old_pass and n_parts == 1 and not has_dropout(self.model)
+
+    def _ref_pass(self, mb: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        if self.ref is None:
+            return None
+        with torch.no_grad(), self.amp():
+            return self.ref(mb["input_ids"], mb["attention_mask"])[0]
+
+    def _tau(self, ents: list[torch.Tensor]) -> torch.Tensor:
+        """Eq. 18's entropy threshold over the *global* batch (all ranks' generated-token entropies)."""
+        all_ents = gather_entropies(torch.cat(ents) if ents else torch.zeros(0))
+        return grpo.entropy_threshold(all_ents, torch.ones_like(all_ents, dtype=torch.bool), self.cfg.entropy_quantile)
+
     def update(self, parts: Sequence[Sequence[dict[str, torch.Tensor]]], part_tokens: Sequence[int],
                device: torch.device | None = None) -> dict[str, float]:
         """One update round. ``parts[u]`` = this worker's micro-batches of mini-batch u; ``part_tokens[u]`` = the
         generated, trained tokens of mini-batch u over *all* ranks. Returns sums (÷ nothing) for the driver."""
         cfg = self.cfg
         flat = [mb for part in parts for mb in part]
-        old = self._old_pass(flat)
-        ents = torch.cat([e[mb["gen_mask"]] for (_, e, _), mb in zip(old, flat, strict=True)]) if flat else \
-            torch.zeros(0)
-        all_ents = gather_entropies(ents)
-        tau = grpo.entropy_threshold(all_ents, torch.ones_like(all_ents, dtype=torch.bool), cfg.entropy_quantile)
+        fused = self.fused(len(parts))
+        old = None if fused else self._old_pass(flat)
+        tau = None if fused else self._tau([e[mb["gen_mask"]] for (_, e, _), mb in zip(old, flat, strict=True)])
+        fused_ents: list[torch.Tensor] = []
         ent_coef = grpo.entropy_coef(self.iteration, self.total_steps, cfg.ent_coef_start, cfg.ent_coef_end)
         sums = {"pg_loss": 0.0, "entropy": 0.0, "kl": 0.0, "clip_high": 0.0, "clip_low": 0.0, "tokens": 0,
                 "grad_norm": 0.0}
@@ -128,13 +158,18 @@ class GRPOTrainer:
         for part, tokens in zip(parts, part_tokens, strict=True):
             self.optimizer.zero_grad(set_to_none=True)
             for j, mb in enumerate(part):
-                logp_old, ent_old, logp_ref = old[k]
-                k += 1
                 last = j == len(part) - 1
                 with nullcontext() if last or not hasattr(self.net, "no_sync") else self.net.no_sync():
                     with self.amp():
                         logp, ent = self.net(mb["input_ids"], mb["attention_mask"])
-                    eps = grpo.adaptive_clip_eps(ent_old, tau, cfg.eps_low, cfg.eps_high)
+                    if fused:  # ratio ≡ 1: the old log-probs are this forward's, detached; τ after the round
+                        logp_old, logp_ref = logp.detach(), self._ref_pass(mb)
+                        eps = torch.full_like(logp, cfg.eps_high)
+                        fused_ents.append(ent.detach()[mb["gen_mask"]])
+                    else:
+                        logp_old, ent_old, logp_ref = old[k]
+                        eps = grpo.adaptive_clip_eps(ent_old, tau, cfg.eps_low, cfg.eps_high)
+                    k += 1
                     out = grpo.policy_loss(logp, logp_old, mb["adv"], eps, mb["gen_mask"], tokens, entropy=ent,
                                            ent_coef=ent_coef, logp_ref=logp_ref, kl_coef=cfg.kl_coef)
                     (out.loss * self.world_size).backward()
@@ -151,6 +186,8 @@ class GRPOTrainer:
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
+        if fused:
+            tau = self._tau(fused_ents)  # the same all-gather on every rank, after the round's backward passes
         self.iteration += 1
         sums["tau"] = float(tau)
         sums["ent_coef"] = ent_coef

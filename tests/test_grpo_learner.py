@@ -112,3 +112,45 @@ def test_clip_fraction_appears_on_the_second_mini_batch(model_and_tok):
     assert out["clip_high"] + out["clip_low"] > 0  # after the first step the old policy is one step behind
     assert grpo.entropy_coef(0, 1, cfg.ent_coef_start, cfg.ent_coef_end) == out["ent_coef"]
 
+
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_fused_old_pass_gives_the_two_pass_update_with_one_forward_fewer(model_and_tok, micro_batches):
+    """mini_batches=1 (issue 21): the old log-probs come from the training forward itself (ratio ≡ 1). The weights
+    after three rounds, τ, the losses and the clip fractions equal the two-pass round's, and the old pass is
+    skipped (counted)."""
+    tok = model_and_tok[1]
+    rs = [_rollout(tok, t) for t in ("sofa ; lamp", "rug ; rug", "lamp", "sofa ; rug ; lamp")]
+    reward = GroupReward(0, [_lr([1.0, 1.0], 1.0), _lr([0.0, 0.0], -1.0), _lr([0.2], 0.0), _lr([2.0, 0.0, 1.0], 1.0)])
+    results = {}
+    for fuse in (False, True):
+        model = type(model_and_tok[0])(model_and_tok[0].config)
+        model.load_state_dict(model_and_tok[0].state_dict())
+        cfg = GRPOConfig(lr=5e-2, mini_batches=1, eps_low=0.01, eps_high=0.02, ent_coef_start=0.01,
+                         fuse_old_pass=fuse)
+        ga = group_advantages(rs, reward, tok, cfg, RewardsConfig())
+        half = len(ga.examples) // micro_batches
+        mbs = [collate_rl(ga.examples[i * half:(i + 1) * half], tok.pad_token_id) for i in range(micro_batches)]
+        trainer = GRPOTrainer(model, cfg, total_steps=3)
+        calls: list[int] = []
+
+        def counted(flat, _pass=trainer._old_pass, _calls=calls):
+            _calls.append(len(flat))
+            return _pass(flat)
+
+        trainer._old_pass = counted
+        outs = [trainer.update([mbs], [sum(int(b["gen_mask"].sum()) for b in mbs)]) for _ in range(3)]
+        assert trainer.fused(1) is fuse and calls == ([] if fuse else [micro_batches] * 3)
+        results[fuse] = (model.state_dict(), outs)
+    (w0, o0), (w1, o1) = results[False], results[True]
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    for a, b in zip(o0, o1, strict=True):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9) for k in a), (a, b)
+    assert o1[0]["clip_high"] == o1[0]["clip_low"] == 0  # one step per round: nothing to clip
+
+
+def test_dropout_keeps_the_separate_old_pass(model_and_tok):
+    """Train-mode dropout changes the forward, so the ratio is not 1: the old pass stays."""
+    model = type(model_and_tok[0])(model_and_tok[0].config)
+    model.model.layers[0].mlp.act_fn = torch.nn.Sequential(torch.nn.SiLU(), torch.nn.Dropout(0.1))
+    trainer = GRPOTrainer(model, GRPOConfig(mini_batches=1), total_steps=1)
+    assert not trainer.fused(1) and not GRPOTrainer(model_and_tok[0], GRPOConfig(), total_steps=1).fused(2)
