@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PIPQ   := $(BIN)/pip install -qq
 
 .PHONY: install demo test bench lint clean smollm2 bench-sft redis-server bench-serve bench-rollout bench-trl \
-	bench-loop bench-job
+	bench-loop bench-job bench-autoscale
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ bench-sft: smollm2
 # benchmarks/RESULTS.md).
 bench-serve: install
 	$(BIN)/python benchmarks/serve_load.py
+
+# Serve autoscaling under a step load: HintQ 1 → 2 replicas and back, DirectGenerator under an events burst (issue 21).
+bench-autoscale: install
+	$(BIN)/python benchmarks/serve_autoscale.py
 
 lint: install
 	$(BIN)/ruff check .
