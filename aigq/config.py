@@ -195,6 +195,10 @@ class SamplesConfig(_Section):
     related_queries: int = Field(0, ge=0)  # K ([GAP], ours; 5 in the ablation of benchmarks/RESULTS.md)
     related_history: int = Field(5, ge=1)  # most recent behaviours that vote ([GAP], ours = eval.coclick_history)
     related_decay: float = Field(0.8, gt=0, le=1)  # vote weight of behaviour i = decay^(i-1) (= eval.coclick_decay)
+    # Build over user shards on Ray (issue 21, actors/samples.py): N > 0 = N Ray tasks, each one contiguous range of
+    # users (the related-queries evidence is counted once over all of them); 0 = one process (default: no Ray needed
+    # for a small world). The folder is the same either way, so meta.json records 0. (ours)
+    ray_shards: int = Field(0, ge=0)
 
 
 class ImportConfig(_Section):

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from aigq.config import SamplesConfig
 from aigq.data import prompt as P
@@ -119,11 +120,12 @@ def related_for(rows: pl.DataFrame, ev: Evidence, cfg: SamplesConfig, cap_day: i
            .group_by("row", "key").agg(n_b=pl.col("n").sum()))
     n_bq = (keys.join(ev.n_bq, on="key").filter(pl.col("known") < pl.col("limit"))
             .group_by("row", "key", "rank", "qn").agg(n_bq=pl.col("n").sum()))
+    # summed in (row, qn, rank) order: the same floats whatever order the joins and group-bys left the rows in
     score = (n_bq.join(n_b, on=["row", "key"])
              .with_columns(s=(pl.col("n_bq") / pl.col("n_b")) * pl.lit(cfg.related_decay).pow(pl.col("rank")))
-             .group_by("row", "qn").agg(pl.col("s").sum()))
+             .sort("row", "qn", "rank").group_by("row", "qn", maintain_order=True).agg(pl.col("s").sum()))
     top = (score.sort(["row", "s", "qn"], descending=[False, True, False]).group_by("row", maintain_order=True)
-           .head(cfg.related_queries).join(ev.texts, on="qn", how="left")
+           .head(cfg.related_queries).join(ev.texts, on="qn", how="left", maintain_order="left")
            .with_columns(pl.coalesce("query", "qn").alias("query")))
     got = top.group_by("row", maintain_order=True).agg("query")
     out: list[list[str]] = [[] for _ in range(rows.height)]
@@ -139,7 +141,8 @@ def serving_table(ev: Evidence, cap_day: int) -> pl.DataFrame:
     n_bq = ev.n_bq.filter(pl.col("known") < cap_day).group_by("key", "qn").agg(n_bq=pl.col("n").sum())
     return (n_bq.join(n_b, on="key").select("key", "qn", p=pl.col("n_bq") / pl.col("n_b"))
             .sort(["key", "p", "qn"], descending=[False, True, False]).group_by("key", maintain_order=True)
-            .head(PER_KEY).join(ev.texts, on="qn", how="left").with_columns(pl.coalesce("query", "qn").alias("query")))
+            .head(PER_KEY).join(ev.texts, on="qn", how="left", maintain_order="left")
+            .with_columns(pl.coalesce("query", "qn").alias("query")))
 
 
 @dataclass
@@ -181,20 +184,68 @@ def related_index(cfg: SamplesConfig, samples_dir: Path) -> RelatedIndex | None:
 # ---------------------------------------------------------------- the samples' post-pass (aigq build-samples)
 
 SPLITS = ("direct", "think", "test", "last_query")
+HELD_OUT = ("test", "last_query")  # evaluated splits: their related queries are scored against the targets
+
+
+def related_evidence(think: pl.DataFrame, events: pl.DataFrame, start_date: str, days: int,
+                     cfg: SamplesConfig) -> Evidence:
+    """The evidence of every prompt (state across all users): the train-day Think samples (``think``: the whole
+    build's, before their related lines) and the search transitions of ``events`` before each user's cut."""
+    first_test = days - cfg.test_days + 1
+    cuts = train_cuts(events, start_date, first_test_day=first_test, holdout=cfg.last_query_holdout)
+    return evidence(think.filter(pl.col("day") < first_test), search_transitions(events, start_date, cuts),
+                    start_date, cfg)
+
+
+def augment_frame(df: pl.DataFrame, split: str, ev: Evidence, cfg: SamplesConfig, first_test: int,
+                  count: P.TokenCounter | None = None) -> tuple[pl.DataFrame, dict[str, int]]:
+    """``df`` (samples of ``split``) with each prompt's related-queries line, refit to ``cfg.max_prompt_tokens``;
+    and its counts (``rows``, ``covered``: prompts with a related query, ``hit``: held-out rows whose related
+    queries hold one of the targets) for :func:`related_stats`. Row by row: any cut of the rows gives the same."""
+    if not df.height:
+        return df, {"rows": 0, "covered": 0, "hit": 0}
+    rel = related_for(df, ev, cfg, cap_day=first_test)
+    prompts = [P.with_related(p, r) for p, r in zip(df["prompt"].to_list(), rel, strict=True)]
+    if cfg.max_prompt_tokens is not None:
+        prompts = P.fit_prompts(prompts, cfg.max_prompt_tokens, count or P.approx_tokens)[0]
+    hit = 0
+    if split in HELD_OUT:
+        hit = sum(bool({normalise(q) for q in r} & {normalise(t) for t in ts or []})
+                  for r, ts in zip(rel, df["target"].to_list(), strict=True))
+    counts = {"rows": len(rel), "covered": sum(bool(r) for r in rel), "hit": hit}
+    return df.with_columns(prompt=pl.Series(prompts, dtype=pl.String)), counts
+
+
+def related_stats(counts: dict[str, dict[str, int]]) -> dict[str, float]:
+    """Per split with rows (:func:`augment_frame`'s counts, summed over any cut of its rows): the share of prompts
+    with at least one related query, and for the held-out splits the share whose related queries hold one of the
+    sample's targets (what co-click alone would have got right)."""
+    stats: dict[str, float] = {}
+    for split in SPLITS:
+        c = counts.get(split)
+        if not c or not c["rows"]:
+            continue
+        stats[f"related.{split}.coverage"] = c["covered"] / c["rows"]
+        if split in HELD_OUT:
+            stats[f"related.{split}.target_hit"] = c["hit"] / c["rows"]
+    return stats
+
+
+def _rewrite(df: pl.DataFrame, path: Path) -> None:
+    """``df`` over the parquet file ``path``, with the file's schema and key-value metadata (special tokens, samples
+    config: ``sample_io.SampleWriter``)."""
+    schema = pq.read_schema(path)
+    pq.write_table(df.select(schema.names).to_arrow().cast(schema), path)
 
 
 def augment_samples(out: Path, tables: dict[str, pl.DataFrame], start_date: str, days: int, cfg: SamplesConfig,
                     count: P.TokenCounter | None = None) -> dict[str, float]:
     """Give every sample file in ``out`` its related-queries line (``cfg.related_queries`` > 0), refit to
-    ``cfg.max_prompt_tokens``, and write :data:`RELATED_FILE` for serving. Returns statistics: per split the share
-    of prompts with at least one related query, and for the held-out splits the share whose related queries hold
-    one of the sample's targets (what co-click alone would have got right)."""
+    ``cfg.max_prompt_tokens``, and write :data:`RELATED_FILE` for serving. Returns :func:`related_stats`.
+    ``actors.samples`` does the same over user shards: the evidence once, :func:`augment_frame` per shard."""
     first_test = days - cfg.test_days + 1
-    cuts = train_cuts(tables["events"], start_date, first_test_day=first_test, holdout=cfg.last_query_holdout)
-    think = pl.read_parquet(out / "think.parquet")
-    ev = evidence(think.filter(pl.col("day") < first_test), search_transitions(tables["events"], start_date, cuts),
-                  start_date, cfg)
-    stats: dict[str, float] = {}
+    ev = related_evidence(pl.read_parquet(out / "think.parquet"), tables["events"], start_date, days, cfg)
+    counts: dict[str, dict[str, int]] = {}
     for split in SPLITS:
         path = out / f"{split}.parquet"
         if not path.is_file():
@@ -202,15 +253,7 @@ def augment_samples(out: Path, tables: dict[str, pl.DataFrame], start_date: str,
         df = pl.read_parquet(path)
         if not df.height:
             continue
-        rel = related_for(df, ev, cfg, cap_day=first_test)
-        prompts = [P.with_related(p, r) for p, r in zip(df["prompt"].to_list(), rel, strict=True)]
-        if cfg.max_prompt_tokens is not None:
-            prompts = P.fit_prompts(prompts, cfg.max_prompt_tokens, count or P.approx_tokens)[0]
-        df.with_columns(prompt=pl.Series(prompts, dtype=pl.String)).write_parquet(path)
-        stats[f"related.{split}.coverage"] = sum(bool(r) for r in rel) / len(rel)
-        if split in ("test", "last_query"):
-            hit = [bool({normalise(q) for q in r} & {normalise(t) for t in ts or []})
-                   for r, ts in zip(rel, df["target"].to_list(), strict=True)]
-            stats[f"related.{split}.target_hit"] = sum(hit) / len(hit)
+        df, counts[split] = augment_frame(df, split, ev, cfg, first_test, count)
+        _rewrite(df, path)
     serving_table(ev, first_test).write_parquet(out / RELATED_FILE)
-    return stats
+    return related_stats(counts)

@@ -42,11 +42,13 @@ looked up in a per-item / per-query table), and contexts and candidate labels ar
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import io
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from aigq.config import SamplesConfig
 from aigq.data import holdout as H
@@ -466,7 +468,7 @@ def build_samples_to(tables: dict[str, pl.DataFrame], start_date: str, days: int
     """Build and write shard by shard of ``shard_users`` users (:func:`user_shards`) and chunk by chunk
     (``sample_io.SampleWriter``): peak memory is the inputs plus one shard's work. Returns the statistics also
     written to ``meta.json``. The files equal ``write_samples(build_samples(...))``."""
-    cfg = resolve_label_source(cfg, _table(tables, "exposures"))  # meta.json records what was used
+    cfg = recorded_config(tables, cfg)  # meta.json records what was used
     with SampleWriter(out_dir, cfg, P.special_tokens(cfg), OUTPUT_SCHEMA) as writer:
         for shard in user_shards(tables, shard_users):
             for split, part in iter_samples(shard, start_date, days, cfg, llm_gen, chunk_size, count_tokens):
@@ -476,8 +478,88 @@ def build_samples_to(tables: dict[str, pl.DataFrame], start_date: str, days: int
 
 def write_samples(s: SampleSet, out_dir: Path, cfg: SamplesConfig) -> None:
     """``direct/think/test/last_query.parquet`` (key-value metadata: special tokens, config) and ``meta.json``."""
-    cfg = cfg.model_copy(update={"label_source": s.label_source})
+    cfg = cfg.model_copy(update={"label_source": s.label_source, "ray_shards": 0})
     with SampleWriter(out_dir, cfg, s.special_tokens, OUTPUT_SCHEMA) as writer:
         for name in SPLITS:
             writer.write(name, getattr(s, name))
         writer.close()
+
+
+# ---------------------------------------------------------------- user shards built apart (``actors.samples`` on Ray)
+#
+# Every sample is a function of one user's rows and the catalogue; the only state across users is the resolved
+# ``label_source`` (``auto`` looks at the whole world's exposures), so it is resolved once (``recorded_config``) and
+# handed to every shard. A shard's samples come back as parquet parts (bytes: no filesystem shared with the driver
+# is assumed) and ``write_parts`` appends them, shard after shard, to the samples folder: users are cut into
+# contiguous id ranges and every split is sorted by user first, so the rows and their order are the single-process
+# build's, and the statistics and ``meta.json`` are computed from the combined files as there.
+
+
+def recorded_config(tables: dict[str, pl.DataFrame], cfg: SamplesConfig) -> SamplesConfig:
+    """The samples config a folder records (``meta.json``, parquet metadata): ``label_source`` resolved on the whole
+    world, ``ray_shards`` 0 — how many processes built the folder does not change it (``write_parts``)."""
+    return resolve_label_source(cfg, _table(tables, "exposures")).model_copy(update={"ray_shards": 0})
+
+
+def shard_size(tables: dict[str, pl.DataFrame], shards: int) -> int:
+    """Users per shard for ``user_shards`` to cut the world into ``shards`` ranges (fewer when it has fewer users)."""
+    users = _table(tables, "events")["user_id"].n_unique()
+    return max(1, -(-users // max(1, shards)))
+
+
+def _part_schema():
+    return pl.DataFrame(schema=OUTPUT_SCHEMA).to_arrow().schema
+
+
+def part_bytes(frames: Iterable[pl.DataFrame]) -> bytes:
+    """One parquet part in memory: ``frames`` (``OUTPUT_SCHEMA``) as row groups, in order."""
+    schema, buf = _part_schema(), io.BytesIO()
+    with pq.ParquetWriter(buf, schema) as writer:
+        for df in frames:
+            if df.height:
+                writer.write_table(df.select(list(OUTPUT_SCHEMA)).to_arrow().cast(schema))
+    return buf.getvalue()
+
+
+def part_frames(data: bytes) -> Iterator[pl.DataFrame]:
+    """The row groups of a part (:func:`part_bytes`), one frame at a time."""
+    f = pq.ParquetFile(io.BytesIO(data))
+    for i in range(f.num_row_groups):
+        yield pl.from_arrow(f.read_row_group(i))
+
+
+def read_part(data: bytes) -> pl.DataFrame:
+    return pl.concat([pl.DataFrame(schema=OUTPUT_SCHEMA), *part_frames(data)], how="vertical_relaxed")
+
+
+def build_part(tables: dict[str, pl.DataFrame], start_date: str, days: int, cfg: SamplesConfig,
+               llm_gen: LLMGen | None = None, chunk_size: int = 50_000, shard_users: int = 250_000,
+               count_tokens: P.TokenCounter | None = None) -> dict[str, bytes]:
+    """One user shard's samples, split → parquet part (:func:`part_bytes`), built as ``build_samples_to`` builds
+    (sub-shards of ``shard_users`` users, chunks of ``chunk_size`` anchors). ``cfg`` must be the whole world's
+    :func:`recorded_config`: a shard alone may lack the exposures that decide ``label_source=auto``."""
+    if cfg.label_source == "auto":
+        raise ValueError("build_part needs samples.label_source resolved on the whole world (recorded_config)")
+    bufs = {name: io.BytesIO() for name in SPLITS}
+    schema = _part_schema()
+    writers = {name: pq.ParquetWriter(bufs[name], schema) for name in SPLITS}
+    try:
+        for shard in user_shards(tables, shard_users):
+            for split, part in iter_samples(shard, start_date, days, cfg, llm_gen, chunk_size, count_tokens):
+                if part.height:
+                    writers[split].write_table(part.select(list(OUTPUT_SCHEMA)).to_arrow().cast(schema))
+    finally:
+        for w in writers.values():
+            w.close()
+    return {name: buf.getvalue() for name, buf in bufs.items()}
+
+
+def write_parts(out_dir: Path, cfg: SamplesConfig, parts: Iterable[tuple[str, bytes]]) -> dict[str, float]:
+    """The samples folder from parts ``(split, bytes)``, appended in the order given (per split: shard after shard),
+    row group by row group; then ``meta.json`` and the statistics, as ``build_samples_to`` writes them. ``cfg``:
+    :func:`recorded_config`. Returns the statistics."""
+    with SampleWriter(out_dir, cfg, P.special_tokens(cfg), OUTPUT_SCHEMA) as writer:
+        for split, data in parts:
+            for df in part_frames(data):
+                writer.write(split, df)
+        return writer.close()

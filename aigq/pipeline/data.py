@@ -127,7 +127,9 @@ def validate(world: Path, tracker: Tracker):
 def build_samples(cfg: AIGQConfig, tracker: Tracker, world: Path | None = None,
                   out: Path | None = None) -> tuple[Any, dict[str, float]]:
     """Validate the world (quarantining bad rows), then build Direct / Think / test samples chunk by chunk straight
-    into parquet (memory: the validated tables plus one chunk). Returns (validated world, sample statistics)."""
+    into parquet (memory: the validated tables plus one chunk), in this process or, with ``samples.ray_shards`` > 0,
+    in that many Ray tasks over user shards (``actors.samples``: the same folder). Returns (validated world, sample
+    statistics)."""
     from aigq.data.samples import build_samples_to
     from aigq.models.factory import prompt_token_counter
 
@@ -142,11 +144,16 @@ def build_samples(cfg: AIGQConfig, tracker: Tracker, world: Path | None = None,
         if count is not None:
             tracker.params({"samples.prompt_tokens_counted_by": counted_by})
         start, days = validated.meta["start_date"], int(validated.meta["days"])
-        stats = build_samples_to(validated.tables, start, days, cfg.samples, tmp, count_tokens=count)
-        if cfg.samples.related_queries:  # issue 18: the related-queries line, from what each sample's day knew
-            from aigq.data.related import augment_samples
+        if cfg.samples.ray_shards:  # issue 21: the same folder, built by Ray tasks over user shards
+            from actors.samples import build_samples_on_ray
 
-            stats.update(augment_samples(tmp, validated.tables, start, days, cfg.samples, count))
+            stats = build_samples_on_ray(cfg, validated.tables, start, days, tmp, count_tokens=count)
+        else:
+            stats = build_samples_to(validated.tables, start, days, cfg.samples, tmp, count_tokens=count)
+            if cfg.samples.related_queries:  # issue 18: the related-queries line, from what each sample's day knew
+                from aigq.data.related import augment_samples
+
+                stats.update(augment_samples(tmp, validated.tables, start, days, cfg.samples, count))
         t2 = time.perf_counter()
         tracker.metrics({f"samples.{k}": v for k, v in stats.items()})
         tracker.metrics({"seconds.validate": t1 - t0, "seconds.build": t2 - t1})
