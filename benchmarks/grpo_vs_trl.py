@@ -1,0 +1,115 @@
+"""IL-GRPO seconds per iteration beside TRL's ``GRPOTrainer`` (issue 21 item 1), every row in one run on one box.
+
+Rows (same policy, CTR model, prompts, G, max tokens and iterations; each ``aigq`` row in a fresh process and a
+fresh private Ray, from a copy of a trained run so nothing of it is overwritten):
+
+- ``two-pass``: the learner's separate old-policy forward (``grpo.fuse_old_pass=false``), 2 DDP workers × 1 thread;
+- ``fused``: the old log-probs from the training forward itself (the default), 2 workers × 1 thread;
+- ``fused, 1 worker × 2 threads``: one learner process with both cores (no DDP all-reduce);
+- ``TRL``: ``benchmarks/trl_grpo_bench.py`` in ``.venv-trl`` (``make bench-trl``'s environment).
+
+    .venv/bin/python benchmarks/grpo_vs_trl.py --source outputs/tiny      # after `make demo` and `make bench-trl`
+
+Prints per row the mean seconds per iteration over all iterations (as TRL's figure: its ``train()`` wall over its
+steps, first step included) and over iterations 2.. (the first one warms vLLM and the learner up), the phase means
+of iterations 2.. (generate, score, train, sync) and the ratio of the all-iterations means to TRL's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS = {
+    "two-pass (2 workers x 1 thread)": ["grpo.fuse_old_pass=false"],
+    "fused (2 workers x 1 thread)": [],
+    "fused (1 worker x 2 threads)": ["learner.num_workers=1", "learner.cpus_per_worker=2"],
+}
+# What runs inside each row's own process: IL-GRPO on a fresh private Ray, figures as one JSON line.
+CHILD = """
+import json, sys
+from aigq.config import load_config
+from aigq.pipeline.train import run_grpo
+from aigq.tracking import Tracker
+cfg = load_config(sys.argv[1], sys.argv[2:])
+out = run_grpo(cfg, Tracker(cfg.tracking))
+print("FIGURES " + json.dumps({"history": out["history"]}))
+"""
+
+
+def _run_row(name: str, extra: list[str], base: list[str], config: Path, work: Path) -> dict:
+    shutil.rmtree(work / "grpo", ignore_errors=True)  # grpo.resume=latest must not resume the previous row
+    cmd = [sys.executable, "-c", CHILD, str(config), *base, *extra]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
+    line = next((x for x in res.stdout.splitlines() if x.startswith("FIGURES ")), None)
+    if res.returncode != 0 or line is None:
+        raise SystemExit(f"{name}: exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    history = json.loads(line[len("FIGURES "):])["history"]
+    phases = [k for k in history[0] if k.startswith("seconds/")]
+    total = [sum(h[k] for k in phases) for h in history]
+    later = total[1:] or total
+    return {"row": name, "all": sum(total) / len(total), "from 2": sum(later) / len(later),
+            **{k.split("/", 1)[1]: sum(h[k] for h in history[1:] or history) / len(later) for k in phases}}
+
+
+def _run_trl(args, work: Path) -> dict:
+    python = REPO / ".venv-trl" / "bin" / "python"
+    if not python.is_file():
+        raise SystemExit("no .venv-trl: run `make .venv-trl/.installed` (or `make bench-trl`) first")
+    ctr = sorted((work / "ctr").glob("day-*"))[-1]
+    cmd = [str(python), str(REPO / "benchmarks" / "trl_grpo_bench.py"), "--policy", str(work / "sft" / "policy"),
+           "--ctr", str(ctr), "--samples", str(work / "samples" / "direct.parquet"), "--prompts", str(args.prompts),
+           "--group", str(args.group), "--max-tokens", str(args.max_tokens), "--steps", str(args.iterations)]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
+    line = next((x for x in res.stdout.splitlines() if "trl_seconds_per_iteration" in x), None)
+    if res.returncode != 0 or line is None:
+        raise SystemExit(f"TRL: exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    secs = json.loads(line)["trl_seconds_per_iteration"]
+    return {"row": "TRL GRPOTrainer (1 process, 2 threads)", "all": secs, "from 2": None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--source", type=Path, default=REPO / "outputs" / "tiny",
+                    help="a trained run: world, samples, sft/policy, ctr/day-*")
+    ap.add_argument("--config", type=Path, default=REPO / "configs" / "tiny_cpu.yaml")
+    ap.add_argument("--work", type=Path, default=REPO / "benchmarks" / "_work" / "grpo")
+    ap.add_argument("--iterations", type=int, default=4)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of the aigq rows")
+    ap.add_argument("--no-trl", action="store_true")
+    args = ap.parse_args()
+
+    work = args.work.resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    for part in ("world", "samples", "sft", "ctr"):
+        shutil.copytree(args.source / part, work / part, symlinks=True)
+    base = [f"run.output_dir={work}", f"tracking.root={work / 'mlflow'}", "tracking.experiment=bench-grpo",
+            "rollout.engine=vllm", f"grpo.iterations={args.iterations}", "grpo.mini_batches=1",
+            f"grpo.prompts_per_iteration={args.prompts}", f"grpo.group_size={args.group}",
+            f"rollout.max_tokens={args.max_tokens}", "grpo.eval_every=1000", "grpo.checkpoint_every=1000"]
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    rows = [_run_row(name, ROWS[name], base, args.config, work) for name in args.rows.split(",") if name]
+    trl = None if args.no_trl else _run_trl(args, work)
+    print(f"\n{args.prompts} prompts x G {args.group}, {args.max_tokens} new tokens, {args.iterations} iterations; "
+          f"seconds per iteration (phases: mean of iterations 2..)")
+    print("| row | s/iter (all) | s/iter (2..) | generate | score | train | sync | x TRL (all) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r['all'] / trl['all']:.2f}" if trl else "-"
+        print(f"| {r['row']} | {r['all']:.2f} | {r['from 2']:.2f} | {r.get('generate', 0):.2f} | "
+              f"{r.get('score', 0):.2f} | {r.get('train', 0):.2f} | {r.get('sync', 0):.2f} | {ratio} |")
+    if trl:
+        print(f"| {trl['row']} | {trl['all']:.2f} | - | - | - | - | - | 1.00 |")
+
+
+if __name__ == "__main__":
+    main()
