@@ -183,8 +183,10 @@ def demo_serve(cfg, tracker, users: int = 3, config: Path | None = None, overrid
     try:
         for u, code, body in S.ask_hintq(cfg, users):
             shown = "; ".join(f"{s['query']} [{s['source']} {s['score']:.3f}]" for s in body.get("queries", []))
-            console.print(f"[bold]HintQ user {u}[/bold] ({code}, ranker {body.get('ranker')}, "
-                          f"fallback {body.get('fallback')}): {escape(shown)}", markup=True, highlight=False)
+            detail = f"ranker {body.get('ranker')}, fallback {body.get('fallback')}" if code == 200 else \
+                f"error {body.get('error') or body.get('detail')}"
+            console.print(f"[bold]HintQ user {u}[/bold] ({code}, {escape(str(detail))}): {escape(shown)}", markup=True,
+                          highlight=False)
     finally:
         D.shutdown()
 

@@ -115,5 +115,9 @@ def ask_hintq(cfg, users: int = 3, signal: str | None = "round dining table") ->
     answers = []
     for u in [*known, 10**9]:
         r = requests.post(f"{base}/hintq", json={"user_id": u}, headers=headers, timeout=30)
-        answers.append((u, r.status_code, r.json()))
+        try:
+            body = r.json()
+        except ValueError:  # not JSON (a proxy error page): shown as the status and the start of the text
+            body = {"error": r.text[:200]}
+        answers.append((u, r.status_code, body))
     return answers
