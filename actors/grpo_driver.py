@@ -136,7 +136,7 @@ def start_actors(cfg: AIGQConfig, inputs: GRPOInputs, pad_id: int, say: Say) -> 
     learner = LearnerGroup(cfg, policy, cfg.grpo.iterations, pad_id, inputs.resume, mode="grpo", ship=ship)
     rollout = RolloutPool(rc.engine, policy, cfg.grpo.variant, rc.num_workers, rc.cpus_per_worker,
                           engine_kw(cfg), rc.max_restarts, rc.max_shard_retries, num_gpus=rc.gpus_per_worker)
-    rewards = RewardPool(inputs.ctr, cfg.rewards, cfg.rewards.expected_count or cfg.samples.label_cap, ship=ship)
+    rewards = RewardPool(inputs.ctr, cfg.rewards, cfg.reward_expected_count(), ship=ship)
     return Actors(learner, rollout, rewards, WeightSync(route, learner, rollout))
 
 

@@ -731,6 +731,33 @@ class AIGQConfig(_Section):
     def loop_dir(self) -> Path:
         return Path(self.loop.out_dir) if self.loop.out_dir else self.out_dir() / "loop"
 
+    # ---- defaults that follow another field (None in a YAML = "as <that field>"), resolved here and only here
+    def eval_engine(self) -> str:
+        """The policy arms' engine (``eval.engine``, else ``rollout.engine``)."""
+        return self.eval.engine or self.rollout.engine
+
+    def reward_expected_count(self) -> int:
+        """The format reward's expected list length (``rewards.expected_count``, else ``samples.label_cap``)."""
+        return self.rewards.expected_count or self.samples.label_cap
+
+    def sqlite_path(self) -> Path:
+        """The SQLite serving store (``serve.sqlite_path``, else ``<run.output_dir>/serve/store.db``)."""
+        return Path(self.serve.sqlite_path) if self.serve.sqlite_path else self.serve_dir() / "store.db"
+
+    def loop_resolved(self) -> LoopConfig:
+        """``loop`` with every field that follows another section filled in: the daily IL-GRPO's prompts, engine and
+        actor counts, the Direct refresh's decoding, the cold-start CTR window and pre-training pairs, the samples."""
+        lp = self.loop
+        return lp.model_copy(update={
+            "grpo_prompts": lp.grpo_prompts or self.grpo.prompts_per_iteration,
+            "rollout_engine": lp.rollout_engine or self.rollout.engine,
+            "direct_samples": self.serve.direct_samples if lp.direct_samples is None else lp.direct_samples,
+            "grpo_learner_workers": lp.grpo_learner_workers or self.learner.num_workers,
+            "grpo_reward_actors": lp.grpo_reward_actors or self.rewards.num_actors,
+            "ctr_cold_window_days": lp.ctr_cold_window_days or self.ctr.cold_window_days,
+            "ctr_pretrain_pairs": lp.ctr_pretrain_pairs or self.ctr.pretrain_pairs,
+            "samples_dir": lp.samples_dir or str(self.samples_dir())})
+
     def pipeline_cpus(self) -> float:
         """Logical CPUs the training pools of one pipeline process reserve together: the learner group, the rollout
         workers and the reward actors (IL-GRPO holds all three at once)."""

@@ -92,3 +92,24 @@ def test_dumped_config_never_holds_a_url_password():
     text = dump_yaml(cfg)
     assert "s3cret" not in text and "redis://:***@127.0.0.1:6380/0" in text
     assert cfg.serve.redis_url == "redis://:s3cret@127.0.0.1:6380/0"  # the live config keeps it
+
+
+def test_fields_that_follow_another_field_resolve_in_the_config():
+    """issue 20: "None → <other field>" defaults are resolved by the config's own methods, not at each use."""
+    cfg = load_config(None, ["grpo.prompts_per_iteration=6", "rollout.engine=transformers", "serve.direct_samples=3",
+                             "learner.num_workers=1", "ctr.cold_window_days=9", "samples.label_cap=7",
+                             "run.output_dir=out"])
+    lp = cfg.loop_resolved()
+    assert (lp.grpo_prompts, lp.rollout_engine, lp.direct_samples, lp.grpo_learner_workers, lp.ctr_cold_window_days,
+            lp.samples_dir) == (6, "transformers", 3, 1, 9, str(cfg.samples_dir()))
+    assert cfg.loop.grpo_prompts is None  # the config itself keeps "follow": a later override still propagates
+    assert cfg.eval_engine() == "transformers" and cfg.reward_expected_count() == 7
+    assert cfg.sqlite_path() == cfg.serve_dir() / "store.db" and cfg.grpo_init_policy() == cfg.sft_dir() / "policy"
+    own = load_config(None, ["loop.grpo_prompts=2", "loop.direct_samples=0", "loop.rollout_engine=vllm",
+                             "eval.engine=vllm", "rewards.expected_count=4", "serve.sqlite_path=s.db",
+                             "grpo.init_policy=p", "eval.variants_dir=v", "ab.out_dir=a", "loop.out_dir=l"])
+    lp = own.loop_resolved()
+    assert (lp.grpo_prompts, lp.direct_samples, lp.rollout_engine) == (2, 0, "vllm")
+    assert own.eval_engine() == "vllm" and own.reward_expected_count() == 4 and str(own.sqlite_path()) == "s.db"
+    assert [str(own.grpo_init_policy()), str(own.variants_dir()), str(own.ab_dir()), str(own.loop_dir())] == \
+        ["p", "v", "a", "l"]

@@ -177,7 +177,7 @@ def policy_folder_lists(cfg: AIGQConfig, source: str, test: pl.DataFrame, k: int
     _, variant, folder = (source.split(":", 2) + ["", ""])[:3]
     if variant not in ("direct", "think") or not (Path(folder) / "config.json").is_file():
         raise ValueError(f"channel source {source!r}: expected policy:<direct|think>:<policy folder>")
-    kind = cfg.eval.engine or cfg.rollout.engine
+    kind = cfg.eval_engine()
     engine = make_engine(kind, Path(folder), variant=variant, **({"seed": cfg.eval.seed} if kind == "vllm" else {}))
     try:
         max_tokens = cfg.eval.think_max_tokens if variant == "think" else cfg.eval.max_tokens

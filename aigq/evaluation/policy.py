@@ -36,7 +36,7 @@ _LETTER = re.compile(r"[^\W\d_]")
 
 
 def _engine_kind(cfg: AIGQConfig) -> str:
-    return cfg.eval.engine or cfg.rollout.engine
+    return cfg.eval_engine()
 
 
 def _engine(cfg: AIGQConfig, folder: Path, variant: str):

@@ -116,7 +116,7 @@ class Arm:
 
 
 def _direct_samples(cfg: AIGQConfig) -> int:
-    return cfg.serve.direct_samples if cfg.loop.direct_samples is None else cfg.loop.direct_samples
+    return cfg.loop_resolved().direct_samples
 
 
 def bootstrap_ctr(cfg: AIGQConfig, tracker: Tracker, source_world: Path, start: int, root: Path,
@@ -133,10 +133,11 @@ def bootstrap_ctr(cfg: AIGQConfig, tracker: Tracker, source_world: Path, start: 
         if (model_dir(src, day) / "model.json").is_file():
             say(f"CTR model at the start: {model_dir(src, day)}")
             return model_dir(src, day), is_start
-    window = cfg.loop.ctr_cold_window_days or cfg.ctr.cold_window_days
+    lp = cfg.loop_resolved()
+    window = lp.ctr_cold_window_days
     say(f"no CTR model for day {start} or {start - 1} under {src}: cold start on the last {window} days")
     short = cfg.ctr.model_copy(update={"dir": str(root / "ctr"), "cold_window_days": window,
-                                       "pretrain_pairs": cfg.loop.ctr_pretrain_pairs or cfg.ctr.pretrain_pairs})
+                                       "pretrain_pairs": lp.ctr_pretrain_pairs})
     out = train_ctr_stage(cfg.model_copy(update={"ctr": short}), tracker, start, source_world, cold=True, oracle=False)
     return Path(out["folder"]), True
 
@@ -145,15 +146,16 @@ def grpo_day(cfg: AIGQConfig, arm: Arm, day: int, samples: Path, tracker: Tracke
     """A few IL-GRPO iterations from the arm's current policy against its newest CTR model (φ_day)."""
     from actors.grpo_driver import run_grpo
 
-    lp, n = cfg.loop, cfg.loop.grpo_iterations
+    lp = cfg.loop_resolved()
+    n = lp.grpo_iterations
     g = cfg.grpo.model_copy(update={"init_policy": str(arm.policy), "iterations": n, "resume": None,
-                                    "prompts_per_iteration": lp.grpo_prompts or cfg.grpo.prompts_per_iteration,
+                                    "prompts_per_iteration": lp.grpo_prompts,
                                     "eval_every": n, "checkpoint_every": n, "keep_checkpoints": 1})
     c = arm.cfg(cfg).model_copy(update={
         "grpo": g, "run": cfg.run.model_copy(update={"output_dir": str(arm.dir / f"day-{day:03d}")}),
-        "rollout": cfg.rollout.model_copy(update={"engine": lp.rollout_engine or cfg.rollout.engine}),
-        "learner": cfg.learner.model_copy(update={"num_workers": lp.grpo_learner_workers or cfg.learner.num_workers}),
-        "rewards": cfg.rewards.model_copy(update={"num_actors": lp.grpo_reward_actors or cfg.rewards.num_actors})})
+        "rollout": cfg.rollout.model_copy(update={"engine": lp.rollout_engine}),
+        "learner": cfg.learner.model_copy(update={"num_workers": lp.grpo_learner_workers}),
+        "rewards": cfg.rewards.model_copy(update={"num_actors": lp.grpo_reward_actors})})
     fig = run_grpo(c, tracker, samples, say=lambda m: say(f"    {m}"))
     return Path(fig["policy"])
 
@@ -183,7 +185,7 @@ def run_loop(cfg: AIGQConfig, tracker: Tracker, days: int, config_path: Path | N
         say("[yellow]note:[/yellow] no serve.think_policy: the daily Think index stays empty (a Direct policy writes "
             "no T_k => Q_k groups); set serve.think_policy to a Think-trained policy for the think channel")
     policy0 = start_policy(cfg)
-    samples = Path(cfg.loop.samples_dir) if cfg.loop.samples_dir else cfg.samples_dir()
+    samples = Path(cfg.loop_resolved().samples_dir)
     if "daily_rl" in cfg.loop.arms and not (samples / f"{cfg.grpo.variant}.parquet").is_file():
         raise FileNotFoundError(f"no {cfg.grpo.variant} samples in {samples}: run `aigq build-samples` first")
     root = loop_dir(cfg)
