@@ -74,6 +74,11 @@ def _run_trl(args, work: Path) -> dict:
     return {"row": "TRL GRPOTrainer (1 process, 2 threads)", "all": secs, "from 2": None}
 
 
+def _mean_row(rs: list[dict]) -> dict:
+    return {k: (rs[0][k] if isinstance(rs[0][k], str) or rs[0][k] is None else sum(r[k] for r in rs) / len(rs))
+            for k in rs[0]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", type=Path, default=REPO / "outputs" / "tiny",
@@ -86,6 +91,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of the aigq rows")
     ap.add_argument("--no-trl", action="store_true")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds over the rows; figures are means")
     args = ap.parse_args()
 
     work = args.work.resolve()
@@ -97,10 +103,22 @@ def main() -> None:
             f"grpo.prompts_per_iteration={args.prompts}", f"grpo.group_size={args.group}",
             f"rollout.max_tokens={args.max_tokens}", "grpo.eval_every=1000", "grpo.checkpoint_every=1000"]
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    rows = [_run_row(name, ROWS[name], base, args.config, work) for name in args.rows.split(",") if name]
-    trl = None if args.no_trl else _run_trl(args, work)
-    print(f"\n{args.prompts} prompts x G {args.group}, {args.max_tokens} new tokens, {args.iterations} iterations; "
-          f"seconds per iteration (phases: mean of iterations 2..)")
+    names = [name for name in args.rows.split(",") if name]
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    trls: list[dict] = []
+    for _ in range(args.repeats):  # interleaved (A B C TRL A B C TRL …): a shared box's drifting load hits every row
+        for name in names:
+            runs[name].append(_run_row(name, ROWS[name], base, args.config, work))
+        if not args.no_trl:
+            trls.append(_run_trl(args, work))
+    rows = [_mean_row(rs) for rs in runs.values()]
+    trl = _mean_row(trls) if trls else None
+    for name, rs in runs.items():
+        print(f"{name}: s/iter (all) per repeat " + ", ".join(f"{r['all']:.2f}" for r in rs))
+    if trls:
+        print("TRL: s/iter per repeat " + ", ".join(f"{r['all']:.2f}" for r in trls))
+    print(f"\n{args.prompts} prompts x G {args.group}, {args.max_tokens} new tokens, {args.iterations} iterations, "
+          f"{args.repeats} interleaved repeats; seconds per iteration (phases: mean of iterations 2..)")
     print("| row | s/iter (all) | s/iter (2..) | generate | score | train | sync | x TRL (all) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
