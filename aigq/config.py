@@ -740,10 +740,6 @@ class AIGQConfig(_Section):
         """The format reward's expected list length (``rewards.expected_count``, else ``samples.label_cap``)."""
         return self.rewards.expected_count or self.samples.label_cap
 
-    def sqlite_path(self) -> Path:
-        """The SQLite serving store (``serve.sqlite_path``, else ``<run.output_dir>/serve/store.db``)."""
-        return Path(self.serve.sqlite_path) if self.serve.sqlite_path else self.serve_dir() / "store.db"
-
     def loop_resolved(self) -> LoopConfig:
         """``loop`` with every field that follows another section filled in: the daily IL-GRPO's prompts, engine and
         actor counts, the Direct refresh's decoding, the cold-start CTR window and pre-training pairs, the samples."""

@@ -104,12 +104,12 @@ def test_fields_that_follow_another_field_resolve_in_the_config():
             lp.samples_dir) == (6, "transformers", 3, 1, 9, str(cfg.samples_dir()))
     assert cfg.loop.grpo_prompts is None  # the config itself keeps "follow": a later override still propagates
     assert cfg.eval_engine() == "transformers" and cfg.reward_expected_count() == 7
-    assert cfg.sqlite_path() == cfg.serve_dir() / "store.db" and cfg.grpo_init_policy() == cfg.sft_dir() / "policy"
+    assert cfg.grpo_init_policy() == cfg.sft_dir() / "policy"
     own = load_config(None, ["loop.grpo_prompts=2", "loop.direct_samples=0", "loop.rollout_engine=vllm",
-                             "eval.engine=vllm", "rewards.expected_count=4", "serve.sqlite_path=s.db",
+                             "eval.engine=vllm", "rewards.expected_count=4",
                              "grpo.init_policy=p", "eval.variants_dir=v", "ab.out_dir=a", "loop.out_dir=l"])
     lp = own.loop_resolved()
     assert (lp.grpo_prompts, lp.direct_samples, lp.rollout_engine) == (2, 0, "vllm")
-    assert own.eval_engine() == "vllm" and own.reward_expected_count() == 4 and str(own.sqlite_path()) == "s.db"
+    assert own.eval_engine() == "vllm" and own.reward_expected_count() == 4
     assert [str(own.grpo_init_policy()), str(own.variants_dir()), str(own.ab_dir()), str(own.loop_dir())] == \
         ["p", "v", "a", "l"]
