@@ -1,6 +1,7 @@
 """The IL-GRPO driver (``aigq grpo``), paper §3.5: one loop over Ray actors, readable top to bottom.
 
-    for each iteration:  sample prompts → generate (RolloutPool, G lists each, on-policy)
+    for each iteration:  sample prompts → generate (RolloutPool, G lists each, on-policy; or, with
+                           grpo.one_step_off_policy, made one update earlier while the previous iteration trained)
                          → score (RewardPool: CTR + rule rewards, every component by name)
                          → advantages + difficulty filter (pure, ``learner.rl_batch``)
                          → update (LearnerGroup, DDP) → weight sync (learner → rollout workers, new version)
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -175,37 +177,50 @@ def _loop(cfg: AIGQConfig, actors: Actors, inputs: GRPOInputs, tokenizer, tracke
 
     g = cfg.grpo
     on_rollout, on_reward = (_dispatch_hook(on_dispatch, pool, actors) for pool in ("rollout", "reward"))
+    generate = partial(_generate, cfg, actors, inputs.train, on_rollout)  # it → (prompt rows, their G rollouts each)
     start = actors.learner.iteration
     actors.sync.first(version=start)
     history: list[dict[str, float]] = []
-    for it in range(start, g.iterations):
-        t = _Phases()
-        prompts = _sample_prompts(cfg, inputs.train, it)
-        # rollouts[i]: prompt i's G generated lists; group_rewards[i]: their rewards (scored as one RewardGroup)
-        rollouts = actors.rollout.generate(prompts["prompt"].to_list(), _sampling(cfg, it), on_dispatch=on_rollout)
-        t.lap("generate")
-        group_rewards = actors.rewards.score(_reward_groups(prompts, rollouts, g.variant), on_dispatch=on_reward)
-        t.lap("score")
-        advantages = [group_advantages(rs, r, tokenizer, g, cfg.rewards)
-                      for rs, r in zip(rollouts, group_rewards, strict=True)]
-        kept = [x for x in advantages if x.kept]
-        m = actors.learner.grpo_update([e for x in kept for e in x.examples], it) if kept else {}
-        t.lap("train")
-        actors.sync(version=it + 1)
-        t.lap("sync")
-        m.update(_iteration_metrics(it, rollouts, group_rewards, advantages, t))
-        if _due(it, g.eval_every, g.iterations):
-            m.update(_greedy_eval(cfg, actors, inputs.held_out))
-        tracker.metrics(m, step=it + 1)
-        history.append(m)
-        say(f"iter {it + 1}/{g.iterations}: reward {m['reward/query.total']:.3f} ctr {m['reward/query.ctr']:.3f} "
-            f"kept {len(kept)}/{len(advantages)} ({t['generate']:.1f}s gen, {t['train']:.1f}s train)")
-        if _due(it, g.checkpoint_every, g.iterations):
-            actors.learner.save_checkpoint(grpo_dir(cfg) / "checkpoints", dump_yaml(cfg), {"iteration": it + 1},
-                                           g.keep_checkpoints)
-        if on_iteration:
-            on_iteration(it + 1, g.iterations)
+    ahead: Future | None = None  # one_step_off_policy: the next iteration's rollouts, made by the pre-update policy
+    with ThreadPoolExecutor(1, thread_name_prefix="rollout-ahead") as background:
+        for it in range(start, g.iterations):
+            t = _Phases()
+            # rollouts[i]: prompt i's G generated lists; group_rewards[i]: their rewards (scored as one RewardGroup)
+            prompts, rollouts = ahead.result() if ahead else generate(it)
+            t.lap("generate")
+            ahead = background.submit(generate, it + 1) if g.one_step_off_policy and it + 1 < g.iterations else None
+            group_rewards = actors.rewards.score(_reward_groups(prompts, rollouts, g.variant), on_dispatch=on_reward)
+            t.lap("score")
+            advantages = [group_advantages(rs, r, tokenizer, g, cfg.rewards)
+                          for rs, r in zip(rollouts, group_rewards, strict=True)]
+            kept = [x for x in advantages if x.kept]
+            m = actors.learner.grpo_update([e for x in kept for e in x.examples], it) if kept else {}
+            t.lap("train")
+            if g.one_step_off_policy:
+                if ahead:  # the workers finish the old policy's lists before they load the new one
+                    ahead.result()
+                t.lap("generate_ahead_wait")
+            actors.sync(version=it + 1)
+            t.lap("sync")
+            m.update(_iteration_metrics(it, rollouts, group_rewards, advantages, t))
+            if _due(it, g.eval_every, g.iterations):
+                m.update(_greedy_eval(cfg, actors, inputs.held_out))
+            tracker.metrics(m, step=it + 1)
+            history.append(m)
+            say(f"iter {it + 1}/{g.iterations}: reward {m['reward/query.total']:.3f} ctr {m['reward/query.ctr']:.3f} "
+                f"kept {len(kept)}/{len(advantages)} ({t['generate']:.1f}s gen, {t['train']:.1f}s train)")
+            if _due(it, g.checkpoint_every, g.iterations):
+                actors.learner.save_checkpoint(grpo_dir(cfg) / "checkpoints", dump_yaml(cfg), {"iteration": it + 1},
+                                               g.keep_checkpoints)
+            if on_iteration:
+                on_iteration(it + 1, g.iterations)
     return history
+
+
+def _generate(cfg: AIGQConfig, actors: Actors, train: pl.DataFrame, on_rollout, it: int):
+    """Iteration ``it``'s prompt rows and their G rollouts each, from the policy the rollout workers hold now."""
+    prompts = _sample_prompts(cfg, train, it)
+    return prompts, actors.rollout.generate(prompts["prompt"].to_list(), _sampling(cfg, it), on_dispatch=on_rollout)
 
 
 def _dispatch_hook(on_dispatch: OnDispatch | None, pool: str, actors: Actors) -> Callable[[int, int], None] | None:
@@ -259,7 +274,8 @@ def _iteration_metrics(it: int, rollouts, group_rewards, advantages, t: dict[str
     """Each reward component's mean and std, group statistics, rollout throughput, seconds per phase."""
     summaries = [r.summary() for r in group_rewards]
     m: dict[str, float] = {"policy_version": it + 1, "rollouts/scored": sum(len(r.lists) for r in group_rewards),
-                           "rollouts/generated": sum(len(rs) for rs in rollouts)}
+                           "rollouts/generated": sum(len(rs) for rs in rollouts),
+                           "rollout/policy_lag": float(np.mean([it - r.policy_version for rs in rollouts for r in rs]))}
     for k in summaries[0] if summaries else ():
         vals = [s[k] for s in summaries]
         m[f"reward/{k}"], m[f"reward_std/{k}"] = float(np.mean(vals)), float(np.std(vals))

@@ -6,13 +6,15 @@ fresh private Ray, from a copy of a trained run so nothing of it is overwritten)
 - ``two-pass``: the learner's separate old-policy forward (``grpo.fuse_old_pass=false``), 2 DDP workers × 1 thread;
 - ``fused``: the old log-probs from the training forward itself (the default), 2 workers × 1 thread;
 - ``fused, 1 worker × 2 threads``: one learner process with both cores (no DDP all-reduce);
+- ``fused + one-step off-policy``: iteration i+1 generated while iteration i is scored and trained
+  (``grpo.one_step_off_policy=true``; ``ahead wait`` is what is left of that generation after training);
 - ``TRL``: ``benchmarks/trl_grpo_bench.py`` in ``.venv-trl`` (``make bench-trl``'s environment).
 
     .venv/bin/python benchmarks/grpo_vs_trl.py --source outputs/tiny      # after `make demo` and `make bench-trl`
 
 Prints per row the mean seconds per iteration over all iterations (as TRL's figure: its ``train()`` wall over its
 steps, first step included) and over iterations 2.. (the first one warms vLLM and the learner up), the phase means
-of iterations 2.. (generate, score, train, sync) and the ratio of the all-iterations means to TRL's.
+of iterations 2.. (generate, score, train, ahead wait, sync) and the ratio of the all-iterations means to TRL's.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ ROWS = {
     "two-pass (2 workers x 1 thread)": ["grpo.fuse_old_pass=false"],
     "fused (2 workers x 1 thread)": [],
     "fused (1 worker x 2 threads)": ["learner.num_workers=1", "learner.cpus_per_worker=2"],
+    "fused + one-step off-policy (2 workers x 1 thread)": ["grpo.one_step_off_policy=true"],
 }
 # What runs inside each row's own process: IL-GRPO on a fresh private Ray, figures as one JSON line.
 CHILD = """
@@ -119,14 +122,15 @@ def main() -> None:
         print("TRL: s/iter per repeat " + ", ".join(f"{r['all']:.2f}" for r in trls))
     print(f"\n{args.prompts} prompts x G {args.group}, {args.max_tokens} new tokens, {args.iterations} iterations, "
           f"{args.repeats} interleaved repeats; seconds per iteration (phases: mean of iterations 2..)")
-    print("| row | s/iter (all) | s/iter (2..) | generate | score | train | sync | x TRL (all) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| row | s/iter (all) | s/iter (2..) | generate | score | train | ahead wait | sync | x TRL (all) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['all'] / trl['all']:.2f}" if trl else "-"
         print(f"| {r['row']} | {r['all']:.2f} | {r['from 2']:.2f} | {r.get('generate', 0):.2f} | "
-              f"{r.get('score', 0):.2f} | {r.get('train', 0):.2f} | {r.get('sync', 0):.2f} | {ratio} |")
+              f"{r.get('score', 0):.2f} | {r.get('train', 0):.2f} | {r.get('generate_ahead_wait', 0):.2f} | "
+              f"{r.get('sync', 0):.2f} | {ratio} |")
     if trl:
-        print(f"| {trl['row']} | {trl['all']:.2f} | - | - | - | - | - | 1.00 |")
+        print(f"| {trl['row']} | {trl['all']:.2f} | - | - | - | - | - | - | 1.00 |")
 
 
 if __name__ == "__main__":

@@ -117,6 +117,7 @@ def test_loop_survives_killed_rollout_and_reward_actors(setup, tmp_path):
     assert fig["rollout_retries"] >= 1 and fig["reward_retries"] >= 1
     for h in fig["history"]:  # every prompt's G rollouts were generated and scored exactly once
         assert h["rollouts/generated"] == h["rollouts/scored"] == 3 * 4
+        assert h["rollout/policy_lag"] == 0.0  # on-policy (the default)
     assert [h["policy_version"] for h in fig["history"]] == [1, 2, 3] and fig["weights_identical"]
 
 
@@ -145,3 +146,22 @@ def test_resume_after_a_driver_crash_ends_with_the_same_weights(setup, tmp_path)
     a = load_file(tmp_path / "straight" / "grpo" / "policy" / "model.safetensors")
     b = load_file(tmp_path / "crashed" / "grpo" / "policy" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_step_off_policy_trains_on_rollouts_one_update_old(setup, tmp_path):
+    """grpo.one_step_off_policy: iteration i+1's lists are made by the policy before update i (while i is scored and
+    trained), so every iteration after the first trains on rollouts exactly one version old; nothing is lost."""
+    from safetensors.torch import load_file
+
+    from actors.grpo_driver import run_grpo
+
+    root, samples, policy = setup
+    cfg = _cfg(root, policy, tmp_path / "off", **{"grpo.one_step_off_policy": "true"})
+    fig = run_grpo(cfg, Tracker(cfg.tracking), samples)
+    hist = fig["history"]
+    assert [h["rollout/policy_lag"] for h in hist] == [0.0, 1.0, 1.0]
+    assert [h["policy_version"] for h in hist] == [1, 2, 3] and fig["weights_identical"]
+    assert all(h["rollouts/generated"] == h["rollouts/scored"] == 3 * 4 for h in hist)
+    assert all("seconds/generate_ahead_wait" in h for h in hist) and fig["seconds_per_iteration"] > 0
+    before, after = (load_file(p / "model.safetensors") for p in (policy, tmp_path / "off" / "grpo" / "policy"))
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
