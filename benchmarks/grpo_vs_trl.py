@@ -8,6 +8,10 @@ fresh private Ray, from a copy of a trained run so nothing of it is overwritten)
 - ``fused, 1 worker × 2 threads``: one learner process with both cores (no DDP all-reduce);
 - ``fused + one-step off-policy``: iteration i+1 generated while iteration i is scored and trained
   (``grpo.one_step_off_policy=true``; ``ahead wait`` is what is left of that generation after training);
+- ``… (1 worker x 2 threads)``, ``+ micro-batch 64``: the same on one learner process, and with the whole batch in one
+  forward (TRL's ``per_device_train_batch_size`` is the whole batch too);
+- ``+ k3 KL 0.2``: ``configs/tiny_cpu.yaml``'s KL to the starting policy (a frozen reference forward per round);
+  every other row runs without it (``grpo.kl_coef=0``), as TRL runs here (``beta=0.0``, TRL's default);
 - ``TRL``: ``benchmarks/trl_grpo_bench.py`` in ``.venv-trl`` (``make bench-trl``'s environment).
 
     .venv/bin/python benchmarks/grpo_vs_trl.py --source outputs/tiny      # after `make demo` and `make bench-trl`
@@ -33,6 +37,11 @@ ROWS = {
     "fused (2 workers x 1 thread)": [],
     "fused (1 worker x 2 threads)": ["learner.num_workers=1", "learner.cpus_per_worker=2"],
     "fused + one-step off-policy (2 workers x 1 thread)": ["grpo.one_step_off_policy=true"],
+    "fused + off-policy (1 worker x 2 threads)": ["grpo.one_step_off_policy=true", "learner.num_workers=1",
+                                                  "learner.cpus_per_worker=2"],
+    "fused + off-policy (1 x 2) + micro-batch 64": ["grpo.one_step_off_policy=true", "learner.num_workers=1",
+                                                   "learner.cpus_per_worker=2", "grpo.micro_batch=64"],
+    "fused (2 x 1) + k3 KL 0.2 (tiny_cpu.yaml's)": ["grpo.kl_coef=0.2"],
 }
 # What runs inside each row's own process: IL-GRPO on a fresh private Ray, figures as one JSON line.
 CHILD = """
@@ -104,9 +113,12 @@ def main() -> None:
     base = [f"run.output_dir={work}", f"tracking.root={work / 'mlflow'}", "tracking.experiment=bench-grpo",
             "rollout.engine=vllm", f"grpo.iterations={args.iterations}", "grpo.mini_batches=1",
             f"grpo.prompts_per_iteration={args.prompts}", f"grpo.group_size={args.group}",
-            f"rollout.max_tokens={args.max_tokens}", "grpo.eval_every=1000", "grpo.checkpoint_every=1000"]
+            f"rollout.max_tokens={args.max_tokens}", "grpo.eval_every=1000", "grpo.checkpoint_every=1000",
+            "grpo.kl_coef=0"]  # TRL's beta=0.0: no reference model (the KL row puts it back)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     names = [name for name in args.rows.split(",") if name]
+    if unknown := [n for n in names if n not in ROWS]:
+        raise SystemExit(f"unknown --rows {unknown}; known: {list(ROWS)}")
     runs: dict[str, list[dict]] = {name: [] for name in names}
     trls: list[dict] = []
     for _ in range(args.repeats):  # interleaved (A B C TRL A B C TRL …): a shared box's drifting load hits every row
