@@ -106,6 +106,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds over the rows; figures are means")
     args = ap.parse_args()
 
+    names = [name for name in args.rows.split(",") if name]
+    if unknown := [n for n in names if n not in ROWS]:
+        raise SystemExit(f"unknown --rows {unknown}; known: {list(ROWS)}")
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
     for part in ("world", "samples", "sft", "ctr"):
@@ -116,9 +119,6 @@ def main() -> None:
             f"rollout.max_tokens={args.max_tokens}", "grpo.eval_every=1000", "grpo.checkpoint_every=1000",
             "grpo.kl_coef=0"]  # TRL's beta=0.0: no reference model (the KL row puts it back)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    names = [name for name in args.rows.split(",") if name]
-    if unknown := [n for n in names if n not in ROWS]:
-        raise SystemExit(f"unknown --rows {unknown}; known: {list(ROWS)}")
     runs: dict[str, list[dict]] = {name: [] for name in names}
     trls: list[dict] = []
     for _ in range(args.repeats):  # interleaved (A B C TRL A B C TRL …): a shared box's drifting load hits every row

@@ -68,7 +68,7 @@ def demo(config: ConfigOpt = None,
         console.print(table(f"3/3 samples → {cfg.samples_dir()}", stats))
         if not stats.get("direct.samples"):
             fail(ValueError(f"no AIGQ-Direct samples from {cfg.world_dir()}: no train-day exposure with a click "
-                        "and no user with a search session before their held-out last query"))
+                            "and no user with a search session before their held-out last query"))
         direct = pl.read_parquet(cfg.samples_dir() / "direct.parquet", n_rows=1)
         label_source = read_meta(cfg.samples_dir())["samples_config"]["label_source"]
         console.print(f"[bold]one AIGQ-Direct sample[/bold] (labels from {label_source})")
