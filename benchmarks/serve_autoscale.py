@@ -18,7 +18,7 @@ Phases (times from the start of measurement):
 5. ``events-tail`` ``--events-tail-s`` with no traffic (the generator works off its backlog).
 
 A private local Ray (``aigq.ray_boot.init_ray(None, --cpus)``, Ray's token authentication on), a SQLite store of
-``--users`` users as ``benchmarks/serve_load.py`` fills it (:func:`serve_load.populate`), bearer tokens made for
+``--users`` users as ``benchmarks/serve_load.py`` fills it (:func:`serve_common.populate`), bearer tokens made for
 the run (admin / read / write). The Direct generator and the Think app run ``--policy`` (default the demo's
 ``outputs/tiny/sft/policy``; when it does not exist, a random tiny policy built for the run). Replica counts come
 from ``serve.status()`` (``replica_states``: RUNNING) and the controller's target from its Serve details
@@ -48,7 +48,7 @@ for _p in (str(REPO), str(BENCH)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from serve_load import free_port, populate, wait_http  # noqa: E402
+from serve_common import free_port, populate, wait_http  # noqa: E402
 
 APPS = ("hintq", "direct", "think")
 # (application, deployment, column heading); the order of the table's columns

@@ -43,7 +43,7 @@ for _p in (str(REPO), str(BENCH)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from serve_load import (  # noqa: E402
+from serve_common import (  # noqa: E402
     append_rows,
     count_statuses,
     free_port,
@@ -386,7 +386,7 @@ async def send_all(host: str, port: int, cases: list[Request], tokens: dict[str,
 
 
 def tally(answers: Iterable[tuple[Request, int | None, str]], routes) -> dict[str, dict[str, int]]:
-    """:func:`serve_load.count_statuses` keyed by :func:`endpoint` (no answer → ``other``), endpoints sorted."""
+    """:func:`serve_common.count_statuses` keyed by :func:`endpoint` (no answer → ``other``), endpoints sorted."""
     counts = count_statuses((endpoint(c[2], c[3], routes), status or 0) for c, status, _ in answers)
     return {"all": counts.pop("all"), **dict(sorted(counts.items()))}
 

@@ -404,7 +404,7 @@ def test_valid_requests_at_the_bounds_still_pass(apps):
 
 def test_serve_load_counts_malformed_answers_per_endpoint(apps):
     """benchmarks/serve_load.py's malformed phase: its counting, and every body it sends gets a 4xx in process."""
-    sl = _benchmark("serve_load")
+    sl = _benchmark("serve_common")
     got = sl.count_statuses([("POST /hintq", 422), ("POST /hintq", 400), ("POST /hintq", 500),
                              ("POST /direct/events", 413), ("POST /direct/events", 202), ("GET /x", 307)])
     zero = dict.fromkeys(("2xx", "4xx", "5xx", "other"), 0)
@@ -551,10 +551,26 @@ def test_fuzz_valid_controls_answer_2xx_in_process(apps):
 
 
 def test_results_rows_land_in_their_own_section():
-    sl = _benchmark("serve_load")
+    sl = _benchmark("serve_common")
     text = "# R\n\n## A\n\nintro\n\n| h |\n|---|\n| a1 |\n\nprose about A\n\n## B\n\n| h |\n|---|\n| b1 |\n"
     assert sl.append_rows(text, "## A", "unused", ["| a2 |"]) == \
         "# R\n\n## A\n\nintro\n\n| h |\n|---|\n| a1 |\n| a2 |\n\nprose about A\n\n## B\n\n| h |\n|---|\n| b1 |\n"
     assert sl.append_rows(text, "## B", "unused", ["| b2 |"]) == text + "| b2 |\n"
     assert sl.append_rows(text, "## C", "what C is\n\n| h |\n|---|\n", ["| c1 |"]) == \
         text + "\n## C\n\nwhat C is\n\n| h |\n|---|\n| c1 |\n"
+
+
+def test_serve_load_script_loads_its_halves_and_profile_classifies_stacks():
+    """benchmarks/serve_load.py is split in three (load generators in serve_common, --profile in serve_profile):
+    loaded by path it still finds both, and the profile names a stack by its deepest matching frame."""
+    sl = _benchmark("serve_load")
+    assert sl.LEVERS["shipped"] == {} and sl.profile_pass.__module__ == "serve_profile"
+    assert sl.variant({"name": "hintq", "args": {}, "deployments": [{"name": "HintQ"}]}, "x",
+                      {"max_ongoing_requests": 8})["deployments"][0]["max_ongoing_requests"] == 8
+    sp = _benchmark("serve_profile")
+    root = "Worker.main_loop (ray/_private/worker.py:1)"
+    assert sp.classify([root, "get (serve_app/store.py:9)", "f (torch/nn.py:3)"], sp.REPLICA_RULES) == \
+        "CTR ranking (features + forward)"  # the deepest first-tier match wins
+    assert sp.classify([root, "run (asyncio/events.py:1)", "route (fastapi/routing.py:2)"], sp.REPLICA_RULES) == \
+        "FastAPI / Starlette routing + middleware"  # no first-tier frame: the deepest second-tier one
+    assert sp.classify([root], sp.REPLICA_RULES) == "event loops / core worker (native, GIL held)"
