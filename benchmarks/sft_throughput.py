@@ -57,6 +57,10 @@ COMPARE: list[tuple[str, list[str]]] = [
      ["learner.freeze_layers=20", "learner.bf16=true", "samples.max_prompt_tokens=160"]),
     ("… the same, Eq. 1 rows frozen too (special_rows=false)",
      ["learner.freeze_layers=20", "learner.special_rows=false", "learner.bf16=true", "samples.max_prompt_tokens=160"]),
+    # adapters on the upper 10 layers only, rows frozen: the backward ends at layer 20 and AdamW holds ~0.8M values
+    ("LoRA on the upper 10 layers + bf16 + 160 tokens, Eq. 1 rows frozen",
+     [*LORA, "learner.freeze_layers=20", "learner.special_rows=false", "learner.bf16=true",
+      "samples.max_prompt_tokens=160"]),
 ]
 
 

@@ -130,6 +130,30 @@ def test_freeze_keeps_frozen_rows_but_special_rows_train(data):
                                                before["model.embed_tokens.weight"])
 
 
+def test_lora_above_frozen_layers_without_rows_stops_the_backward_there(data):
+    """``lora.enabled`` + ``freeze_layers=1`` + ``special_rows=false`` (the fastest benchmark row): adapters only
+    in the upper layer, and no activation gradient is computed below it, so layer 0 costs forward time only."""
+    folders, tok, examples = data
+    cfg = _cfg("learner.lora.enabled=true", "learner.lora.rank=4", "learner.freeze_layers=1",
+               "learner.special_rows=false")
+    model, tok, eff, before = _setup(folders[False], cfg)
+    assert eff.mode == "lora+freeze" and not eff.special_ids
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n and ".layers.1." in n for n in trainable), trainable
+    grads_below = []
+    layer0 = model.get_base_model().model.layers[0] if hasattr(model, "get_base_model") else model.model.layers[0]
+    layer0.register_forward_hook(lambda m, i, out: grads_below.append(
+        (out[0] if isinstance(out, tuple) else out).requires_grad))
+    _, losses = _train(model, cfg, tok, examples, 4)
+    assert losses[-1] < losses[0]
+    assert grads_below and not any(grads_below)  # layer 0's output needs no gradient: the backward ends above it
+    merged = E.merged_state(model)
+    for k in before:
+        if ".layers.0." in k or "embed_tokens" in k or "lm_head" in k:
+            assert torch.equal(merged[k], before[k]), k
+    assert any(not torch.equal(merged[k], before[k]) for k in before if ".layers.1." in k)
+
+
 def test_freeze_too_many_layers_is_an_error(data):
     folders, _, _ = data
     with pytest.raises(ValueError, match="freeze_layers=3 but the model has 2 decoder layers"):
