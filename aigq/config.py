@@ -508,7 +508,9 @@ class ServeConfig(_Section):
     host: str = "127.0.0.1"  # Serve HTTP proxy ([GAP], ours: loopback on a laptop; 0.0.0.0 on a cluster)
     port: int = Field(8000, ge=1, le=65535)
     policy: str | None = None  # Direct policy: folder or models:/name/version; None → <out>/grpo/policy, else sft/policy
-    think_policy: str | None = None  # Think policy (same forms); None → the Direct policy read as a Think model
+    # Think policy (same forms); None → serve.policy, which the Think job and app refuse when its config.json says
+    # it was trained for Direct (aigq_variant; a Direct policy writes no T_k => Q_k groups): the index stays empty
+    think_policy: str | None = None
     engine: Literal["vllm", "transformers"] = "transformers"  # transformers on a 2-core laptop, vllm on GPUs
     max_new_tokens: int = Field(128, ge=1)  # one generated list ([GAP], ours = rollout.max_tokens)
     think_max_new_tokens: int = Field(160, ge=1)  # a Think output (reasoning + groups) ([GAP], ours)

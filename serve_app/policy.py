@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from aigq.atomic import remove, swap_in
+from aigq.models.factory import variant_mismatch
 from rollout.consensus import direct_lists
 from rollout.engine import Sampling, make_engine
 
@@ -121,6 +122,8 @@ class PolicyHolder:
             folder, version = resolve_policy(spec, tracking_uri)
             if self.current is not None and self.current.version == version and self.current.spec == spec:
                 return self.current
+            if why := variant_mismatch(folder, self.variant):
+                raise ValueError(why)
             kw: dict[str, Any] = {"dtype": dtype}
             if engine == "transformers":
                 kw["threads"] = int(os.environ.get("AIGQ_SERVE_THREADS", "1"))

@@ -6,6 +6,8 @@
 2. writes each active user's prompt as of the next morning (behaviours up to day T, the shared prompt format);
 3. runs the Think policy over them on ``RolloutWorker`` actors (greedy), parses ``T_k => Q_k`` lines and maps each
    trigger index back to its behaviour: every trigger ``x ∈ T_k`` maps to the whole ``Q_k`` (x ↦ Q_k);
+   a policy trained for AIGQ-Direct (``aigq_variant`` in its config.json) is skipped with a message: it writes
+   plain lists, no groups, so it would fill nothing;
 4. ranks each trigger's queries by Eq. 19 (:func:`build_index`) and writes the index to the store under a new
    version, which goes live in one write; also the popularity / co-search fallback tables and, for replays, the
    serving clock; and loads active users' profiles and recent behaviours into the store.
@@ -32,6 +34,7 @@ import polars as pl
 from aigq.config import AIGQConfig
 from aigq.data import prompt as P
 from aigq.data.related import related_index
+from aigq.models.factory import variant_mismatch
 from aigq.say import Say
 from serve_app.records import Behaviour, Records, norm, trigger_key
 
@@ -150,8 +153,10 @@ def run_think_index(cfg: AIGQConfig, day: int, records: Records, policy: Path | 
     prompts = user_prompts(beh, v.tables["users"], day, cfg, active)
     say(f"day {day}: {len(active)} active users → Think prompts")
     runs: list[tuple[str, str]] = []
-    if policy is None:
-        say("no Think policy: the index stays empty (fallback tables, clock and users are still written)")
+    why = variant_mismatch(policy, "think") if policy is not None else None
+    if policy is None or why:
+        say(f"no Think policy{f' ({why})' if why else ''}: the index stays empty (fallback tables, clock and users "
+            "are still written)")
     elif prompts:
         ensure_ray(cfg)
         pool = RolloutPool(cfg.serve.engine, policy, variant="think", n_workers=cfg.serve.think_workers,
@@ -186,7 +191,7 @@ def run_think_index(cfg: AIGQConfig, day: int, records: Records, policy: Path | 
     sc = cfg.serve
     index, stats = build_index(runs, ctr, pop, sc.think_alpha, sc.think_eff_ctr_weight, sc.think_queries_per_trigger)
     version = f"day-{day:03d}-{int(time.time())}"
-    meta = {"day": day, "policy": str(policy), "ctr_model": str(ctr_folder) if ctr_folder else None, **stats}
+    meta = {"day": day, "policy": str(policy) if policy is not None and not why else None, "ctr_model": str(ctr_folder) if ctr_folder else None, **stats}
     records.write_think_index(version, index, meta)
     records.write_fallback(popular, coclick)
     records.set_serving_day(start + timedelta(days=day))  # day T+1 (day 1 = start)

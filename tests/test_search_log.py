@@ -73,8 +73,10 @@ def _check_demo(res: subprocess.CompletedProcess, out: Path) -> dict:
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     meta = json.loads((out / "samples" / "meta.json").read_text())
     assert meta["samples_config"]["label_source"] == "next_searches" and meta["rows"]["direct"] > 0
-    for folder in ("sft/policy", "grpo/policy"):
-        assert (out / folder / "config.json").is_file(), folder
+    for folder in ("sft/policy", "grpo/policy"):  # each records what it was trained for
+        assert json.loads((out / folder / "config.json").read_text())["aigq_variant"] == "direct", folder
+    # … so the demo's Think job skips it and says why (a Direct policy writes no T_k => Q_k groups)
+    assert "trained for AIGQ-Direct" in " ".join(res.stdout.split())
     ctr = json.loads(next((out / "ctr").glob("day-*/model.json")).read_text())
     assert ctr["meta"]["objective"] == "next_search"
     metrics = json.loads((out / "eval" / "last-query" / "metrics.json").read_text())

@@ -19,6 +19,7 @@ from aigq.config import AIGQConfig
 from aigq.data import prompt as P
 
 BUILD_FILE = "aigq_build.json"
+VARIANT_KEY = "aigq_variant"  # config.json key the learner writes: the sample file that trained it (direct | think)
 Progress = Callable[[str], None]
 
 
@@ -76,6 +77,27 @@ def prepare_base(cfg: AIGQConfig, progress: Progress | None = None, force: bool 
 
         convert_smollm2(out, say)
     return check_model_dir(out, f"base model ({cfg.model.source})")
+
+
+def policy_variant(folder: Path) -> str | None:
+    """``direct`` or ``think``: what a policy folder was trained for (the learner records ``sft.variant`` /
+    ``grpo.variant`` in its ``config.json``); None for a folder that records none (a base model, a policy written
+    before the key existed)."""
+    try:
+        return json.loads((Path(folder) / "config.json").read_text()).get(VARIANT_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def variant_mismatch(folder: Path, want: str) -> str | None:
+    """Why ``folder`` cannot serve as a ``want`` (``direct`` / ``think``) policy, or None when it can or does not
+    say. A Direct policy writes a plain query list, no ``T_k => Q_k`` groups: as the Think policy it fills no index."""
+    got = policy_variant(folder)
+    if got is None or got == want:
+        return None
+    return (f"policy {folder} was trained for AIGQ-{got.title()} ({VARIANT_KEY}={got} in its config.json), not "
+            f"AIGQ-{want.title()}: train one with `aigq sft sft.variant={want}`"
+            + (" and set serve.think_policy to it" if want == "think" else ""))
 
 
 def load_policy(path: Path, dtype: str = "float32"):
