@@ -67,7 +67,7 @@ class LearnerWorker:
         import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        from aigq.models.factory import VARIANT_KEY, load_policy
+        from aigq.models.factory import load_policy, mark_variant
         from learner.checkpoint import read_checkpoint, restore_trainer
         from learner.trainer import SFTTrainer, set_rng_state
 
@@ -82,7 +82,8 @@ class LearnerWorker:
             self.origin, self.base_dir = ckpt.base["path"], Path(local_folder(self.base or self.model_dir))
         model, self.tokenizer = load_policy(self.base_dir, self.cfg.model.dtype)
         # saved policies and checkpoints say what they were trained for (Serve's Think job checks it)
-        setattr(model.config, VARIANT_KEY, self.cfg.grpo.variant if self.mode == "grpo" else self.cfg.sft.variant)
+        # (a helper: cloudpickle would ship torch.distributed.config, unpicklable, for a `.config` in this method)
+        mark_variant(model, self.cfg.grpo.variant if self.mode == "grpo" else self.cfg.sft.variant)
         _name_source(model, self.origin or str(self.base_dir))
         self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
         self.eff = self._efficient(model, ckpt)

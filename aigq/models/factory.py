@@ -89,6 +89,11 @@ def policy_variant(folder: Path) -> str | None:
         return None
 
 
+def mark_variant(model, variant: str) -> None:
+    """Record ``variant`` in ``model``'s config: every folder saved from it carries it in its ``config.json``."""
+    setattr(model.config, VARIANT_KEY, variant)
+
+
 def variant_mismatch(folder: Path, want: str) -> str | None:
     """Why ``folder`` cannot serve as a ``want`` (``direct`` / ``think``) policy, or None when it can or does not
     say. A Direct policy writes a plain query list, no ``T_k => Q_k`` groups: as the Think policy it fills no index."""
