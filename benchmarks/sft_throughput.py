@@ -46,7 +46,11 @@ def record(row: str, results: Path) -> None:
     results.write_text(head + SECTION + "\n".join(lines))
 
 
-# issue 18: (label, overrides); a row with samples.max_prompt_tokens gets its own run folder (its own samples)
+# issue 18: (label, overrides); every row starts from PLAIN (the config's own learner / prompt-budget settings off:
+# configs/smollm2_cpu.yaml itself turns LoRA, bf16 and the 160-token budget on) and gets its own run folder per
+# prompt budget (its own samples, built from the base folder's world)
+PLAIN = ["learner.lora.enabled=false", "learner.bf16=false", "learner.freeze_layers=0", "learner.special_rows=true",
+         "samples.max_prompt_tokens=null"]
 LORA = ["learner.lora.enabled=true", "learner.lora.rank=8", "learner.lora.target_modules=all-linear"]
 COMPARE: list[tuple[str, list[str]]] = [
     ("full fine-tune, float32", []),
@@ -91,9 +95,9 @@ def compare(args) -> None:
     rows = []
     picked = [COMPARE[int(i)] for i in args.rows.split(",")] if args.rows else COMPARE
     for label, extra in picked:
-        short = [o for o in extra if o.startswith("samples.max_prompt_tokens=")]
-        out = [f"run.output_dir={base.run.output_dir}-p{short[0].split('=')[1]}"] if short else []
-        cfg = load_config(args.config, [*args.overrides, *extra, *out, *_base_overrides(args.steps)])
+        budget = [o.split("=")[1] for o in [*PLAIN, *extra] if o.startswith("samples.max_prompt_tokens=")][-1]
+        out = [f"run.output_dir={base.run.output_dir}-p{budget}"]
+        cfg = load_config(args.config, [*args.overrides, *PLAIN, *extra, *out, *_base_overrides(args.steps)])
         _ensure_samples(cfg, tracker, world_from=base.world_dir())
         print(f"\n=== {label}", flush=True)
         marks: list[float] = []  # end of every step: the gaps are steps 2..N alone (no eval, no checkpoint)
