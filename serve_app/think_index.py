@@ -154,7 +154,9 @@ def run_think_index(cfg: AIGQConfig, day: int, records: Records, policy: Path | 
     say(f"day {day}: {len(active)} active users → Think prompts")
     runs: list[tuple[str, str]] = []
     why = variant_mismatch(policy, "think") if policy is not None else None
-    if policy is None or why:
+    if why:
+        policy = None  # a Direct policy writes no T_k => Q_k groups: as good as none
+    if policy is None:
         say(f"no Think policy{f' ({why})' if why else ''}: the index stays empty (fallback tables, clock and users "
             "are still written)")
     elif prompts:
@@ -191,7 +193,8 @@ def run_think_index(cfg: AIGQConfig, day: int, records: Records, policy: Path | 
     sc = cfg.serve
     index, stats = build_index(runs, ctr, pop, sc.think_alpha, sc.think_eff_ctr_weight, sc.think_queries_per_trigger)
     version = f"day-{day:03d}-{int(time.time())}"
-    meta = {"day": day, "policy": str(policy) if policy is not None and not why else None, "ctr_model": str(ctr_folder) if ctr_folder else None, **stats}
+    meta = {"day": day, "policy": str(policy) if policy is not None else None,
+            "ctr_model": str(ctr_folder) if ctr_folder else None, **stats}
     records.write_think_index(version, index, meta)
     records.write_fallback(popular, coclick)
     records.set_serving_day(start + timedelta(days=day))  # day T+1 (day 1 = start)

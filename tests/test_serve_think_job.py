@@ -29,14 +29,15 @@ def test_think_index_job(ray_local, tiny_policy, tmp_path):
     assert loaded and rec.get_profile(loaded[0])
 
 
-def test_a_direct_policy_fills_no_think_index_and_is_refused(ray_local, tiny_policy, tmp_path):
+def test_a_direct_policy_fills_no_think_index_and_is_refused(tiny_policy, tmp_path):
     """A policy the learner trained for AIGQ-Direct (``aigq_variant`` in its config.json) writes plain lists, no
-    ``T_k => Q_k`` groups: the Think job says so and skips it (no rollout workers), and a Think deployment's
+    ``T_k => Q_k`` groups: the Think job says so and skips it (no Ray, no rollout workers), and a Think deployment's
     PolicyHolder refuses to load it; a Think-trained (or unmarked) policy loads."""
     import json
 
     import pytest
 
+    from aigq import pipeline
     from aigq.models.factory import VARIANT_KEY, policy_variant
     from aigq.pipeline.serving import ctx_for, think_index_stage
     from aigq.tracking import Tracker
@@ -45,8 +46,6 @@ def test_a_direct_policy_fills_no_think_index_and_is_refused(ray_local, tiny_pol
     cfg = build_config({}, [f"run.output_dir={tmp_path / 'out'}", "tracking.enabled=false", "world.users=30",
                             "world.days=3", "serve.think_users_per_day=8", "serve.engine=transformers"])
     tracker = Tracker(cfg.tracking)
-    from aigq import pipeline
-
     pipeline.simulate(cfg, tracker)
     policy, _ = tiny_policy(tmp_path / "policy", False)
     assert policy_variant(policy) is None  # a folder that records nothing is taken as it is
